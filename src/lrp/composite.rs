@@ -1,0 +1,203 @@
+//! Composites: which rule each Dense/Conv2d layer gets (SPEC section 3), plus `--rule`
+//! overrides, resolved into a [`Method`] a backend can run.
+
+use super::{Bounds, Rule};
+use crate::{Error, Layer, Network, Result};
+
+/// A named rule assignment, or one of the gradient baselines.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Composite {
+    /// wsquare first, zplus elsewhere (iNNvestigate `deep_taylor`).
+    DeepTaylor,
+    /// zbox(L,H) first, zplus elsewhere (iNNvestigate `deep_taylor.bounded`).
+    DeepTaylorBounded,
+    /// zplus on conv, epsilon(0.25) on dense (Zennit EpsilonPlus).
+    EpsilonPlus,
+    /// zbox first, gamma(0.25) on conv, epsilon(0.25) on dense (Zennit EpsilonGammaBox).
+    EpsilonGammaBox,
+    /// alphabeta(2,1) on conv (and a first dense), epsilon(0.25) on dense (Zennit EpsilonAlpha2Beta1).
+    EpsilonAlpha2Beta1,
+    /// zero everywhere.
+    LrpZero,
+    /// R_i = (dy_t/dx_i)^2 (sensitivity analysis, as in the DTD paper).
+    Sensitivity,
+    /// R_i = x_i dy_t/dx_i.
+    GradientXInput,
+}
+
+/// What a backend computes: LRP with one rule per Dense/Conv2d layer, or a gradient baseline.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Method {
+    /// `rules[k]` is the rule of the k-th Dense/Conv2d layer (see [`Network::linear_layers`]).
+    Lrp {
+        rules: Vec<Rule>,
+    },
+    Sensitivity,
+    GradientXInput,
+}
+
+/// Which Dense/Conv2d layers a `--rule SELECTOR=RULE` override applies to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LayerSelector {
+    /// The k-th Dense/Conv2d layer, 0-based.
+    Index(usize),
+    First,
+    Last,
+    Dense,
+    Conv,
+    All,
+}
+
+impl Composite {
+    /// Every composite with its CLI name.
+    pub const ALL: [(&'static str, Composite); 8] = [
+        ("deep-taylor", Composite::DeepTaylor),
+        ("deep-taylor-bounded", Composite::DeepTaylorBounded),
+        ("epsilon-plus", Composite::EpsilonPlus),
+        ("epsilon-gamma-box", Composite::EpsilonGammaBox),
+        ("epsilon-alpha2-beta1", Composite::EpsilonAlpha2Beta1),
+        ("lrp-zero", Composite::LrpZero),
+        ("sensitivity", Composite::Sensitivity),
+        ("gradient-x-input", Composite::GradientXInput),
+    ];
+
+    /// The CLI name.
+    pub fn name(&self) -> &'static str {
+        Self::ALL.iter().find(|(_, c)| c == self).unwrap().0
+    }
+
+    /// The rule of a Dense/Conv2d layer, given whether it is the first one and whether it is a
+    /// convolution. `None` for the gradient baselines.
+    pub fn rule_for(&self, first: bool, conv: bool, bounds: Bounds) -> Option<Rule> {
+        let zbox = Rule::ZBox {
+            low: bounds.low,
+            high: bounds.high,
+        };
+        let eps = Rule::Epsilon(0.25);
+        Some(match self {
+            Composite::DeepTaylor if first => Rule::WSquare,
+            Composite::DeepTaylor => Rule::ZPlus,
+            Composite::DeepTaylorBounded if first => zbox,
+            Composite::DeepTaylorBounded => Rule::ZPlus,
+            Composite::EpsilonPlus if conv => Rule::ZPlus,
+            Composite::EpsilonPlus => eps,
+            Composite::EpsilonGammaBox if first => zbox,
+            Composite::EpsilonGammaBox if conv => Rule::Gamma(0.25),
+            Composite::EpsilonGammaBox => eps,
+            Composite::EpsilonAlpha2Beta1 if first || conv => Rule::AlphaBeta {
+                alpha: 2.0,
+                beta: 1.0,
+            },
+            Composite::EpsilonAlpha2Beta1 => eps,
+            Composite::LrpZero => Rule::Zero,
+            Composite::Sensitivity | Composite::GradientXInput => return None,
+        })
+    }
+
+    /// Resolves the composite and the overrides (applied in order, later ones win) for `net`.
+    pub fn resolve(
+        &self,
+        net: &Network,
+        bounds: Bounds,
+        overrides: &[(LayerSelector, Rule)],
+    ) -> Result<Method> {
+        let linear = net.linear_layers();
+        match self {
+            Composite::Sensitivity | Composite::GradientXInput => {
+                if !overrides.is_empty() {
+                    return Err(Error::usage(
+                        "--rule",
+                        format!("the '{}' baseline takes no rules", self.name()),
+                    ));
+                }
+                return Ok(if *self == Composite::Sensitivity {
+                    Method::Sensitivity
+                } else {
+                    Method::GradientXInput
+                });
+            }
+            _ => {}
+        }
+        let is_conv = |k: usize| matches!(net.layers[linear[k]], Layer::Conv2d { .. });
+        let mut rules: Vec<Rule> = (0..linear.len())
+            .map(|k| self.rule_for(k == 0, is_conv(k), bounds).unwrap())
+            .collect();
+        for (selector, rule) in overrides {
+            let mut hit = false;
+            for (k, slot) in rules.iter_mut().enumerate() {
+                let applies = match selector {
+                    LayerSelector::Index(i) => *i == k,
+                    LayerSelector::First => k == 0,
+                    LayerSelector::Last => k + 1 == linear.len(),
+                    LayerSelector::Dense => !is_conv(k),
+                    LayerSelector::Conv => is_conv(k),
+                    LayerSelector::All => true,
+                };
+                if applies {
+                    *slot = *rule;
+                    hit = true;
+                }
+            }
+            if let (LayerSelector::Index(i), false) = (selector, hit) {
+                return Err(Error::usage(
+                    "--rule",
+                    format!(
+                        "layer index {i} is out of range: the network has {} Dense/Conv2d layers (0..{})",
+                        linear.len(),
+                        linear.len().saturating_sub(1)
+                    ),
+                ));
+            }
+        }
+        Ok(Method::Lrp { rules })
+    }
+}
+
+impl std::str::FromStr for Composite {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Self::ALL
+            .iter()
+            .find(|(n, _)| *n == s.trim())
+            .map(|(_, c)| *c)
+            .ok_or_else(|| {
+                let names: Vec<&str> = Self::ALL.iter().map(|(n, _)| *n).collect();
+                Error::usage(
+                    "--composite",
+                    format!(
+                        "unknown composite '{s}'; expected one of {}",
+                        names.join(", ")
+                    ),
+                )
+            })
+    }
+}
+
+impl LayerSelector {
+    /// Parses `SELECTOR=RULE` as given to `--rule`.
+    pub fn parse_override(spec: &str, bounds: Bounds) -> Result<(LayerSelector, Rule)> {
+        let (sel, rule) = spec.split_once('=').ok_or_else(|| {
+            Error::usage(
+                "--rule",
+                format!("'{spec}': expected SELECTOR=RULE, e.g. first=flat or 2=epsilon(0.1)"),
+            )
+        })?;
+        let selector = match sel.trim() {
+            "first" => LayerSelector::First,
+            "last" => LayerSelector::Last,
+            "dense" => LayerSelector::Dense,
+            "conv" => LayerSelector::Conv,
+            "*" | "all" => LayerSelector::All,
+            k => LayerSelector::Index(k.parse().map_err(|_| {
+                Error::usage(
+                    "--rule",
+                    format!(
+                        "'{spec}': selector '{k}' is not a layer index, first, last, dense, conv or *"
+                    ),
+                )
+            })?),
+        };
+        let rule = Rule::parse(rule, bounds).map_err(|e| Error::usage("--rule", e.to_string()))?;
+        Ok((selector, rule))
+    }
+}

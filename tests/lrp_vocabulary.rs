@@ -1,0 +1,168 @@
+//! Rule parsing, composite resolution and `--rule` overrides (SPEC sections 2 and 3).
+
+mod common;
+
+use taylormap::lrp::{Bounds, Composite, LayerSelector, Method, Rule};
+
+const B: Bounds = Bounds {
+    low: -0.5,
+    high: 2.0,
+};
+
+#[test]
+fn rules_parse_from_their_cli_spelling_and_print_back() {
+    let cases = [
+        ("zero", Rule::Zero),
+        ("epsilon(0.1)", Rule::Epsilon(0.1)),
+        ("zplus", Rule::ZPlus),
+        ("wsquare", Rule::WSquare),
+        (
+            "zbox(-1,1)",
+            Rule::ZBox {
+                low: -1.0,
+                high: 1.0,
+            },
+        ),
+        (
+            "zbox",
+            Rule::ZBox {
+                low: -0.5,
+                high: 2.0,
+            },
+        ),
+        ("flat", Rule::Flat),
+        ("gamma(0.5)", Rule::Gamma(0.5)),
+        (
+            "alphabeta(2,1)",
+            Rule::AlphaBeta {
+                alpha: 2.0,
+                beta: 1.0,
+            },
+        ),
+        (
+            "alphabeta(1, 0)",
+            Rule::AlphaBeta {
+                alpha: 1.0,
+                beta: 0.0,
+            },
+        ),
+    ];
+    for (text, rule) in cases {
+        assert_eq!(Rule::parse(text, B).unwrap(), rule, "{text}");
+        assert_eq!(Rule::parse(&rule.to_string(), B).unwrap(), rule);
+    }
+}
+
+#[test]
+fn bad_rules_are_refused_with_the_spelling_in_the_message() {
+    for bad in [
+        "alphabeta(2,2)",
+        "alphabeta(0.5,-0.5)",
+        "zbox(1,-1)",
+        "epsilon(x)",
+        "gamma(1,2)",
+        "zplus(1)",
+        "lrp-omega",
+        "epsilon(-1)",
+        "zbox(nan,1)",
+    ] {
+        let err = Rule::parse(bad, B).unwrap_err().to_string();
+        assert!(err.contains(bad), "{err}");
+    }
+}
+
+#[test]
+fn composites_follow_the_spec_table() {
+    let mut rng = common::rng("composites_follow_the_spec_table");
+    // conv, conv, dense, dense
+    let net = common::random_cnn(&mut rng, 1, 8, 8, false);
+    let rules = |c: Composite| match c.resolve(&net, B, &[]).unwrap() {
+        Method::Lrp { rules } => rules,
+        m => panic!("{m:?}"),
+    };
+    let zbox = Rule::ZBox {
+        low: -0.5,
+        high: 2.0,
+    };
+    let eps = Rule::Epsilon(0.25);
+    let ab = Rule::AlphaBeta {
+        alpha: 2.0,
+        beta: 1.0,
+    };
+    use Rule::*;
+    assert_eq!(rules(Composite::DeepTaylor), [WSquare, ZPlus, ZPlus, ZPlus]);
+    assert_eq!(
+        rules(Composite::DeepTaylorBounded),
+        [zbox, ZPlus, ZPlus, ZPlus]
+    );
+    assert_eq!(rules(Composite::EpsilonPlus), [ZPlus, ZPlus, eps, eps]);
+    assert_eq!(
+        rules(Composite::EpsilonGammaBox),
+        [zbox, Gamma(0.25), eps, eps]
+    );
+    assert_eq!(rules(Composite::EpsilonAlpha2Beta1), [ab, ab, eps, eps]);
+    assert_eq!(rules(Composite::LrpZero), [Zero; 4]);
+    assert_eq!(
+        Composite::Sensitivity.resolve(&net, B, &[]).unwrap(),
+        Method::Sensitivity
+    );
+    // a first Dense layer under epsilon-plus takes epsilon
+    let mlp = common::random_mlp(&mut rng, &[5, 4, 3], false);
+    assert_eq!(
+        Composite::EpsilonPlus.resolve(&mlp, B, &[]).unwrap(),
+        Method::Lrp {
+            rules: vec![eps, eps]
+        }
+    );
+    for (name, c) in Composite::ALL {
+        assert_eq!(name.parse::<Composite>().unwrap(), c);
+    }
+    assert!("deep-tailor"
+        .parse::<Composite>()
+        .unwrap_err()
+        .to_string()
+        .contains("deep-taylor"));
+}
+
+#[test]
+fn overrides_apply_in_order_and_bad_selectors_are_refused() {
+    let mut rng = common::rng("overrides");
+    let net = common::random_cnn(&mut rng, 1, 8, 8, false);
+    let o = |s: &str| LayerSelector::parse_override(s, B).unwrap();
+    let m = Composite::DeepTaylor
+        .resolve(
+            &net,
+            B,
+            &[
+                o("*=zero"),
+                o("conv=flat"),
+                o("first=zbox"),
+                o("3=epsilon(0.5)"),
+                o("last=gamma(0.1)"),
+            ],
+        )
+        .unwrap();
+    assert_eq!(
+        m,
+        Method::Lrp {
+            rules: vec![
+                Rule::ZBox {
+                    low: -0.5,
+                    high: 2.0
+                },
+                Rule::Flat,
+                Rule::Zero,
+                Rule::Gamma(0.1)
+            ]
+        }
+    );
+    let err = Composite::DeepTaylor
+        .resolve(&net, B, &[o("7=flat")])
+        .unwrap_err();
+    assert!(err.to_string().contains("out of range"), "{err}");
+    assert!(LayerSelector::parse_override("middle=flat", B).is_err());
+    assert!(LayerSelector::parse_override("flat", B).is_err());
+    assert!(Composite::Sensitivity
+        .resolve(&net, B, &[o("first=flat")])
+        .is_err());
+}
