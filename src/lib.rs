@@ -9,6 +9,7 @@
 pub mod cpu;
 pub mod data;
 pub mod error;
+pub mod explain;
 pub mod gpu;
 pub mod lrp;
 pub mod model;

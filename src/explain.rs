@@ -1,0 +1,474 @@
+//! The `explain` job: load a model and inputs, pick a backend, explain every sample in batches,
+//! and write relevance.npy, summary.csv, run.json and PNG heatmaps (SPEC section 7), each file
+//! complete or absent.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use ndarray::{ArrayViewD, Axis};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+use crate::data::{self, Dataset};
+use crate::lrp::{Bounds, Composite, LayerSelector, Method, SampleStats, TargetChoice};
+use crate::render::{self, Colormap};
+use crate::{Backend, Error, Network, Result};
+
+/// Where the bundled model lives, relative to the crate root.
+pub const DEFAULT_MODEL: &str = "assets/models/mnist-cnn.onnx";
+/// Where the bundled images live, relative to the crate root.
+pub const DEFAULT_INPUT: &str = "assets/mnist/t10k-images.idx3-ubyte.gz";
+
+/// Which backend to run on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackendChoice {
+    /// A hardware GPU when there is one, else the CPU backend.
+    Auto,
+    /// The best adapter there is, a software one included.
+    Gpu,
+    /// The f64 reference backend.
+    Cpu,
+}
+
+impl std::str::FromStr for BackendChoice {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "auto" => Ok(BackendChoice::Auto),
+            "gpu" => Ok(BackendChoice::Gpu),
+            "cpu" => Ok(BackendChoice::Cpu),
+            _ => Err(Error::usage(
+                "--backend",
+                format!("expected auto, gpu or cpu, got '{s}'"),
+            )),
+        }
+    }
+}
+
+/// Resolves a path given relative to the crate root (for the bundled assets) when it does not
+/// exist relative to the working directory.
+pub fn asset_path(rel: &str) -> PathBuf {
+    let here = PathBuf::from(rel);
+    if here.exists() {
+        return here;
+    }
+    let bundled = Path::new(env!("CARGO_MANIFEST_DIR")).join(rel);
+    if bundled.exists() {
+        bundled
+    } else {
+        here
+    }
+}
+
+/// Builds the backend for (network, method). Returns the backend and messages for the user
+/// (which backend was chosen and why, clamped batch sizes).
+pub fn select_backend(
+    choice: BackendChoice,
+    net: &Network,
+    method: &Method,
+    batch_size: usize,
+) -> Result<(Box<dyn Backend>, Vec<String>)> {
+    let cpu = || -> Box<dyn Backend> {
+        Box::new(crate::cpu::CpuBackend::new(net.clone(), method.clone()))
+    };
+    let gpu = |ctx: crate::gpu::GpuContext| -> Result<(Box<dyn Backend>, Vec<String>)> {
+        let backend = crate::gpu::GpuBackend::new(&ctx, net, method, batch_size)?;
+        let mut notes = backend.notes();
+        notes.insert(0, format!("backend: gpu ({})", backend.adapter()));
+        Ok((Box::new(backend), notes))
+    };
+    match choice {
+        BackendChoice::Cpu => Ok((cpu(), vec!["backend: cpu (reference, f64)".into()])),
+        BackendChoice::Gpu => gpu(crate::gpu::GpuContext::new()?),
+        BackendChoice::Auto => match crate::gpu::GpuContext::new() {
+            Ok(ctx) if !ctx.summary().software => gpu(ctx),
+            Ok(ctx) => Ok((
+                cpu(),
+                vec![format!(
+                    "backend: cpu (only a software GPU adapter, '{}', is present, and the CPU backend \
+                     is faster there; --backend gpu forces it)",
+                    ctx.summary().name
+                )],
+            )),
+            Err(e) => Ok((
+                cpu(),
+                vec![format!("backend: cpu (no GPU adapter: {e})")],
+            )),
+        },
+    }
+}
+
+/// Everything `explain` needs.
+#[derive(Clone, Debug)]
+pub struct ExplainConfig {
+    pub model: PathBuf,
+    pub input: PathBuf,
+    pub labels: Option<PathBuf>,
+    pub out: PathBuf,
+    pub composite: Composite,
+    /// `--rule SELECTOR=RULE` texts, parsed once the bounds are known.
+    pub rules: Vec<String>,
+    pub target: TargetChoice,
+    pub backend: BackendChoice,
+    pub batch_size: usize,
+    pub limit: Option<usize>,
+    pub cmap: Colormap,
+    pub scale: usize,
+    pub png: bool,
+    pub bounds: Option<Bounds>,
+    pub normalize: Option<(f64, f64)>,
+    /// Show a progress bar on stderr.
+    pub progress: bool,
+}
+
+/// One row of summary.csv.
+#[derive(Clone, Debug)]
+pub struct SampleRow {
+    pub index: usize,
+    pub label: Option<usize>,
+    pub predicted: usize,
+    pub target: usize,
+    pub stats: SampleStats,
+}
+
+/// What an explain run did, for the closing summary.
+#[derive(Clone, Debug)]
+pub struct ExplainReport {
+    pub rows: Vec<SampleRow>,
+    pub backend: String,
+    pub adapter: String,
+    pub notes: Vec<String>,
+    pub load_seconds: f64,
+    pub compute_seconds: f64,
+    pub write_seconds: f64,
+}
+
+impl ExplainReport {
+    /// Heatmaps per second over compute and write (load excluded).
+    pub fn heatmaps_per_second(&self) -> f64 {
+        self.rows.len() as f64 / (self.compute_seconds + self.write_seconds).max(1e-9)
+    }
+
+    /// The one-screen summary printed at the end of a run.
+    pub fn summary(&self) -> String {
+        let n = self.rows.len();
+        let mut errors: Vec<f64> = self
+            .rows
+            .iter()
+            .map(|r| r.stats.conservation_error)
+            .collect();
+        errors.sort_by(f64::total_cmp);
+        let labelled: Vec<&SampleRow> = self.rows.iter().filter(|r| r.label.is_some()).collect();
+        let accuracy = if labelled.is_empty() {
+            "n/a (no labels)".to_string()
+        } else {
+            let right = labelled
+                .iter()
+                .filter(|r| r.label == Some(r.predicted))
+                .count();
+            format!(
+                "{:.2}% ({right}/{})",
+                100.0 * right as f64 / labelled.len() as f64,
+                labelled.len()
+            )
+        };
+        let share = |f: &dyn Fn(&SampleRow) -> bool| {
+            100.0 * self.rows.iter().filter(|r| f(r)).count() as f64 / n.max(1) as f64
+        };
+        format!(
+            "samples              {n}\n\
+             accuracy vs labels   {accuracy}\n\
+             conservation error   median {:.2e}, worst {:.2e}\n\
+             conservative         {:.1}% (error <= 1e-4)\n\
+             positive             {:.1}%\n\
+             consistent           {:.1}% (conservative and positive)\n\
+             backend              {} ({})\n\
+             time                 load {:.2} s, compute {:.2} s, write {:.2} s\n\
+             heatmaps per second  {:.0}",
+            errors.get(n / 2).copied().unwrap_or(f64::NAN),
+            errors.last().copied().unwrap_or(f64::NAN),
+            share(&|r| r.stats.conservative()),
+            share(&|r| r.stats.positive),
+            share(&|r| r.stats.consistent()),
+            self.backend,
+            self.adapter,
+            self.load_seconds,
+            self.compute_seconds,
+            self.write_seconds,
+            self.heatmaps_per_second(),
+        )
+    }
+}
+
+/// Resolves the per-sample targets of the whole dataset (`None` = predicted).
+fn resolve_targets(
+    choice: TargetChoice,
+    dataset: &Dataset,
+    outputs: usize,
+) -> Result<Option<Vec<usize>>> {
+    match choice {
+        TargetChoice::Predicted => Ok(None),
+        TargetChoice::Class(k) if outputs == 1 && k == 0 => Ok(None),
+        TargetChoice::Class(k) => {
+            if k >= outputs {
+                return Err(Error::usage(
+                    "--target",
+                    format!(
+                        "class {k} does not exist: the model has {outputs} outputs (0..{})",
+                        outputs - 1
+                    ),
+                ));
+            }
+            Ok(Some(vec![k; dataset.len()]))
+        }
+        TargetChoice::Label => {
+            let labels = dataset.labels.as_ref().ok_or_else(|| {
+                Error::usage(
+                    "--target label",
+                    format!(
+                        "{} has no labels; pass --labels PATH or choose --target predicted",
+                        dataset.path.display()
+                    ),
+                )
+            })?;
+            if outputs == 1 {
+                return Ok(None);
+            }
+            if let Some((i, l)) = labels.iter().enumerate().find(|(_, l)| **l >= outputs) {
+                return Err(Error::usage(
+                    "--target label",
+                    format!("sample {i} has label {l}, but the model has only {outputs} outputs"),
+                ));
+            }
+            Ok(Some(labels.clone()))
+        }
+    }
+}
+
+/// Runs the whole job and writes the outputs into `cfg.out`.
+pub fn run(cfg: &ExplainConfig) -> Result<ExplainReport> {
+    if cfg.batch_size == 0 {
+        return Err(Error::usage("--batch-size", "must be at least 1"));
+    }
+    if cfg.scale == 0 {
+        return Err(Error::usage("--scale", "must be at least 1"));
+    }
+    let t_load = Instant::now();
+    let model_bytes = std::fs::read(&cfg.model).map_err(|e| Error::io(&cfg.model, e))?;
+    let net = crate::model::onnx::from_bytes(&model_bytes, &cfg.model.display().to_string())?;
+    let mut dataset = data::load(&cfg.input, cfg.labels.as_deref(), cfg.normalize)?;
+    dataset.check_against(&net.input_shape)?;
+    if let Some(limit) = cfg.limit {
+        dataset.limit(limit);
+    }
+    if dataset.len() == 0 {
+        return Err(Error::input(&cfg.input, "holds no samples"));
+    }
+    let bounds = cfg.bounds.unwrap_or(dataset.bounds);
+    let overrides = cfg
+        .rules
+        .iter()
+        .map(|r| LayerSelector::parse_override(r, bounds))
+        .collect::<Result<Vec<_>>>()?;
+    let method = cfg.composite.resolve(&net, bounds, &overrides)?;
+    let targets = resolve_targets(cfg.target, &dataset, net.num_outputs())?;
+    let (mut backend, notes) = select_backend(cfg.backend, &net, &method, cfg.batch_size)?;
+    let load_seconds = t_load.elapsed().as_secs_f64();
+    for note in &notes {
+        eprintln!("{note}");
+    }
+
+    std::fs::create_dir_all(&cfg.out).map_err(|e| Error::io(&cfg.out, e))?;
+    let heatmaps_dir = cfg.out.join("heatmaps");
+    let staging = cfg
+        .out
+        .join(format!(".heatmaps.partial-{}", std::process::id()));
+    if cfg.png {
+        std::fs::create_dir_all(&staging).map_err(|e| Error::io(&staging, e))?;
+    }
+    let result = explain_all(
+        cfg,
+        &dataset,
+        &net,
+        backend.as_mut(),
+        targets.as_deref(),
+        &staging,
+    );
+    let (rows, relevance, compute_seconds, png_seconds) = match result {
+        Ok(v) => v,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&staging);
+            return Err(e);
+        }
+    };
+
+    let t_write = Instant::now();
+    let mut shape = vec![dataset.len()];
+    shape.extend(&net.input_shape);
+    data::write_atomic(
+        &cfg.out.join("relevance.npy"),
+        &data::npy_bytes_f32(&shape, &relevance),
+    )?;
+    data::write_atomic(&cfg.out.join("summary.csv"), summary_csv(&rows).as_bytes())?;
+    if cfg.png {
+        if heatmaps_dir.exists() {
+            std::fs::remove_dir_all(&heatmaps_dir).map_err(|e| Error::io(&heatmaps_dir, e))?;
+        }
+        std::fs::rename(&staging, &heatmaps_dir).map_err(|e| Error::io(&heatmaps_dir, e))?;
+    }
+    let mut report = ExplainReport {
+        rows,
+        backend: backend.kind().to_string(),
+        adapter: backend.adapter(),
+        notes,
+        load_seconds,
+        compute_seconds,
+        write_seconds: png_seconds + t_write.elapsed().as_secs_f64(),
+    };
+    let run_json = run_json(cfg, &net, &method, &model_bytes, bounds, &report);
+    data::write_atomic(&cfg.out.join("run.json"), run_json.as_bytes())?;
+    report.write_seconds = png_seconds + t_write.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+type Explained = (Vec<SampleRow>, Vec<f32>, f64, f64);
+
+/// The batch loop: explain, collect statistics and relevance, render PNGs into `staging`.
+fn explain_all(
+    cfg: &ExplainConfig,
+    dataset: &Dataset,
+    net: &Network,
+    backend: &mut dyn Backend,
+    targets: Option<&[usize]>,
+    staging: &Path,
+) -> Result<Explained> {
+    let n = dataset.len();
+    let per_sample = net.input_len();
+    let bar = if cfg.progress {
+        let bar = indicatif::ProgressBar::new(n as u64);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} explaining [{bar:40}] {pos}/{len} ({per_sec}, eta {eta})",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
+        );
+        bar
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let (c, h, w) = match net.input_shape.as_slice() {
+        [c, h, w] => (*c, *h, *w),
+        [d] => (1, 1, *d),
+        _ => unreachable!("validated by Network::new"),
+    };
+    let mut rows = Vec::with_capacity(n);
+    let mut relevance = Vec::with_capacity(n * per_sample);
+    let (mut compute, mut png) = (0.0, 0.0);
+    let mut start = 0;
+    while start < n {
+        let end = (start + cfg.batch_size).min(n);
+        let x: ArrayViewD<f32> = dataset.x.slice_axis(Axis(0), (start..end).into());
+        let t = Instant::now();
+        let out = backend.run(x, targets.map(|t| &t[start..end]))?;
+        compute += t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        for i in 0..end - start {
+            let index = start + i;
+            let r = out.relevance.index_axis(Axis(0), i);
+            relevance.extend(r.iter().map(|&v| v as f32));
+            rows.push(SampleRow {
+                index,
+                label: dataset.labels.as_ref().map(|l| l[index]),
+                predicted: out.predicted(i),
+                target: out.targets[i],
+                stats: out.stats(i),
+            });
+            if cfg.png {
+                let values: Vec<f64> = r.iter().copied().collect();
+                let rgb = render::heatmap_rgb(&values, h, w, c, cfg.cmap, cfg.scale);
+                let bytes = render::png_bytes(&rgb, w * cfg.scale, h * cfg.scale)?;
+                let path = staging.join(format!("{index:05}.png"));
+                std::fs::write(&path, bytes).map_err(|e| Error::io(&path, e))?;
+            }
+        }
+        png += t.elapsed().as_secs_f64();
+        bar.inc((end - start) as u64);
+        start = end;
+    }
+    bar.finish_and_clear();
+    Ok((rows, relevance, compute, png))
+}
+
+/// summary.csv with the SPEC header.
+pub fn summary_csv(rows: &[SampleRow]) -> String {
+    let mut s = String::from(
+        "index,label,predicted,target,score,relevance_sum,conservation_error,negative_fraction\n",
+    );
+    for r in rows {
+        s.push_str(&format!(
+            "{},{},{},{},{},{},{},{}\n",
+            r.index,
+            r.label.map(|l| l.to_string()).unwrap_or_default(),
+            r.predicted,
+            r.target,
+            r.stats.score,
+            r.stats.relevance_sum,
+            r.stats.conservation_error,
+            r.stats.negative_fraction
+        ));
+    }
+    s
+}
+
+fn run_json(
+    cfg: &ExplainConfig,
+    net: &Network,
+    method: &Method,
+    model_bytes: &[u8],
+    bounds: Bounds,
+    report: &ExplainReport,
+) -> String {
+    let linear = net.linear_layers();
+    let rules: Vec<serde_json::Value> = match method {
+        Method::Lrp { rules } => linear
+            .iter()
+            .zip(rules)
+            .enumerate()
+            .map(|(k, (&layer, rule))| {
+                json!({"index": k, "layer": layer, "name": net.names[layer],
+                       "kind": net.layers[layer].kind(), "rule": rule.to_string()})
+            })
+            .collect(),
+        _ => vec![],
+    };
+    let sha = Sha256::digest(model_bytes);
+    let sha: String = sha.iter().map(|b| format!("{b:02x}")).collect();
+    let target = match cfg.target {
+        TargetChoice::Predicted => json!("predicted"),
+        TargetChoice::Label => json!("label"),
+        TargetChoice::Class(k) => json!(k),
+    };
+    let v = json!({
+        "taylormap_version": env!("CARGO_PKG_VERSION"),
+        "model": {"path": cfg.model.display().to_string(), "sha256": sha},
+        "input": cfg.input.display().to_string(),
+        "composite": cfg.composite.name(),
+        "rules": rules,
+        "target": target,
+        "bounds": [bounds.low, bounds.high],
+        "normalize": cfg.normalize.map(|(m, s)| vec![m, s]),
+        "backend": report.backend,
+        "adapter": report.adapter,
+        "notes": report.notes,
+        "batch_size": cfg.batch_size,
+        "samples": report.rows.len(),
+        "timings": {"load_seconds": report.load_seconds,
+                    "compute_seconds": report.compute_seconds,
+                    "write_seconds": report.write_seconds},
+        "heatmaps_per_second": report.heatmaps_per_second(),
+        "consistent_fraction": report.rows.iter().filter(|r| r.stats.consistent()).count() as f64
+            / report.rows.len().max(1) as f64,
+    });
+    serde_json::to_string_pretty(&v).expect("json") + "\n"
+}
