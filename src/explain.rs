@@ -254,7 +254,8 @@ pub fn run(cfg: &ExplainConfig) -> Result<ExplainReport> {
         return Err(Error::usage("--scale", "must be at least 1"));
     }
     let t_load = Instant::now();
-    let model_bytes = std::fs::read(&cfg.model).map_err(|e| Error::io(&cfg.model, e))?;
+    let model_bytes = std::fs::read(&cfg.model)
+        .map_err(|e| Error::input(&cfg.model, format!("cannot read the model: {e}")))?;
     let net = crate::model::onnx::from_bytes(&model_bytes, &cfg.model.display().to_string())?;
     let mut dataset = data::load(&cfg.input, cfg.labels.as_deref(), cfg.normalize)?;
     dataset.check_against(&net.input_shape)?;

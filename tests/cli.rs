@@ -1,0 +1,260 @@
+//! End-to-end tests of the `taylormap` binary: outputs of `explain` (SPEC section 7), replacement
+//! on re-runs, refusals with exit code 2 and no half-written outputs, `inspect`.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use ndarray::{ArrayD, IxDyn};
+use taylormap::lrp::{Bounds, Composite};
+use taylormap::Network;
+
+fn taylormap(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_taylormap"))
+        .args(args)
+        .env("TAYLORMAP_SEED", "0")
+        .output()
+        .expect("run taylormap")
+}
+
+fn write_npy(path: &Path, x: &ArrayD<f32>) {
+    let data: Vec<f32> = x.iter().copied().collect();
+    std::fs::write(path, taylormap::data::npy_bytes_f32(x.shape(), &data)).unwrap();
+}
+
+fn read_npy_f32(path: &Path) -> (Vec<usize>, Vec<f32>) {
+    let bytes = std::fs::read(path).unwrap();
+    assert_eq!(&bytes[..6], b"\x93NUMPY");
+    let header_len = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
+    let header = std::str::from_utf8(&bytes[10..10 + header_len]).unwrap();
+    assert!(header.contains("'descr': '<f4'"), "{header}");
+    let shape_text = header
+        .split("'shape': (")
+        .nth(1)
+        .unwrap()
+        .split(')')
+        .next()
+        .unwrap();
+    let shape: Vec<usize> = shape_text
+        .split(',')
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| s.trim().parse().unwrap())
+        .collect();
+    let data = bytes[10 + header_len..]
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    (shape, data)
+}
+
+struct Case {
+    dir: tempfile::TempDir,
+    net: Network,
+    x: ArrayD<f32>,
+}
+
+impl Case {
+    fn new(name: &str, n: usize) -> Case {
+        let mut rng = common::rng(name);
+        let net = common::random_cnn(&mut rng, 1, 9, 9, true);
+        let x = common::random_input(&mut rng, &net, n, 0.0, 1.0);
+        let dir = tempfile::tempdir().unwrap();
+        taylormap::model::onnx::save(&net, &dir.path().join("model.onnx")).unwrap();
+        write_npy(&dir.path().join("x.npy"), &x);
+        Case { dir, net, x }
+    }
+    fn path(&self, name: &str) -> String {
+        self.dir.path().join(name).display().to_string()
+    }
+    fn out(&self) -> PathBuf {
+        self.dir.path().join("out")
+    }
+    fn explain(&self, extra: &[&str]) -> Output {
+        let (model, input, out) = (
+            self.path("model.onnx"),
+            self.path("x.npy"),
+            self.path("out"),
+        );
+        let mut args = vec![
+            "explain",
+            "--model",
+            &model,
+            "--input",
+            &input,
+            "--out",
+            &out,
+            "--backend",
+            "cpu",
+            "--quiet",
+        ];
+        args.extend(extra);
+        taylormap(&args)
+    }
+}
+
+fn ok(o: &Output) {
+    assert!(
+        o.status.success(),
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+#[test]
+fn explain_writes_every_output_and_they_match_the_reference() {
+    let case = Case::new("explain_writes_every_output", 7);
+    ok(&case.explain(&[
+        "--batch-size",
+        "3",
+        "--composite",
+        "deep-taylor-bounded",
+        "--scale",
+        "2",
+    ]));
+    let out = case.out();
+
+    // relevance.npy: the model's input shape, exactly the reference relevance
+    let (shape, rel) = read_npy_f32(&out.join("relevance.npy"));
+    assert_eq!(shape, vec![7, 1, 9, 9]);
+    let method = Composite::DeepTaylorBounded
+        .resolve(
+            &case.net,
+            Bounds {
+                low: 0.0,
+                high: 1.0,
+            },
+            &[],
+        )
+        .unwrap();
+    let x64 = case.x.mapv(f64::from);
+    let want = taylormap::cpu::explain(&case.net, &method, x64.view(), None).unwrap();
+    for (got, want) in rel.iter().zip(want.relevance.iter()) {
+        assert!(
+            (*got as f64 - want).abs() <= 1e-6 * want.abs().max(1e-3),
+            "{got} vs {want}"
+        );
+    }
+
+    // summary.csv: header and one row per sample
+    let csv = std::fs::read_to_string(out.join("summary.csv")).unwrap();
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(
+        lines[0],
+        "index,label,predicted,target,score,relevance_sum,conservation_error,negative_fraction"
+    );
+    assert_eq!(lines.len(), 8);
+    for (i, line) in lines[1..].iter().enumerate() {
+        let f: Vec<&str> = line.split(',').collect();
+        assert_eq!(f.len(), 8);
+        assert_eq!(f[0], i.to_string());
+        assert_eq!(f[1], "", "no labels for an NPY input");
+        assert_eq!(f[2].parse::<usize>().unwrap(), want.predicted(i));
+        assert_eq!(f[3], f[2], "target predicted");
+        let score: f64 = f[4].parse().unwrap();
+        assert!((score - want.score(i)).abs() <= 1e-9 * score.abs().max(1.0));
+        let stats = want.stats(i);
+        let sum: f64 = f[5].parse().unwrap();
+        assert!((sum - stats.relevance_sum).abs() <= 1e-6 * sum.abs().max(1.0));
+    }
+
+    // run.json
+    let run: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("run.json")).unwrap()).unwrap();
+    assert_eq!(run["samples"], 7);
+    assert_eq!(run["backend"], "cpu");
+    assert_eq!(run["composite"], "deep-taylor-bounded");
+    assert_eq!(run["rules"].as_array().unwrap().len(), 4);
+    assert_eq!(run["rules"][0]["rule"], "zbox(0,1)");
+    assert_eq!(run["model"]["sha256"].as_str().unwrap().len(), 64);
+    assert!(run["heatmaps_per_second"].as_f64().unwrap() > 0.0);
+
+    // heatmaps: one PNG per sample, input size x scale
+    for i in 0..7 {
+        let file = std::fs::File::open(out.join(format!("heatmaps/{i:05}.png"))).unwrap();
+        let reader = png::Decoder::new(std::io::BufReader::new(file))
+            .read_info()
+            .unwrap();
+        assert_eq!((reader.info().width, reader.info().height), (18, 18));
+    }
+    assert_eq!(std::fs::read_dir(out.join("heatmaps")).unwrap().count(), 7);
+    // no temporary files left behind
+    for entry in std::fs::read_dir(&out).unwrap() {
+        let name = entry.unwrap().file_name().into_string().unwrap();
+        assert!(
+            ["heatmaps", "relevance.npy", "summary.csv", "run.json"].contains(&name.as_str()),
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn a_rerun_replaces_the_outputs() {
+    let case = Case::new("a_rerun_replaces_the_outputs", 5);
+    ok(&case.explain(&[]));
+    ok(&case.explain(&["--limit", "2", "--target", "0"]));
+    let out = case.out();
+    assert_eq!(std::fs::read_dir(out.join("heatmaps")).unwrap().count(), 2);
+    let csv = std::fs::read_to_string(out.join("summary.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 3);
+    assert!(csv
+        .lines()
+        .skip(1)
+        .all(|l| l.split(',').nth(3) == Some("0")));
+    assert_eq!(read_npy_f32(&out.join("relevance.npy")).0, vec![2, 1, 9, 9]);
+}
+
+#[test]
+fn bad_input_exits_2_names_the_culprit_and_writes_nothing() {
+    let case = Case::new("bad_input_exits_2", 3);
+    let mut rng = common::rng("bad_input_exits_2/other");
+    let wrong = common::random_input(
+        &mut rng,
+        &common::random_mlp(&mut rng, &[5, 2], false),
+        3,
+        0.0,
+        1.0,
+    );
+    write_npy(&case.dir.path().join("wrong.npy"), &wrong);
+    let mut nan = case.x.clone();
+    nan[IxDyn(&[2, 0, 4, 4])] = f32::NAN;
+    write_npy(&case.dir.path().join("nan.npy"), &nan);
+    let (wrong, nan) = (case.path("wrong.npy"), case.path("nan.npy"));
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["--input", &wrong], "wrong.npy"),
+        (vec!["--input", &nan], "sample 2"),
+        (vec!["--composite", "deep-tailor"], "--composite"),
+        (vec!["--rule", "first=zomething"], "zomething"),
+        (vec!["--target", "label"], "label"),
+        (vec!["--target", "99"], "99"),
+        (vec!["--bounds", "1"], "--bounds"),
+        (vec!["--model", "/nonexistent/model.onnx"], "model.onnx"),
+    ];
+    for (extra, needle) in cases {
+        let o = case.explain(&extra);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{extra:?}: {err}");
+        assert!(err.contains(needle), "{extra:?}: '{needle}' not in: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+        assert!(
+            !case.out().join("relevance.npy").exists(),
+            "{extra:?} left an output"
+        );
+    }
+}
+
+#[test]
+fn inspect_lists_layers_and_parameters() {
+    let case = Case::new("inspect_lists_layers", 1);
+    let o = taylormap(&["inspect", &case.path("model.onnx")]);
+    ok(&o);
+    let text = String::from_utf8_lossy(&o.stdout);
+    for kind in ["Conv2d", "ReLU", "Flatten", "Dense"] {
+        assert!(text.contains(kind), "{kind} missing in:\n{text}");
+    }
+    assert!(text.contains(&case.net.param_count().to_string()), "{text}");
+    let o = taylormap(&["inspect", &case.path("x.npy")]);
+    assert_eq!(o.status.code(), Some(2));
+}
