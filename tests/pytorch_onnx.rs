@@ -14,7 +14,8 @@ fn pytorch_exports_load_and_reproduce_pytorch_logits() {
             let name = format!("{model}_{exporter}");
             let net = taylormap::model::onnx::load(&fixture(&format!("{name}.onnx")))
                 .unwrap_or_else(|e| panic!("{name}: {e}"));
-            let x = taylormap::data::load(&fixture(&format!("{name}.x.npy")), None, None).unwrap();
+            let mut x =
+                taylormap::data::load(&fixture(&format!("{name}.x.npy")), None, None).unwrap();
             let want = taylormap::data::load(&fixture(&format!("{name}.logits.npy")), None, None)
                 .unwrap();
             x.check_against(&net.input_shape)
