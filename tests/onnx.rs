@@ -4,7 +4,7 @@
 
 mod common;
 
-use ndarray::{Array1, Array2, Array4};
+use ndarray::{Array1, Array2, Array4, ArrayD, Axis};
 use prost::Message;
 use rand::rngs::StdRng;
 use rand::Rng;
@@ -438,6 +438,24 @@ fn model_err(r: taylormap::Result<Network>) -> (String, String) {
     }
 }
 
+/// Logits of `net` on `x` through the CPU reference backend.
+fn logits(net: &Network, x: &ArrayD<f32>) -> Array2<f64> {
+    taylormap::cpu::logits(net, x.mapv(f64::from).view()).unwrap()
+}
+
+/// Asserts two logit arrays agree to `tol` (relative L2).
+fn assert_close(got: &Array2<f64>, want: &Array2<f64>, tol: f64, what: &str) {
+    assert_eq!(got.dim(), want.dim(), "{what}");
+    let e = common::rel_l2(got.iter().copied(), want.iter().copied());
+    assert!(e <= tol, "{what}: relative L2 error {e:e} > {tol:e}");
+}
+
+/// Checks `loaded` computes what `source` computes on random inputs.
+fn same_forward(rng: &mut StdRng, loaded: &Network, source: &Network) {
+    let x = common::random_input(rng, source, 3, -1.0, 1.0);
+    assert_close(&logits(loaded, &x), &logits(source, &x), 1e-12, "forward");
+}
+
 // ---------------------------------------------------------------------------------------------
 // Writer round trips.
 // ---------------------------------------------------------------------------------------------
@@ -530,7 +548,9 @@ fn classic_exporter_style_loads_to_the_source_network() {
             noise: false,
         };
         let m = export_styled(&net, style, &mut rng);
-        assert_eq!(load(&m).unwrap(), net);
+        let loaded = load(&m).unwrap();
+        assert_eq!(loaded, net);
+        same_forward(&mut rng, &loaded, &net);
     }
 }
 
@@ -553,7 +573,9 @@ fn dynamo_exporter_style_loads_to_the_source_network() {
             noise: false,
         };
         let m = export_styled(&net, style, &mut rng);
-        assert_eq!(load(&m).unwrap(), net, "{style:?}");
+        let loaded = load(&m).unwrap();
+        assert_eq!(loaded, net, "{style:?}");
+        same_forward(&mut rng, &loaded, &net);
     }
 }
 
@@ -573,7 +595,9 @@ fn matmul_add_identity_dropout_and_final_softmax_load_to_the_source_network() {
         };
         let m = export_styled(&net, style, &mut rng);
         // An Add folds into its MatMul, which names the layer; removed nodes leave no trace.
-        assert_eq!(load(&m).unwrap(), net, "{style:?}");
+        let loaded = load(&m).unwrap();
+        assert_eq!(loaded, net, "{style:?}");
+        same_forward(&mut rng, &loaded, &net);
     }
 }
 
@@ -923,6 +947,201 @@ fn batch_norm_after_conv_and_after_gemm_is_folded() {
     let (node, message) = model_err(load(&g.finish(Batch::Param, &[i], false)));
     assert_eq!(node, "late_bn");
     assert!(message.contains("directly after"), "{message}");
+}
+
+/// Applies BatchNormalization (inference) to `z` of shape (n, c * spatial), channel-major.
+fn apply_bn(z: &Array2<f64>, p: &[Vec<f32>; 4], eps: f32, spatial: usize) -> Array2<f64> {
+    let mut y = z.clone();
+    for ((_, j), v) in y.indexed_iter_mut() {
+        let c = j / spatial;
+        let (g, b, m, var) = (
+            p[0][c] as f64,
+            p[1][c] as f64,
+            p[2][c] as f64,
+            p[3][c] as f64,
+        );
+        *v = g * (*v - m) / (var + eps as f64).sqrt() + b;
+    }
+    y
+}
+
+#[test]
+fn folded_batch_norm_gives_the_forward_output_of_layer_then_batch_norm() {
+    let mut rng = common::rng("bn_fold_forward");
+    for _ in 0..6 {
+        let eps = [1e-5f32, 1e-3][rng.random_range(0..2)];
+        // Conv -> BN -> Flatten, against the unfolded Conv -> Flatten followed by BN here.
+        let (c, h, w) = (
+            rng.random_range(1..4),
+            rng.random_range(3..7),
+            rng.random_range(3..7),
+        );
+        let oc = rng.random_range(1..5);
+        let conv = common::conv(&mut rng, c, oc, 3, 1, 1, false);
+        let plain =
+            Network::new(vec![c, h, w], vec![conv.clone(), Layer::Flatten], vec![]).unwrap();
+        let Layer::Conv2d { weight, bias, .. } = &conv else {
+            unreachable!()
+        };
+        let p = bn_params(&mut rng, oc);
+        let mut g = G::new("x", rng.random());
+        let wn = g.init("conv.weight", weight.shape(), weight.as_slice().unwrap());
+        let bn = g.init("conv.bias", &[oc], bias.as_slice().unwrap());
+        g.op(
+            "Conv",
+            "conv",
+            &[&wn, &bn],
+            vec![attr_s("auto_pad", "SAME_UPPER")],
+        );
+        add_bn(&mut g, "bn", &p, eps);
+        g.op("Flatten", "flat", &[], vec![]);
+        let folded = load(&g.finish(Batch::Param, &[c, h, w], false)).unwrap();
+        assert_eq!(folded.layers.len(), 2);
+        let x = common::random_input(&mut rng, &plain, 4, 0.0, 1.0);
+        let want = apply_bn(&logits(&plain, &x), &p, eps, h * w);
+        assert_close(
+            &logits(&folded, &x),
+            &want,
+            1e-5,
+            "Conv + BatchNormalization",
+        );
+
+        // Gemm -> BN and MatMul -> Add -> BN, against Dense followed by BN here.
+        let (i, o) = (rng.random_range(1..8), rng.random_range(1..8));
+        let dense = common::dense(&mut rng, i, o, false);
+        let plain = Network::new(vec![i], vec![dense.clone()], vec![]).unwrap();
+        let Layer::Dense { weight, bias } = &dense else {
+            unreachable!()
+        };
+        let p = bn_params(&mut rng, o);
+        let x = common::random_input(&mut rng, &plain, 4, -1.0, 1.0);
+        let want = apply_bn(&logits(&plain, &x), &p, eps, 1);
+        for matmul in [false, true] {
+            let mut g = G::new("x", false);
+            let b = g.init("fc.bias", &[o], bias.as_slice().unwrap());
+            if matmul {
+                let wv: Vec<f32> = weight.iter().copied().collect();
+                let wn = g.init("fc.weight", &[i, o], &wv);
+                g.op("MatMul", "fc", &[&wn], vec![]);
+                g.op("Add", "fc/Add", &[&b], vec![]);
+            } else {
+                let wv: Vec<f32> = weight.t().iter().copied().collect();
+                let wn = g.init("fc.weight", &[o, i], &wv);
+                g.op("Gemm", "fc", &[&wn, &b], vec![attr_i("transB", 1)]);
+            }
+            add_bn(&mut g, "bn1d", &p, eps);
+            let folded = load(&g.finish(Batch::Param, &[i], false)).unwrap();
+            assert_eq!(folded.layers.len(), 1);
+            let what = if matmul {
+                "MatMul + Add + BN"
+            } else {
+                "Gemm + BN"
+            };
+            assert_close(&logits(&folded, &x), &want, 1e-5, what);
+        }
+    }
+}
+
+#[test]
+fn gemm_sum_pooling_and_global_average_pool_compute_what_onnx_defines() {
+    let mut rng = common::rng("onnx_semantics_forward");
+    for _ in 0..6 {
+        // Gemm: y = alpha * x B^T + beta * C, computed directly here.
+        let (i, o) = (rng.random_range(1..8), rng.random_range(1..8));
+        let b: Vec<f32> = (0..i * o)
+            .map(|_| common::uniform(&mut rng, -1.0, 1.0))
+            .collect();
+        let c: Vec<f32> = (0..o)
+            .map(|_| common::uniform(&mut rng, -1.0, 1.0))
+            .collect();
+        let (alpha, beta) = (
+            common::uniform(&mut rng, 0.5, 2.0),
+            common::uniform(&mut rng, -2.0, 2.0),
+        );
+        let mut g = G::new("x", true);
+        let bn = g.init("B", &[o, i], &b);
+        let cn = g.init("C", &[1, o], &c);
+        let attrs = vec![
+            attr_f("alpha", alpha),
+            attr_f("beta", beta),
+            attr_i("transB", 1),
+        ];
+        g.op("Gemm", "fc", &[&bn, &cn], attrs);
+        let net = load(&g.finish(Batch::Param, &[i], false)).unwrap();
+        let x = common::random_input(&mut rng, &net, 3, -1.0, 1.0);
+        let want = Array2::from_shape_fn((3, o), |(n, j)| {
+            let dot: f64 = (0..i).map(|k| x[[n, k]] as f64 * b[j * i + k] as f64).sum();
+            alpha as f64 * dot + beta as f64 * c[j] as f64
+        });
+        assert_close(&logits(&net, &x), &want, 1e-6, "Gemm alpha/beta");
+
+        // AveragePool(count_include_pad=1, padded) + Mul(kh*kw) = window sums, computed here.
+        let (ch, h, w) = (
+            rng.random_range(1..3),
+            rng.random_range(2..6),
+            rng.random_range(2..6),
+        );
+        let (kh, kw) = (rng.random_range(1..3), rng.random_range(2..4));
+        let pads = [
+            rng.random_range(0..kh),
+            rng.random_range(0..kw),
+            0,
+            1.min(kw - 1),
+        ];
+        let mut g = G::new("x", false);
+        let attrs = vec![
+            attr_is("kernel_shape", &[kh as i64, kw as i64]),
+            attr_is("pads", &pads.map(|p| p as i64)),
+            attr_i("count_include_pad", 1),
+        ];
+        g.op("AveragePool", "pool", &[], attrs);
+        let f = g.init("k", &[], &[(kh * kw) as f32]);
+        g.op("Mul", "pool/Mul", &[&f], vec![]);
+        g.op("Flatten", "flat", &[], vec![]);
+        let net = load(&g.finish(Batch::Param, &[ch, h, w], false)).unwrap();
+        let [oc, oh, ow] = net.shapes().unwrap()[1].clone()[..] else {
+            unreachable!()
+        };
+        assert_eq!(
+            (oh, ow),
+            (
+                h + pads[0] + pads[2] - kh + 1,
+                w + pads[1] + pads[3] - kw + 1
+            )
+        );
+        let x = common::random_input(&mut rng, &net, 2, 0.0, 1.0);
+        let want = Array2::from_shape_fn((2, oc * oh * ow), |(n, j)| {
+            let (c, r, q) = (j / (oh * ow), (j / ow) % oh, j % ow);
+            let mut s = 0.0;
+            for di in 0..kh {
+                for dj in 0..kw {
+                    let (y, z) = (
+                        (r + di) as i64 - pads[0] as i64,
+                        (q + dj) as i64 - pads[1] as i64,
+                    );
+                    if (0..h as i64).contains(&y) && (0..w as i64).contains(&z) {
+                        s += x[[n, c, y as usize, z as usize]] as f64;
+                    }
+                }
+            }
+            s
+        });
+        assert_close(&logits(&net, &x), &want, 1e-6, "AveragePool + Mul");
+
+        // GlobalAveragePool: channel means.
+        let mut g = G::new("x", false);
+        g.op("GlobalAveragePool", "gap", &[], vec![]);
+        g.op("Flatten", "flat", &[], vec![]);
+        let net = load(&g.finish(Batch::Param, &[ch, h, w], false)).unwrap();
+        let x = common::random_input(&mut rng, &net, 2, -1.0, 1.0);
+        let want = x
+            .mapv(f64::from)
+            .into_shape_with_order((2, ch, h * w))
+            .unwrap()
+            .mean_axis(Axis(2))
+            .unwrap();
+        assert_close(&logits(&net, &x), &want, 1e-9, "GlobalAveragePool");
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
