@@ -4,6 +4,8 @@
 //! the clock, and is printed (cargo shows it when the test fails) so a failure can be replayed.
 #![allow(dead_code)]
 
+pub mod gpu;
+
 use ndarray::{Array1, Array2, Array4, ArrayD, IxDyn};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};

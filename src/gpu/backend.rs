@@ -1,0 +1,211 @@
+//! The GPU backend: the streaming orchestrator over one batch plan. Inputs of any length go
+//! through in fixed-size batches (the last one partial), reusing the plan's buffers, so device
+//! memory stays flat however many samples stream through; results land in input order.
+
+use ndarray::{Array2, ArrayD, ArrayViewD, Axis, IxDyn, Slice};
+
+use super::context::GpuContext;
+use super::plan::{footprint, BatchResult, Plan};
+use crate::{Backend, BatchOutput, Error, Method, Network, Result};
+
+/// The GPU explainer for one (network, method), planned for one batch size.
+pub struct GpuBackend {
+    ctx: GpuContext,
+    plan: Plan,
+    input_shape: Vec<usize>,
+    classes: usize,
+    notes: Vec<String>,
+}
+
+impl std::fmt::Debug for GpuBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GpuBackend")
+            .field("adapter", &self.ctx.summary())
+            .field("batch_size", &self.plan.capacity())
+            .finish()
+    }
+}
+
+impl GpuBackend {
+    /// Plans `net` with `method` for batches of `batch_size` samples, clamped to what the
+    /// adapter's limits allow (see [`GpuBackend::notes`]).
+    pub fn new(
+        ctx: &GpuContext,
+        net: &Network,
+        method: &Method,
+        batch_size: usize,
+    ) -> Result<GpuBackend> {
+        if batch_size == 0 {
+            return Err(Error::usage("--batch-size", "must be at least 1, got 0"));
+        }
+        let fp = footprint(net, method)?;
+        let limits = ctx.limits();
+        let max_binding = limits
+            .max_storage_buffer_binding_size
+            .min(limits.max_buffer_size);
+        let mut notes = vec![];
+        let mut batch = batch_size as u64;
+        for (what, per_sample) in fp.bindings() {
+            if per_sample == 0 {
+                continue;
+            }
+            let fits = max_binding / per_sample;
+            if fits == 0 {
+                return Err(Error::Gpu(format!(
+                    "one sample needs {per_sample} bytes of {what}, more than the adapter's \
+                     {max_binding}-byte storage binding limit; use --backend cpu"
+                )));
+            }
+            if fits < batch {
+                notes.push(format!(
+                    "batch size clamped from {batch} to {fits} (max storage binding {max_binding} \
+                     bytes; the {what} buffer needs {per_sample} bytes per sample)"
+                ));
+                batch = fits;
+            }
+        }
+        let fits = limits.max_buffer_size / fp.staging.max(1);
+        if fits < batch {
+            notes.push(format!(
+                "batch size clamped from {batch} to {fits} (max buffer size {} bytes; the staging \
+                 buffer needs {} bytes per sample)",
+                limits.max_buffer_size, fp.staging
+            ));
+            batch = fits.max(1);
+        }
+        // u32 indices in the kernels: keep every per-batch count below 2^31.
+        let values = fp.activation.max(fp.partial * 4).max(fp.s).max(1);
+        let fits = (i32::MAX as u64) / values;
+        if fits < batch {
+            notes.push(format!(
+                "batch size clamped from {batch} to {fits} (32-bit indices in the kernels)"
+            ));
+            batch = fits.max(1);
+        }
+        let plan = Plan::new(ctx, net, method, batch as usize)?;
+        Ok(GpuBackend {
+            ctx: ctx.clone(),
+            plan,
+            input_shape: net.input_shape.clone(),
+            classes: net.num_outputs(),
+            notes,
+        })
+    }
+
+    /// The batch size in use, after clamping to the adapter's limits.
+    pub fn batch_size(&self) -> usize {
+        self.plan.capacity()
+    }
+
+    /// What the backend adjusted, for the user (e.g. the batch size clamped to the limits).
+    pub fn notes(&self) -> Vec<String> {
+        self.notes.clone()
+    }
+
+    /// The context the backend runs on.
+    pub fn context(&self) -> &GpuContext {
+        &self.ctx
+    }
+}
+
+impl Backend for GpuBackend {
+    fn kind(&self) -> &'static str {
+        "gpu"
+    }
+
+    fn adapter(&self) -> String {
+        self.ctx.summary().to_string()
+    }
+
+    fn run(&mut self, x: ArrayViewD<'_, f32>, targets: Option<&[usize]>) -> Result<BatchOutput> {
+        let shape = x.shape();
+        if shape.len() != self.input_shape.len() + 1 || shape[1..] != self.input_shape[..] {
+            return Err(Error::Shape {
+                layer: "input".into(),
+                expected: format!("(N, {:?}) for this network", self.input_shape)
+                    .replace('[', "")
+                    .replace(']', ""),
+                got: format!("{shape:?}"),
+            });
+        }
+        let n = shape[0];
+        let input_len: usize = self.input_shape.iter().product();
+        for (i, sample) in x.outer_iter().enumerate() {
+            if sample.iter().any(|v| !v.is_finite()) {
+                return Err(Error::NonFinite {
+                    what: format!("input sample {i}"),
+                });
+            }
+        }
+        let targets: Option<Vec<u32>> = match targets {
+            None => None,
+            Some(t) => {
+                if t.len() != n {
+                    return Err(Error::usage(
+                        "--target",
+                        format!("expected one target per sample ({n}), got {}", t.len()),
+                    ));
+                }
+                if self.classes == 1 {
+                    Some(vec![0; n])
+                } else {
+                    let mut v = Vec::with_capacity(n);
+                    for (i, &c) in t.iter().enumerate() {
+                        if c >= self.classes {
+                            return Err(Error::usage(
+                                "--target",
+                                format!(
+                                    "sample {i}: class {c} is out of range; the network has {} \
+                                     outputs (0..{})",
+                                    self.classes,
+                                    self.classes - 1
+                                ),
+                            ));
+                        }
+                        v.push(c as u32);
+                    }
+                    Some(v)
+                }
+            }
+        };
+        let mut relevance = vec![0f32; n * input_len];
+        let mut logits = vec![0f32; n * self.classes];
+        let mut chosen = vec![0u32; n];
+        let batch = self.plan.capacity();
+        let mut start = 0;
+        let mut buf: Vec<f32> = Vec::with_capacity(batch * input_len);
+        while start < n {
+            let m = batch.min(n - start);
+            buf.clear();
+            buf.extend(x.slice_axis(Axis(0), Slice::from(start..start + m)).iter());
+            self.plan.run(
+                &buf,
+                m,
+                targets.as_ref().map(|t| &t[start..start + m]),
+                BatchResult {
+                    relevance: &mut relevance[start * input_len..(start + m) * input_len],
+                    logits: &mut logits[start * self.classes..(start + m) * self.classes],
+                    targets: &mut chosen[start..start + m],
+                },
+            )?;
+            start += m;
+        }
+        let mut rshape = vec![n];
+        rshape.extend(&self.input_shape);
+        let relevance = ArrayD::from_shape_vec(
+            IxDyn(&rshape),
+            relevance.into_iter().map(f64::from).collect(),
+        )
+        .map_err(|e| Error::Gpu(format!("relevance shape: {e}")))?;
+        let logits = Array2::from_shape_vec(
+            (n, self.classes),
+            logits.into_iter().map(f64::from).collect(),
+        )
+        .map_err(|e| Error::Gpu(format!("logits shape: {e}")))?;
+        Ok(BatchOutput {
+            relevance,
+            logits,
+            targets: chosen.into_iter().map(|t| t as usize).collect(),
+        })
+    }
+}

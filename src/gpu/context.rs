@@ -1,0 +1,199 @@
+//! The GPU context: lists adapters, picks the best one (hardware before software, Vulkan before
+//! GL), opens a device and queue, and holds the pipeline cache that every plan on it shares.
+
+use std::sync::Arc;
+
+use super::pipeline::PipelineCache;
+use crate::{Error, Result};
+
+/// What `taylormap adapters` prints about one adapter.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AdapterSummary {
+    /// Adapter name, e.g. "NVIDIA H100" or "llvmpipe (LLVM 15.0.6, 256 bits)".
+    pub name: String,
+    /// Graphics API: "Vulkan", "Metal", "Dx12" or "Gl".
+    pub backend: String,
+    /// "DiscreteGpu", "IntegratedGpu", "VirtualGpu", "Cpu" or "Other".
+    pub device_type: String,
+    /// True for a software rasteriser (llvmpipe, SwiftShader, WARP), where the CPU backend is faster.
+    pub software: bool,
+}
+
+impl std::fmt::Display for AdapterSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} ({}, {}{})",
+            self.name,
+            self.backend,
+            self.device_type,
+            if self.software { ", software" } else { "" }
+        )
+    }
+}
+
+/// What to do when no adapter exists.
+const INSTALL_HINT: &str = "install a GPU driver with Vulkan support, or Mesa's software Vulkan \
+     driver (Debian/Ubuntu: apt-get install mesa-vulkan-drivers libvulkan1), or use --backend cpu";
+
+fn instance() -> wgpu::Instance {
+    let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
+    if std::env::var_os("WGPU_BACKEND").is_none() {
+        desc.backends = wgpu::Backends::PRIMARY | wgpu::Backends::GL;
+    }
+    wgpu::Instance::new(desc)
+}
+
+fn is_software(info: &wgpu::AdapterInfo) -> bool {
+    let name = info.name.to_lowercase();
+    info.device_type == wgpu::DeviceType::Cpu
+        || [
+            "llvmpipe",
+            "lavapipe",
+            "softpipe",
+            "swiftshader",
+            "microsoft basic render",
+        ]
+        .iter()
+        .any(|s| name.contains(s))
+}
+
+fn summarize(info: &wgpu::AdapterInfo) -> AdapterSummary {
+    AdapterSummary {
+        name: info.name.clone(),
+        backend: format!("{:?}", info.backend),
+        device_type: format!("{:?}", info.device_type),
+        software: is_software(info),
+    }
+}
+
+/// Preference order: lower is better. Hardware (discrete, integrated, virtual, other) before
+/// software; within a type, Vulkan/Metal/DX12 before GL.
+fn rank(info: &wgpu::AdapterInfo) -> (u8, u8) {
+    let ty = if is_software(info) {
+        4
+    } else {
+        match info.device_type {
+            wgpu::DeviceType::DiscreteGpu => 0,
+            wgpu::DeviceType::IntegratedGpu => 1,
+            wgpu::DeviceType::VirtualGpu => 2,
+            wgpu::DeviceType::Other => 3,
+            wgpu::DeviceType::Cpu => 4,
+        }
+    };
+    let api = match info.backend {
+        wgpu::Backend::Vulkan | wgpu::Backend::Metal => 0,
+        wgpu::Backend::Dx12 => 1,
+        wgpu::Backend::Gl => 2,
+        _ => 3,
+    };
+    (ty, api)
+}
+
+/// Every adapter, best first.
+fn ranked_adapters(instance: &wgpu::Instance) -> Vec<wgpu::Adapter> {
+    let mut all = pollster::block_on(
+        instance.enumerate_adapters(wgpu::Backends::PRIMARY | wgpu::Backends::GL),
+    );
+    all.sort_by_key(|a| rank(&a.get_info()));
+    all
+}
+
+/// Every adapter wgpu finds (Vulkan, Metal, DX12 and GL), best first.
+pub fn adapters() -> Vec<AdapterSummary> {
+    ranked_adapters(&instance())
+        .iter()
+        .map(|a| summarize(&a.get_info()))
+        .collect()
+}
+
+/// An open device and queue on the best adapter, with the pipeline cache. Cheap to clone (the
+/// clones share the device, queue and cache).
+#[derive(Clone)]
+pub struct GpuContext {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    device: wgpu::Device,
+    queue: wgpu::Queue,
+    info: wgpu::AdapterInfo,
+    limits: wgpu::Limits,
+    pipelines: PipelineCache,
+}
+
+impl std::fmt::Debug for GpuContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GpuContext")
+            .field("adapter", &self.summary())
+            .finish()
+    }
+}
+
+impl GpuContext {
+    /// Opens the best adapter: hardware (discrete > integrated > virtual) before software,
+    /// Vulkan preferred over GL. Errors, saying what to install, when there is none.
+    pub fn new() -> Result<GpuContext> {
+        let instance = instance();
+        let candidates = ranked_adapters(&instance);
+        if candidates.is_empty() {
+            return Err(Error::Gpu(format!("no GPU adapter found; {INSTALL_HINT}")));
+        }
+        let mut failures = vec![];
+        for adapter in candidates {
+            let info = adapter.get_info();
+            let limits = adapter.limits();
+            let request = adapter.request_device(&wgpu::DeviceDescriptor {
+                label: Some("taylormap"),
+                required_features: wgpu::Features::empty(),
+                required_limits: limits.clone(),
+                ..Default::default()
+            });
+            match pollster::block_on(request) {
+                Ok((device, queue)) => {
+                    let limits = device.limits();
+                    let pipelines = PipelineCache::new(&device);
+                    return Ok(GpuContext {
+                        inner: Arc::new(Inner {
+                            device,
+                            queue,
+                            info,
+                            limits,
+                            pipelines,
+                        }),
+                    });
+                }
+                Err(e) => failures.push(format!("{}: {e}", summarize(&info))),
+            }
+        }
+        Err(Error::Gpu(format!(
+            "no GPU adapter could open a device ({}); {INSTALL_HINT}",
+            failures.join("; ")
+        )))
+    }
+
+    /// The adapter in use.
+    pub fn summary(&self) -> AdapterSummary {
+        summarize(&self.inner.info)
+    }
+
+    /// The device.
+    pub fn device(&self) -> &wgpu::Device {
+        &self.inner.device
+    }
+
+    /// The queue.
+    pub fn queue(&self) -> &wgpu::Queue {
+        &self.inner.queue
+    }
+
+    /// The device's limits (everything the adapter offers).
+    pub fn limits(&self) -> &wgpu::Limits {
+        &self.inner.limits
+    }
+
+    /// The shared pipeline cache.
+    pub(crate) fn pipelines(&self) -> &PipelineCache {
+        &self.inner.pipelines
+    }
+}

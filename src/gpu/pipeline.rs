@@ -1,0 +1,122 @@
+//! The typed pipeline cache: explicit bind-group and pipeline layouts per shader, built once
+//! with the device; shader modules and compute pipelines compiled on first use and keyed by
+//! [`Kernel`] (shader file + entry point), shared by every plan on the device.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use super::shader::{BindingKind, Kernel, Shader};
+use crate::{Error, Result};
+
+/// Layouts per shader and lazily compiled pipelines per kernel.
+pub(crate) struct PipelineCache {
+    layouts: HashMap<Shader, (wgpu::BindGroupLayout, wgpu::PipelineLayout)>,
+    modules: Mutex<HashMap<Shader, wgpu::ShaderModule>>,
+    pipelines: Mutex<HashMap<Kernel, wgpu::ComputePipeline>>,
+}
+
+fn layout_entry(binding: u32, kind: BindingKind) -> wgpu::BindGroupLayoutEntry {
+    let ty = match kind {
+        BindingKind::Uniform => wgpu::BindingType::Buffer {
+            ty: wgpu::BufferBindingType::Uniform,
+            has_dynamic_offset: false,
+            min_binding_size: None,
+        },
+        BindingKind::StorageRead | BindingKind::StorageReadWrite => wgpu::BindingType::Buffer {
+            ty: wgpu::BufferBindingType::Storage {
+                read_only: kind == BindingKind::StorageRead,
+            },
+            has_dynamic_offset: false,
+            min_binding_size: None,
+        },
+    };
+    wgpu::BindGroupLayoutEntry {
+        binding,
+        visibility: wgpu::ShaderStages::COMPUTE,
+        ty,
+        count: None,
+    }
+}
+
+impl PipelineCache {
+    /// Builds the bind-group and pipeline layouts of every shader.
+    pub(crate) fn new(device: &wgpu::Device) -> Self {
+        let mut layouts = HashMap::new();
+        for shader in Shader::ALL {
+            let entries: Vec<_> = shader
+                .bindings()
+                .iter()
+                .enumerate()
+                .map(|(i, k)| layout_entry(i as u32, *k))
+                .collect();
+            let label = format!("{}.bind_group_layout", shader.label());
+            let bgl = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+                label: Some(&label),
+                entries: &entries,
+            });
+            let label = format!("{}.pipeline_layout", shader.label());
+            let pl = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+                label: Some(&label),
+                bind_group_layouts: &[Some(&bgl)],
+                immediate_size: 0,
+            });
+            layouts.insert(shader, (bgl, pl));
+        }
+        PipelineCache {
+            layouts,
+            modules: Mutex::new(HashMap::new()),
+            pipelines: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The bind-group layout every kernel of `shader` uses.
+    pub(crate) fn bind_group_layout(&self, shader: Shader) -> &wgpu::BindGroupLayout {
+        &self.layouts[&shader].0
+    }
+
+    /// The compute pipeline of `kernel`, compiled on first use.
+    pub(crate) fn get(
+        &self,
+        device: &wgpu::Device,
+        kernel: Kernel,
+    ) -> Result<wgpu::ComputePipeline> {
+        if let Some(p) = self.pipelines.lock().unwrap().get(&kernel) {
+            return Ok(p.clone());
+        }
+        let shader = kernel.shader();
+        let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let module = {
+            let mut modules = self.modules.lock().unwrap();
+            modules
+                .entry(shader)
+                .or_insert_with(|| {
+                    device.create_shader_module(wgpu::ShaderModuleDescriptor {
+                        label: Some(shader.file_name()),
+                        source: wgpu::ShaderSource::Wgsl(shader.source().into()),
+                    })
+                })
+                .clone()
+        };
+        let label = kernel.label();
+        let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(&label),
+            layout: Some(&self.layouts[&shader].1),
+            module: &module,
+            entry_point: Some(kernel.entry_point()),
+            compilation_options: Default::default(),
+            cache: None,
+        });
+        if let Some(err) = pollster::block_on(scope.pop()) {
+            return Err(Error::Gpu(format!(
+                "shaders/{} entry point '{}' failed to build: {err}",
+                shader.file_name(),
+                kernel.entry_point()
+            )));
+        }
+        self.pipelines
+            .lock()
+            .unwrap()
+            .insert(kernel, pipeline.clone());
+        Ok(pipeline)
+    }
+}

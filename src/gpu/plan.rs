@@ -1,0 +1,817 @@
+//! The batch plan, built once per (network, method, batch size): weights uploaded once, one
+//! activation buffer per layer kept for the backward pass, ping-pong relevance buffers, shared
+//! scratch, one uniform buffer and one bind group per layer, pipelines from the cache. Running a
+//! batch writes the inputs, encodes forward, seed and backward into one command encoder, copies
+//! relevance, logits and targets into one staging buffer, submits once and maps once.
+
+use wgpu::util::DeviceExt;
+
+use super::context::GpuContext;
+use super::shader::{
+    ConvParams, DenseParams, ElementwiseEntry, ElementwiseParams, Kernel, LinearEntry, PoolEntry,
+    PoolParams, RuleParams, Shader, CHUNK, MAX_CHUNKS, MAX_WINDOW, WORKGROUP,
+};
+use crate::{Error, Layer, Method, Network, Result};
+
+/// Bytes per f32 / u32.
+const F: u64 = 4;
+
+/// What the plan computes after the forward pass.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    Lrp,
+    Sensitivity,
+    GradientXInput,
+}
+
+impl Mode {
+    fn gradient(self) -> bool {
+        self != Mode::Lrp
+    }
+}
+
+/// Per-sample sizes (in values) of one layer, and its kernel parameters.
+#[derive(Clone, Debug)]
+enum LayerPlan {
+    Dense(DenseParams),
+    Conv(ConvParams),
+    Relu { len: u32 },
+    MaxPool(PoolParams),
+    AvgPool(PoolParams),
+    Flatten,
+}
+
+/// Per-sample sizes of the shared buffers, used to size them and to clamp the batch size.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Footprint {
+    /// Largest activation (values per sample): relevance buffers and activations.
+    pub activation: u64,
+    /// Values of the `s` scratch per sample.
+    pub s: u64,
+    /// vec4 partial sums per sample (0 when no layer needs split-K).
+    pub partial: u64,
+    /// Largest max-pooling arg-max buffer per sample.
+    pub argmax: u64,
+    /// Staging bytes per sample.
+    pub staging: u64,
+}
+
+impl Footprint {
+    /// Bytes per sample of each per-batch storage buffer, with a name for messages.
+    pub fn bindings(&self) -> [(&'static str, u64); 4] {
+        [
+            ("activations/relevance", self.activation * F),
+            ("s scratch", self.s * F),
+            ("split-K partial sums", self.partial * 4 * F),
+            ("max-pool arg-max", self.argmax * F),
+        ]
+    }
+}
+
+fn u32_of(v: usize, what: &str, layer: &str) -> Result<u32> {
+    u32::try_from(v).map_err(|_| Error::Shape {
+        layer: layer.to_string(),
+        expected: format!("{what} below 2^32 for the GPU backend"),
+        got: v.to_string(),
+    })
+}
+
+fn layer_name(net: &Network, k: usize) -> String {
+    format!("{k} ('{}', {})", net.names[k], net.layers[k].kind())
+}
+
+/// The kernel parameters of every layer (n = 0; set per run) and the buffer footprint.
+fn layer_plans(net: &Network, method: &Method) -> Result<(Vec<LayerPlan>, Footprint)> {
+    let shapes = net.shapes()?;
+    let linear = net.linear_layers();
+    let mode = match method {
+        Method::Lrp { rules } => {
+            if rules.len() != linear.len() {
+                return Err(Error::usage(
+                    "--rule",
+                    format!(
+                        "the method has {} rules but the network has {} Dense/Conv2d layers",
+                        rules.len(),
+                        linear.len()
+                    ),
+                ));
+            }
+            Mode::Lrp
+        }
+        Method::Sensitivity => Mode::Sensitivity,
+        Method::GradientXInput => Mode::GradientXInput,
+    };
+    let mut fp = Footprint {
+        activation: shapes
+            .iter()
+            .map(|s| s.iter().product::<usize>() as u64)
+            .max()
+            .unwrap_or(1),
+        ..Default::default()
+    };
+    let classes = net.num_outputs();
+    if classes as u32 > MAX_WINDOW {
+        return Err(Error::Gpu(format!(
+            "the network has {classes} outputs; the GPU backend handles at most {MAX_WINDOW} \
+             (use --backend cpu)"
+        )));
+    }
+    let input_len = net.input_len() as u64;
+    fp.staging = (input_len + classes as u64 + 1) * F;
+    let mut plans = vec![];
+    for (k, layer) in net.layers.iter().enumerate() {
+        let name = layer_name(net, k);
+        let inp = &shapes[k];
+        let out = &shapes[k + 1];
+        let in_len = inp.iter().product::<usize>() as u64;
+        let out_len = out.iter().product::<usize>() as u64;
+        let rule = || -> Result<RuleParams> {
+            match method {
+                Method::Lrp { rules } => {
+                    let idx = linear.iter().position(|&l| l == k).unwrap();
+                    RuleParams::from_rule(&rules[idx])
+                }
+                _ => Ok(RuleParams::gradient()),
+            }
+        };
+        let chunks = |len: usize, what: &str| -> Result<u32> {
+            let c = len.div_ceil(CHUNK as usize);
+            if c > MAX_CHUNKS as usize {
+                return Err(Error::Gpu(format!(
+                    "layer {name}: its {what} of {len} values is longer than the GPU kernels handle \
+                     ({} values; use --backend cpu)",
+                    CHUNK as u64 * MAX_CHUNKS as u64
+                )));
+            }
+            Ok(c as u32)
+        };
+        let plan = match layer {
+            Layer::Dense { weight, .. } => {
+                let (i, o) = weight.dim();
+                let p = DenseParams {
+                    n: 0,
+                    inputs: u32_of(i, "inputs", &name)?,
+                    outputs: u32_of(o, "outputs", &name)?,
+                    chunk: CHUNK,
+                    chunks_in: chunks(i, "reduction over inputs")?,
+                    chunks_out: chunks(o, "reduction over outputs")?,
+                    bias_offset: u32_of(i * o, "weights", &name)?,
+                    mode: mode.gradient() as u32,
+                    rule: rule()?,
+                };
+                fp.s = fp.s.max(2 * out_len);
+                if p.chunks_in > 1 {
+                    fp.partial = fp.partial.max(p.chunks_in as u64 * out_len);
+                }
+                if p.chunks_out > 1 {
+                    fp.partial = fp.partial.max(p.chunks_out as u64 * in_len);
+                }
+                LayerPlan::Dense(p)
+            }
+            Layer::Conv2d { weight, window, .. } => {
+                let (oc, c, kh, kw) = weight.dim();
+                let p = ConvParams {
+                    n: 0,
+                    c: c as u32,
+                    h: inp[1] as u32,
+                    w: inp[2] as u32,
+                    oc: u32_of(oc, "output channels", &name)?,
+                    oh: out[1] as u32,
+                    ow: out[2] as u32,
+                    kh: kh as u32,
+                    kw: kw as u32,
+                    stride_y: window.stride[0] as u32,
+                    stride_x: window.stride[1] as u32,
+                    pad_top: window.pad[0] as u32,
+                    pad_left: window.pad[1] as u32,
+                    chunk: CHUNK,
+                    chunks_in: chunks(c * kh * kw, "receptive field")?,
+                    chunks_out: chunks(oc * kh * kw, "transposed reduction")?,
+                    bias_offset: u32_of(weight.len(), "weights", &name)?,
+                    mode: mode.gradient() as u32,
+                    pad0: 0,
+                    pad1: 0,
+                    rule: rule()?,
+                };
+                u32_of(in_len as usize, "input values per sample", &name)?;
+                u32_of(out_len as usize, "output values per sample", &name)?;
+                fp.s = fp.s.max(2 * out_len);
+                if p.chunks_in > 1 {
+                    fp.partial = fp.partial.max(p.chunks_in as u64 * out_len);
+                }
+                if p.chunks_out > 1 {
+                    fp.partial = fp.partial.max(p.chunks_out as u64 * in_len);
+                }
+                LayerPlan::Conv(p)
+            }
+            Layer::Relu => LayerPlan::Relu {
+                len: u32_of(in_len as usize, "values per sample", &name)?,
+            },
+            Layer::Flatten => LayerPlan::Flatten,
+            Layer::MaxPool2d { window } | Layer::AvgPool2d { window, .. } => {
+                let area = window.kernel[0] * window.kernel[1];
+                if area > MAX_WINDOW as usize {
+                    return Err(Error::Gpu(format!(
+                        "layer {name}: a pooling window of {area} positions is larger than the GPU \
+                         kernels handle ({MAX_WINDOW}; use --backend cpu)"
+                    )));
+                }
+                let divisor = match layer {
+                    Layer::AvgPool2d { sum: true, .. } => 2,
+                    Layer::AvgPool2d {
+                        count_include_pad: true,
+                        ..
+                    } => 1,
+                    _ => 0,
+                };
+                let p = PoolParams {
+                    n: 0,
+                    c: inp[0] as u32,
+                    h: inp[1] as u32,
+                    w: inp[2] as u32,
+                    oh: out[1] as u32,
+                    ow: out[2] as u32,
+                    kh: window.kernel[0] as u32,
+                    kw: window.kernel[1] as u32,
+                    stride_y: window.stride[0] as u32,
+                    stride_x: window.stride[1] as u32,
+                    pad_top: window.pad[0] as u32,
+                    pad_left: window.pad[1] as u32,
+                    divisor,
+                    mode: mode.gradient() as u32,
+                    pad0: 0,
+                    pad1: 0,
+                };
+                u32_of(in_len as usize, "input values per sample", &name)?;
+                if matches!(layer, Layer::MaxPool2d { .. }) {
+                    fp.argmax = fp.argmax.max(out_len);
+                    LayerPlan::MaxPool(p)
+                } else {
+                    fp.s = fp.s.max(out_len);
+                    LayerPlan::AvgPool(p)
+                }
+            }
+        };
+        plans.push(plan);
+    }
+    Ok((plans, fp))
+}
+
+/// The per-sample buffer footprint of a (network, method), for clamping the batch size.
+pub(crate) fn footprint(net: &Network, method: &Method) -> Result<Footprint> {
+    layer_plans(net, method).map(|(_, fp)| fp)
+}
+
+/// Uniform contents, with `n` (and the seed's explicit-targets flag) filled in per run.
+#[derive(Clone, Debug)]
+enum Uniform {
+    Dense(DenseParams),
+    Conv(ConvParams),
+    Pool(PoolParams),
+    Elementwise(ElementwiseParams),
+    Seed(ElementwiseParams),
+}
+
+impl Uniform {
+    fn bytes(&self, n: u32, explicit: bool) -> Vec<u8> {
+        match self {
+            Uniform::Dense(p) => bytemuck::bytes_of(&DenseParams { n, ..*p }).to_vec(),
+            Uniform::Conv(p) => bytemuck::bytes_of(&ConvParams { n, ..*p }).to_vec(),
+            Uniform::Pool(p) => bytemuck::bytes_of(&PoolParams { n, ..*p }).to_vec(),
+            Uniform::Elementwise(p) => bytemuck::bytes_of(&ElementwiseParams { n, ..*p }).to_vec(),
+            Uniform::Seed(p) => bytemuck::bytes_of(&ElementwiseParams {
+                n,
+                flag: explicit as u32,
+                ..*p
+            })
+            .to_vec(),
+        }
+    }
+}
+
+/// One dispatch: a pipeline, its bind group and the invocations per sample.
+struct Step {
+    pipeline: wgpu::ComputePipeline,
+    bind_group: usize,
+    per_sample: u64,
+}
+
+/// Which of the two relevance buffers.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Ping {
+    A,
+    B,
+}
+
+impl Ping {
+    fn other(self) -> Ping {
+        match self {
+            Ping::A => Ping::B,
+            Ping::B => Ping::A,
+        }
+    }
+}
+
+/// A built plan; see the module docs.
+pub(crate) struct Plan {
+    ctx: GpuContext,
+    capacity: usize,
+    input_len: usize,
+    classes: usize,
+    input: wgpu::Buffer,
+    logits: wgpu::Buffer,
+    result: wgpu::Buffer,
+    targets: wgpu::Buffer,
+    staging: wgpu::Buffer,
+    uniforms: Vec<(wgpu::Buffer, Uniform)>,
+    bind_groups: Vec<wgpu::BindGroup>,
+    steps: Vec<Step>,
+    /// (n, explicit targets) the uniforms hold now.
+    written: Option<(usize, bool)>,
+}
+
+/// What one batch gives back.
+pub(crate) struct BatchResult<'a> {
+    pub relevance: &'a mut [f32],
+    pub logits: &'a mut [f32],
+    pub targets: &'a mut [u32],
+}
+
+fn storage(device: &wgpu::Device, label: &str, bytes: u64) -> wgpu::Buffer {
+    device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some(label),
+        size: bytes.max(16).next_multiple_of(16),
+        usage: wgpu::BufferUsages::STORAGE
+            | wgpu::BufferUsages::COPY_DST
+            | wgpu::BufferUsages::COPY_SRC,
+        mapped_at_creation: false,
+    })
+}
+
+impl Plan {
+    /// Builds the plan for batches of up to `capacity` samples (already clamped to the limits).
+    pub(crate) fn new(
+        ctx: &GpuContext,
+        net: &Network,
+        method: &Method,
+        capacity: usize,
+    ) -> Result<Plan> {
+        let device = ctx.device();
+        let (plans, fp) = layer_plans(net, method)?;
+        let mode = match method {
+            Method::Lrp { .. } => Mode::Lrp,
+            Method::Sensitivity => Mode::Sensitivity,
+            Method::GradientXInput => Mode::GradientXInput,
+        };
+        let b = capacity as u64;
+        let limits = ctx.limits();
+        let max_binding = limits
+            .max_storage_buffer_binding_size
+            .min(limits.max_buffer_size);
+        for (what, per_sample) in fp.bindings() {
+            if per_sample * b > max_binding {
+                return Err(Error::Gpu(format!(
+                    "the {what} buffer needs {} bytes for a batch of {capacity}, more than the \
+                     adapter's {max_binding}-byte storage binding limit; use a smaller --batch-size",
+                    per_sample * b
+                )));
+            }
+        }
+        let shapes = net.shapes()?;
+        let lens: Vec<u64> = shapes
+            .iter()
+            .map(|s| s.iter().product::<usize>() as u64)
+            .collect();
+        let input_len = lens[0] as usize;
+        let classes = net.num_outputs();
+        let scope = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let vscope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+
+        // Activations: acts[k] is the buffer holding the input of layer k (acts[L] the logits).
+        let mut act_buffers = vec![storage(device, "activation.input", lens[0] * b * F)];
+        let mut acts = vec![0usize];
+        for (k, p) in plans.iter().enumerate() {
+            if matches!(p, LayerPlan::Flatten) {
+                acts.push(acts[k]);
+            } else {
+                let label = format!("activation.{k}.{}", net.names[k]);
+                act_buffers.push(storage(device, &label, lens[k + 1] * b * F));
+                acts.push(act_buffers.len() - 1);
+            }
+        }
+        let rel_a = storage(device, "relevance.a", fp.activation * b * F);
+        let rel_b = storage(device, "relevance.b", fp.activation * b * F);
+        let s_buf = storage(device, "scratch.s", fp.s * b * F);
+        let part = storage(device, "scratch.partial", fp.partial * 4 * b * F);
+        let targets = storage(device, "targets", b * F);
+        let dummy = storage(device, "unused", 16);
+        let staging = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("staging"),
+            size: (fp.staging * b).next_multiple_of(16),
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let rel = |p: Ping| match p {
+            Ping::A => &rel_a,
+            Ping::B => &rel_b,
+        };
+
+        // Backward bookkeeping: which relevance buffer each layer reads (seed writes A).
+        let mut reads = vec![Ping::A; plans.len()];
+        let mut cur = Ping::A;
+        for k in (0..plans.len()).rev() {
+            reads[k] = cur;
+            let swaps = match plans[k] {
+                LayerPlan::Flatten => false,
+                LayerPlan::Relu { .. } => mode.gradient(),
+                _ => true,
+            };
+            if swaps {
+                cur = cur.other();
+            }
+        }
+        let final_read = cur;
+        let result_ping = if mode.gradient() { cur.other() } else { cur };
+
+        let cache = ctx.pipelines();
+        let mut uniforms = vec![];
+        let mut bind_groups = vec![];
+        let mut forward = vec![];
+        let mut backward = vec![];
+        let mut bind = |shader: Shader,
+                        label: String,
+                        uniform: Uniform,
+                        buffers: &[&wgpu::Buffer],
+                        uniforms: &mut Vec<(wgpu::Buffer, Uniform)>|
+         -> usize {
+            let ubuf = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some(&format!("{label}.params")),
+                contents: &uniform.bytes(capacity as u32, false),
+                usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            });
+            let mut entries = vec![wgpu::BindGroupEntry {
+                binding: 0,
+                resource: ubuf.as_entire_binding(),
+            }];
+            for (i, buf) in buffers.iter().enumerate() {
+                entries.push(wgpu::BindGroupEntry {
+                    binding: i as u32 + 1,
+                    resource: buf.as_entire_binding(),
+                });
+            }
+            let bg = device.create_bind_group(&wgpu::BindGroupDescriptor {
+                label: Some(&label),
+                layout: cache.bind_group_layout(shader),
+                entries: &entries,
+            });
+            uniforms.push((ubuf, uniform));
+            bind_groups.push(bg);
+            bind_groups.len() - 1
+        };
+        let step = |list: &mut Vec<Step>, kernel: Kernel, bg: usize, per_sample: u64| {
+            cache.get(device, kernel).map(|pipeline| {
+                list.push(Step {
+                    pipeline,
+                    bind_group: bg,
+                    per_sample,
+                })
+            })
+        };
+
+        let mut weights = vec![];
+        let mut backward_layers: Vec<Vec<(Kernel, usize, u64)>> = vec![];
+        for (k, p) in plans.iter().enumerate() {
+            let x = &act_buffers[acts[k]];
+            let y = &act_buffers[acts[k + 1]];
+            let r_in = rel(reads[k]);
+            let r_out = rel(reads[k].other());
+            let label = format!("layer.{k}.{}", net.names[k]);
+            let mut back = vec![];
+            match p {
+                LayerPlan::Dense(_) | LayerPlan::Conv(_) => {
+                    // Row-major order: Dense W [inputs, outputs], Conv2d W [oc, c, kh, kw].
+                    let (mut data, bias, shader): (Vec<f32>, _, _) = match &net.layers[k] {
+                        Layer::Dense { weight, bias } => {
+                            (weight.iter().copied().collect(), bias, Shader::Dense)
+                        }
+                        Layer::Conv2d { weight, bias, .. } => {
+                            (weight.iter().copied().collect(), bias, Shader::Conv2d)
+                        }
+                        _ => unreachable!("layer_plans keeps layer kinds"),
+                    };
+                    data.extend(bias.iter().copied());
+                    if data.len() as u64 * F > max_binding {
+                        return Err(Error::Gpu(format!(
+                            "layer {} has {} bytes of weights, more than the adapter's \
+                             {max_binding}-byte storage binding limit",
+                            layer_name(net, k),
+                            data.len() as u64 * F
+                        )));
+                    }
+                    let wbuf = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                        label: Some(&format!("{label}.weights")),
+                        contents: bytemuck::cast_slice(&data),
+                        usage: wgpu::BufferUsages::STORAGE,
+                    });
+                    let (uniform, chunks_in, chunks_out, kern): (
+                        _,
+                        u64,
+                        u64,
+                        fn(LinearEntry) -> Kernel,
+                    ) = match p {
+                        LayerPlan::Dense(d) => (
+                            Uniform::Dense(*d),
+                            d.chunks_in as u64,
+                            d.chunks_out as u64,
+                            Kernel::Dense,
+                        ),
+                        LayerPlan::Conv(c) => (
+                            Uniform::Conv(*c),
+                            c.chunks_in as u64,
+                            c.chunks_out as u64,
+                            Kernel::Conv2d,
+                        ),
+                        _ => unreachable!(),
+                    };
+                    let bg = bind(
+                        shader,
+                        label,
+                        uniform,
+                        &[x, &wbuf, y, &part, r_in, &s_buf, r_out],
+                        &mut uniforms,
+                    );
+                    weights.push(wbuf);
+                    let (inl, outl) = (lens[k], lens[k + 1]);
+                    step(
+                        &mut forward,
+                        kern(LinearEntry::ForwardPartial),
+                        bg,
+                        chunks_in * outl,
+                    )?;
+                    if chunks_in > 1 {
+                        step(&mut forward, kern(LinearEntry::ForwardReduce), bg, outl)?;
+                    }
+                    if mode.gradient() {
+                        back.push((kern(LinearEntry::SReduce), bg, outl));
+                    } else {
+                        back.push((kern(LinearEntry::ZPartial), bg, chunks_in * outl));
+                        if chunks_in > 1 {
+                            back.push((kern(LinearEntry::SReduce), bg, outl));
+                        }
+                    }
+                    back.push((kern(LinearEntry::CPartial), bg, chunks_out * inl));
+                    if chunks_out > 1 {
+                        back.push((kern(LinearEntry::RReduce), bg, inl));
+                    }
+                }
+                LayerPlan::Relu { len } => {
+                    let params = ElementwiseParams {
+                        n: 0,
+                        len: *len,
+                        mode: 0,
+                        flag: 0,
+                    };
+                    let bg = bind(
+                        Shader::Elementwise,
+                        label,
+                        Uniform::Elementwise(params),
+                        &[x, y, r_in, r_out, &targets],
+                        &mut uniforms,
+                    );
+                    step(
+                        &mut forward,
+                        Kernel::Elementwise(ElementwiseEntry::ReluForward),
+                        bg,
+                        lens[k],
+                    )?;
+                    if mode.gradient() {
+                        back.push((
+                            Kernel::Elementwise(ElementwiseEntry::ReluGradient),
+                            bg,
+                            lens[k],
+                        ));
+                    }
+                }
+                LayerPlan::MaxPool(pp) | LayerPlan::AvgPool(pp) => {
+                    let is_max = matches!(p, LayerPlan::MaxPool(_));
+                    let arg = if is_max {
+                        storage(device, &format!("{label}.argmax"), lens[k + 1] * b * F)
+                    } else {
+                        dummy.clone()
+                    };
+                    let bg = bind(
+                        Shader::Pooling,
+                        label,
+                        Uniform::Pool(*pp),
+                        &[x, y, &arg, r_in, &s_buf, r_out],
+                        &mut uniforms,
+                    );
+                    if is_max {
+                        step(
+                            &mut forward,
+                            Kernel::Pooling(PoolEntry::MaxForward),
+                            bg,
+                            lens[k + 1],
+                        )?;
+                        back.push((Kernel::Pooling(PoolEntry::MaxRelevance), bg, lens[k]));
+                    } else {
+                        step(
+                            &mut forward,
+                            Kernel::Pooling(PoolEntry::AvgForward),
+                            bg,
+                            lens[k + 1],
+                        )?;
+                        back.push((Kernel::Pooling(PoolEntry::AvgS), bg, lens[k + 1]));
+                        back.push((Kernel::Pooling(PoolEntry::AvgRelevance), bg, lens[k]));
+                    }
+                }
+                LayerPlan::Flatten => {}
+            }
+            backward_layers.push(back);
+        }
+
+        // Seed: target choice and R at the logits, into relevance buffer A.
+        let logits = act_buffers[acts[plans.len()]].clone();
+        let seed = ElementwiseParams {
+            n: 0,
+            len: classes as u32,
+            mode: mode.gradient() as u32,
+            flag: 0,
+        };
+        let bg = bind(
+            Shader::Elementwise,
+            "seed".into(),
+            Uniform::Seed(seed),
+            &[&logits, &dummy, &rel_b, &rel_a, &targets],
+            &mut uniforms,
+        );
+        step(
+            &mut forward,
+            Kernel::Elementwise(ElementwiseEntry::Seed),
+            bg,
+            1,
+        )?;
+        for back in backward_layers.into_iter().rev() {
+            for (kernel, bg, per_sample) in back {
+                step(&mut backward, kernel, bg, per_sample)?;
+            }
+        }
+        if mode.gradient() {
+            let params = ElementwiseParams {
+                n: 0,
+                len: input_len as u32,
+                mode: (mode == Mode::GradientXInput) as u32,
+                flag: 0,
+            };
+            let bg = bind(
+                Shader::Elementwise,
+                "finalize".into(),
+                Uniform::Elementwise(params),
+                &[
+                    &act_buffers[0],
+                    &dummy,
+                    rel(final_read),
+                    rel(final_read.other()),
+                    &targets,
+                ],
+                &mut uniforms,
+            );
+            step(
+                &mut backward,
+                Kernel::Elementwise(ElementwiseEntry::Finalize),
+                bg,
+                input_len as u64,
+            )?;
+        }
+        let mut steps = forward;
+        steps.extend(backward);
+        let result = rel(result_ping).clone();
+        let input = act_buffers[0].clone();
+        drop(bind);
+        if let Some(err) = pollster::block_on(vscope.pop()) {
+            return Err(Error::Gpu(format!("building the batch plan failed: {err}")));
+        }
+        if let Some(err) = pollster::block_on(scope.pop()) {
+            return Err(Error::Gpu(format!(
+                "out of GPU memory building the batch plan for {capacity} samples: {err}; use a \
+                 smaller --batch-size"
+            )));
+        }
+        Ok(Plan {
+            ctx: ctx.clone(),
+            capacity,
+            input_len,
+            classes,
+            input,
+            logits,
+            result,
+            targets,
+            staging,
+            uniforms,
+            bind_groups,
+            steps,
+            written: Some((capacity, false)),
+        })
+    }
+
+    /// Number of samples a batch holds.
+    pub(crate) fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Workgroups (x, y) for `total` invocations.
+    fn workgroups(&self, total: u64) -> Result<(u32, u32)> {
+        let max = self
+            .ctx
+            .limits()
+            .max_compute_workgroups_per_dimension
+            .max(1) as u64;
+        let groups = total.div_ceil(WORKGROUP as u64).max(1);
+        let x = groups.min(max);
+        let y = groups.div_ceil(x);
+        if y > max {
+            return Err(Error::Gpu(format!(
+                "a dispatch of {total} invocations exceeds the adapter's workgroup limits; use a \
+                 smaller --batch-size"
+            )));
+        }
+        Ok((x as u32, y as u32))
+    }
+
+    /// Runs one batch of `n <= capacity` samples: `x` holds n * input_len values, `targets` one
+    /// index per sample (None: the arg-max). Fills `out` (first n samples of each part).
+    pub(crate) fn run(
+        &mut self,
+        x: &[f32],
+        n: usize,
+        targets: Option<&[u32]>,
+        out: BatchResult<'_>,
+    ) -> Result<()> {
+        assert!(n >= 1 && n <= self.capacity && x.len() == n * self.input_len);
+        let device = self.ctx.device();
+        let queue = self.ctx.queue();
+        let explicit = targets.is_some();
+        if self.written != Some((n, explicit)) {
+            for (buf, u) in &self.uniforms {
+                queue.write_buffer(buf, 0, &u.bytes(n as u32, explicit));
+            }
+            self.written = Some((n, explicit));
+        }
+        queue.write_buffer(&self.input, 0, bytemuck::cast_slice(x));
+        if let Some(t) = targets {
+            queue.write_buffer(&self.targets, 0, bytemuck::cast_slice(t));
+        }
+        let mut enc = device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
+            label: Some("batch"),
+        });
+        {
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some("batch.forward_backward"),
+                timestamp_writes: None,
+            });
+            for st in &self.steps {
+                let (gx, gy) = self.workgroups(st.per_sample * n as u64)?;
+                pass.set_pipeline(&st.pipeline);
+                pass.set_bind_group(0, &self.bind_groups[st.bind_group], &[]);
+                pass.dispatch_workgroups(gx, gy, 1);
+            }
+        }
+        let cap = self.capacity as u64;
+        let rel_bytes = (n * self.input_len) as u64 * F;
+        let logit_off = cap * self.input_len as u64 * F;
+        let logit_bytes = (n * self.classes) as u64 * F;
+        let target_off = logit_off + cap * self.classes as u64 * F;
+        enc.copy_buffer_to_buffer(&self.result, 0, &self.staging, 0, rel_bytes);
+        enc.copy_buffer_to_buffer(&self.logits, 0, &self.staging, logit_off, logit_bytes);
+        enc.copy_buffer_to_buffer(&self.targets, 0, &self.staging, target_off, n as u64 * F);
+        let index = queue.submit([enc.finish()]);
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.staging.map_async(wgpu::MapMode::Read, .., move |r| {
+            let _ = tx.send(r);
+        });
+        device
+            .poll(wgpu::PollType::Wait {
+                submission_index: Some(index),
+                timeout: None,
+            })
+            .map_err(|e| Error::Gpu(format!("waiting for the batch failed: {e}")))?;
+        rx.recv()
+            .map_err(|e| Error::Gpu(format!("reading the batch back failed: {e}")))?
+            .map_err(|e| Error::Gpu(format!("reading the batch back failed: {e}")))?;
+        {
+            let view = self
+                .staging
+                .get_mapped_range(..)
+                .map_err(|e| Error::Gpu(format!("reading the batch back failed: {e}")))?;
+            let bytes: &[u8] = &view;
+            let rel = &bytes[..rel_bytes as usize];
+            out.relevance[..n * self.input_len].copy_from_slice(bytemuck::cast_slice(rel));
+            let lg = &bytes[logit_off as usize..(logit_off + logit_bytes) as usize];
+            out.logits[..n * self.classes].copy_from_slice(bytemuck::cast_slice(lg));
+            let tg = &bytes[target_off as usize..target_off as usize + n * 4];
+            out.targets[..n].copy_from_slice(bytemuck::cast_slice(tg));
+        }
+        self.staging.unmap();
+        Ok(())
+    }
+}

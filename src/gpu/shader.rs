@@ -1,0 +1,461 @@
+//! The shader registry: one WGSL file per layer family (`shaders/*.wgsl`, compiled in with
+//! `include_str!`), the typed entry points of each, their binding lists, and the `#[repr(C)]`
+//! twins of the WGSL uniform structs that carry shapes and rule modifiers.
+
+use bytemuck::{Pod, Zeroable};
+
+use crate::lrp::{InputMod, ParamMod, Rule};
+use crate::{Error, Result};
+
+/// Longest run of a reduction one invocation performs (split-K chunk). Longer reductions are cut
+/// into chunks of this size, summed by a reduce kernel, so no invocation loops more than a few
+/// thousand times (llvmpipe stops any invocation after 65,535 loop iterations).
+pub const CHUNK: u32 = 1024;
+
+/// Most chunks a reduce kernel sums (so reductions up to `CHUNK * MAX_CHUNKS` values).
+pub const MAX_CHUNKS: u32 = 16_384;
+
+/// Most positions in a pooling window, and most logits per sample (per-invocation loop bounds).
+pub const MAX_WINDOW: u32 = 16_384;
+
+/// Invocations per workgroup of every kernel (the WGSL files hard-code 64 too).
+pub const WORKGROUP: u32 = 64;
+
+/// One WGSL source file: a layer family.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Shader {
+    Dense,
+    Conv2d,
+    Pooling,
+    Elementwise,
+}
+
+/// How a binding is declared (all in group 0, visible to compute).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BindingKind {
+    Uniform,
+    StorageRead,
+    StorageReadWrite,
+}
+
+impl Shader {
+    /// Every shader.
+    pub const ALL: [Shader; 4] = [
+        Shader::Dense,
+        Shader::Conv2d,
+        Shader::Pooling,
+        Shader::Elementwise,
+    ];
+
+    /// The file name under `shaders/`.
+    pub fn file_name(self) -> &'static str {
+        match self {
+            Shader::Dense => "dense.wgsl",
+            Shader::Conv2d => "conv2d.wgsl",
+            Shader::Pooling => "pooling.wgsl",
+            Shader::Elementwise => "elementwise.wgsl",
+        }
+    }
+
+    /// Short label used for wgpu objects.
+    pub fn label(self) -> &'static str {
+        match self {
+            Shader::Dense => "dense",
+            Shader::Conv2d => "conv2d",
+            Shader::Pooling => "pooling",
+            Shader::Elementwise => "elementwise",
+        }
+    }
+
+    /// The WGSL source.
+    pub fn source(self) -> &'static str {
+        match self {
+            Shader::Dense => include_str!("../../shaders/dense.wgsl"),
+            Shader::Conv2d => include_str!("../../shaders/conv2d.wgsl"),
+            Shader::Pooling => include_str!("../../shaders/pooling.wgsl"),
+            Shader::Elementwise => include_str!("../../shaders/elementwise.wgsl"),
+        }
+    }
+
+    /// The bindings of group 0, in binding order (see the comment atop each file).
+    pub fn bindings(self) -> &'static [BindingKind] {
+        use BindingKind::{StorageRead as R, StorageReadWrite as W, Uniform as U};
+        match self {
+            // P, x, wb, y, part, r_in, s, r_out
+            Shader::Dense | Shader::Conv2d => &[U, R, R, W, W, R, W, W],
+            // P, x, y, arg, r_in, s, r_out
+            Shader::Pooling => &[U, R, W, W, R, W, W],
+            // P, x, y, r_in, r_out, targets
+            Shader::Elementwise => &[U, R, W, R, W, W],
+        }
+    }
+
+    /// The uniform params struct of the file: its WGSL name and the size of its Rust twin.
+    pub fn params(self) -> (&'static str, usize) {
+        match self {
+            Shader::Dense => ("DenseParams", std::mem::size_of::<DenseParams>()),
+            Shader::Conv2d => ("ConvParams", std::mem::size_of::<ConvParams>()),
+            Shader::Pooling => ("PoolParams", std::mem::size_of::<PoolParams>()),
+            Shader::Elementwise => (
+                "ElementwiseParams",
+                std::mem::size_of::<ElementwiseParams>(),
+            ),
+        }
+    }
+
+    /// Every (WGSL struct name, Rust size) pair the file shares with Rust.
+    pub fn structs(self) -> Vec<(&'static str, usize)> {
+        let mut v = vec![self.params()];
+        if matches!(self, Shader::Dense | Shader::Conv2d) {
+            v.push(("RuleParams", std::mem::size_of::<RuleParams>()));
+        }
+        v
+    }
+}
+
+/// Entry points of dense.wgsl and conv2d.wgsl (same names in both).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum LinearEntry {
+    ForwardPartial,
+    ForwardReduce,
+    ZPartial,
+    SReduce,
+    CPartial,
+    RReduce,
+}
+
+/// Entry points of pooling.wgsl.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PoolEntry {
+    MaxForward,
+    MaxRelevance,
+    AvgForward,
+    AvgS,
+    AvgRelevance,
+}
+
+/// Entry points of elementwise.wgsl.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ElementwiseEntry {
+    ReluForward,
+    ReluGradient,
+    Seed,
+    Finalize,
+}
+
+/// One compute pipeline: a shader file and one of its entry points (the pipeline cache key).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Kernel {
+    Dense(LinearEntry),
+    Conv2d(LinearEntry),
+    Pooling(PoolEntry),
+    Elementwise(ElementwiseEntry),
+}
+
+impl LinearEntry {
+    /// Every entry point.
+    pub const ALL: [LinearEntry; 6] = [
+        LinearEntry::ForwardPartial,
+        LinearEntry::ForwardReduce,
+        LinearEntry::ZPartial,
+        LinearEntry::SReduce,
+        LinearEntry::CPartial,
+        LinearEntry::RReduce,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            LinearEntry::ForwardPartial => "forward_partial",
+            LinearEntry::ForwardReduce => "forward_reduce",
+            LinearEntry::ZPartial => "z_partial",
+            LinearEntry::SReduce => "s_reduce",
+            LinearEntry::CPartial => "c_partial",
+            LinearEntry::RReduce => "r_reduce",
+        }
+    }
+}
+
+impl Kernel {
+    /// Every kernel of every shader.
+    pub fn all() -> Vec<Kernel> {
+        let mut v = vec![];
+        for e in LinearEntry::ALL {
+            v.push(Kernel::Dense(e));
+            v.push(Kernel::Conv2d(e));
+        }
+        for e in [
+            PoolEntry::MaxForward,
+            PoolEntry::MaxRelevance,
+            PoolEntry::AvgForward,
+            PoolEntry::AvgS,
+            PoolEntry::AvgRelevance,
+        ] {
+            v.push(Kernel::Pooling(e));
+        }
+        for e in [
+            ElementwiseEntry::ReluForward,
+            ElementwiseEntry::ReluGradient,
+            ElementwiseEntry::Seed,
+            ElementwiseEntry::Finalize,
+        ] {
+            v.push(Kernel::Elementwise(e));
+        }
+        v
+    }
+
+    /// The shader file the kernel lives in.
+    pub fn shader(self) -> Shader {
+        match self {
+            Kernel::Dense(_) => Shader::Dense,
+            Kernel::Conv2d(_) => Shader::Conv2d,
+            Kernel::Pooling(_) => Shader::Pooling,
+            Kernel::Elementwise(_) => Shader::Elementwise,
+        }
+    }
+
+    /// The WGSL entry point name.
+    pub fn entry_point(self) -> &'static str {
+        match self {
+            Kernel::Dense(e) | Kernel::Conv2d(e) => e.name(),
+            Kernel::Pooling(e) => match e {
+                PoolEntry::MaxForward => "max_forward",
+                PoolEntry::MaxRelevance => "max_relevance",
+                PoolEntry::AvgForward => "avg_forward",
+                PoolEntry::AvgS => "avg_s",
+                PoolEntry::AvgRelevance => "avg_relevance",
+            },
+            Kernel::Elementwise(e) => match e {
+                ElementwiseEntry::ReluForward => "relu_forward",
+                ElementwiseEntry::ReluGradient => "relu_gradient",
+                ElementwiseEntry::Seed => "seed",
+                ElementwiseEntry::Finalize => "finalize",
+            },
+        }
+    }
+
+    /// Label for the pipeline, e.g. "conv2d.z_partial".
+    pub fn label(self) -> String {
+        format!("{}.{}", self.shader().label(), self.entry_point())
+    }
+}
+
+/// The rule's modifier terms as the linear kernels read them (WGSL `RuleParams`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Pod, Zeroable)]
+pub struct RuleParams {
+    pub in_mod: [u32; 4],
+    pub w_mod: [u32; 4],
+    pub pass_of: [u32; 4],
+    /// bias modifier of pass 0 and 1, number of passes, unused
+    pub bias_mod: [u32; 4],
+    pub sign: [f32; 4],
+    pub in_const: [f32; 4],
+    pub w_param: [f32; 4],
+    /// coefficient of pass 0 and 1, bias modifier parameter of pass 0 and 1
+    pub pass_const: [f32; 4],
+    /// eps, unused x3
+    pub eps: [f32; 4],
+}
+
+/// Input modifier id of an unused term.
+const IN_ZERO: u32 = 5;
+/// Weight modifier id of an unused term / absent bias.
+const W_ZERO: u32 = 6;
+
+fn input_mod(m: InputMod) -> (u32, f32) {
+    match m {
+        InputMod::Identity => (0, 0.0),
+        InputMod::Positive => (1, 0.0),
+        InputMod::Negative => (2, 0.0),
+        InputMod::Ones => (3, 0.0),
+        InputMod::Constant(c) => (4, c as f32),
+    }
+}
+
+fn param_mod(m: ParamMod) -> (u32, f32) {
+    match m {
+        ParamMod::Identity => (0, 0.0),
+        ParamMod::Positive => (1, 0.0),
+        ParamMod::Negative => (2, 0.0),
+        ParamMod::Square => (3, 0.0),
+        ParamMod::Ones => (4, 0.0),
+        ParamMod::Gamma(g) => (5, g as f32),
+        ParamMod::Zero => (W_ZERO, 0.0),
+    }
+}
+
+impl RuleParams {
+    fn empty() -> Self {
+        RuleParams {
+            in_mod: [IN_ZERO; 4],
+            w_mod: [W_ZERO; 4],
+            bias_mod: [W_ZERO, W_ZERO, 0, 0],
+            ..Default::default()
+        }
+    }
+
+    /// Flattens a rule's passes into at most four terms over at most two passes.
+    pub fn from_rule(rule: &Rule) -> Result<Self> {
+        let passes = rule.passes();
+        let terms: usize = passes.iter().map(|p| p.terms.len()).sum();
+        if passes.is_empty() || passes.len() > 2 || terms > 4 {
+            return Err(Error::Gpu(format!(
+                "rule {rule} has {} passes and {terms} terms; the GPU kernels take at most 2 passes \
+                 and 4 terms in all",
+                passes.len()
+            )));
+        }
+        let mut p = RuleParams::empty();
+        let mut k = 0;
+        for (pi, pass) in passes.iter().enumerate() {
+            for t in &pass.terms {
+                let (im, ic) = input_mod(t.input);
+                let (wm, wp) = param_mod(t.weight);
+                p.in_mod[k] = im;
+                p.in_const[k] = ic;
+                p.w_mod[k] = wm;
+                p.w_param[k] = wp;
+                p.sign[k] = t.sign as f32;
+                p.pass_of[k] = pi as u32;
+                k += 1;
+            }
+            let (bm, bp) = param_mod(pass.bias);
+            p.bias_mod[pi] = bm;
+            p.pass_const[pi] = pass.coefficient as f32;
+            p.pass_const[2 + pi] = bp;
+        }
+        p.bias_mod[2] = passes.len() as u32;
+        p.eps[0] = rule.eps() as f32;
+        Ok(p)
+    }
+
+    /// The terms of the plain gradient: R_i = sum_j w_ij R_j (one term (1, w), no division).
+    pub fn gradient() -> Self {
+        let mut p = RuleParams::empty();
+        p.in_mod[0] = 3;
+        p.w_mod[0] = 0;
+        p.sign[0] = 1.0;
+        p.pass_const[0] = 1.0;
+        p.bias_mod[2] = 1;
+        p
+    }
+}
+
+/// WGSL `DenseParams`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Pod, Zeroable)]
+pub struct DenseParams {
+    pub n: u32,
+    pub inputs: u32,
+    pub outputs: u32,
+    pub chunk: u32,
+    pub chunks_in: u32,
+    pub chunks_out: u32,
+    pub bias_offset: u32,
+    /// 0 LRP, 1 gradient
+    pub mode: u32,
+    pub rule: RuleParams,
+}
+
+/// WGSL `ConvParams`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Pod, Zeroable)]
+pub struct ConvParams {
+    pub n: u32,
+    pub c: u32,
+    pub h: u32,
+    pub w: u32,
+    pub oc: u32,
+    pub oh: u32,
+    pub ow: u32,
+    pub kh: u32,
+    pub kw: u32,
+    pub stride_y: u32,
+    pub stride_x: u32,
+    pub pad_top: u32,
+    pub pad_left: u32,
+    pub chunk: u32,
+    pub chunks_in: u32,
+    pub chunks_out: u32,
+    pub bias_offset: u32,
+    /// 0 LRP, 1 gradient
+    pub mode: u32,
+    pub pad0: u32,
+    pub pad1: u32,
+    pub rule: RuleParams,
+}
+
+/// WGSL `PoolParams`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Pod, Zeroable)]
+pub struct PoolParams {
+    pub n: u32,
+    pub c: u32,
+    pub h: u32,
+    pub w: u32,
+    pub oh: u32,
+    pub ow: u32,
+    pub kh: u32,
+    pub kw: u32,
+    pub stride_y: u32,
+    pub stride_x: u32,
+    pub pad_top: u32,
+    pub pad_left: u32,
+    /// 0 real positions, 1 kernel area, 2 none (sum pooling)
+    pub divisor: u32,
+    /// 0 LRP, 1 gradient
+    pub mode: u32,
+    pub pad0: u32,
+    pub pad1: u32,
+}
+
+/// WGSL `ElementwiseParams`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Pod, Zeroable)]
+pub struct ElementwiseParams {
+    pub n: u32,
+    pub len: u32,
+    pub mode: u32,
+    pub flag: u32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_rule_fits_the_kernels() {
+        let rules = [
+            Rule::Zero,
+            Rule::Epsilon(0.25),
+            Rule::ZPlus,
+            Rule::WSquare,
+            Rule::ZBox {
+                low: -1.0,
+                high: 2.0,
+            },
+            Rule::Flat,
+            Rule::Gamma(0.25),
+            Rule::AlphaBeta {
+                alpha: 2.0,
+                beta: 1.0,
+            },
+        ];
+        for rule in rules {
+            let p = RuleParams::from_rule(&rule).unwrap();
+            let passes = rule.passes();
+            assert_eq!(p.bias_mod[2] as usize, passes.len(), "{rule}");
+            let used = p.sign.iter().filter(|s| **s != 0.0).count();
+            let terms: usize = passes.iter().map(|p| p.terms.len()).sum();
+            assert_eq!(used, terms, "{rule}");
+            assert_eq!(p.eps[0], rule.eps() as f32);
+        }
+    }
+
+    #[test]
+    fn kernels_are_distinct_and_labelled() {
+        let all = Kernel::all();
+        let labels: std::collections::HashSet<String> = all.iter().map(|k| k.label()).collect();
+        assert_eq!(labels.len(), all.len());
+    }
+}

@@ -1,0 +1,32 @@
+//! GPU test helpers: one shared context per test binary (pipelines compile once), absent with a
+//! message when no adapter exists, and a hard failure then when `TAYLORMAP_REQUIRE_GPU=1`.
+
+use std::sync::OnceLock;
+
+use taylormap::gpu::GpuContext;
+
+/// The shared GPU context, or `None` (with a message) when this machine has no adapter.
+///
+/// Panics instead when the environment sets `TAYLORMAP_REQUIRE_GPU=1` (CI with Mesa's software
+/// Vulkan driver), so that GPU tests fail rather than skip there.
+pub fn context() -> Option<GpuContext> {
+    static CONTEXT: OnceLock<Option<GpuContext>> = OnceLock::new();
+    let required = std::env::var("TAYLORMAP_REQUIRE_GPU").is_ok_and(|v| v.trim() == "1");
+    let ctx = CONTEXT.get_or_init(|| match GpuContext::new() {
+        Ok(ctx) => {
+            eprintln!("GPU tests run on {}", ctx.summary());
+            Some(ctx)
+        }
+        Err(e) => {
+            eprintln!("skipping GPU test: {e}");
+            None
+        }
+    });
+    if ctx.is_none() && required {
+        panic!(
+            "TAYLORMAP_REQUIRE_GPU=1 but no GPU adapter is available (install mesa-vulkan-drivers \
+             and libvulkan1)"
+        );
+    }
+    ctx.clone()
+}

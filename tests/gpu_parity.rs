@@ -1,0 +1,580 @@
+//! GPU backend vs the CPU reference on random networks and inputs: every rule, every composite,
+//! both baselines, Dense and Conv2d (stride, padding), max/avg/sum pooling, batches of 1 and
+//! batch sizes that do not divide the input count, predicted and explicit targets, and layers
+//! whose reductions are longer than llvmpipe's 65,535-iteration cap for a naive kernel.
+//! Per sample: relative L2 error of the relevance <= 1e-4, scores and logits equal to 1e-5.
+
+mod common;
+
+use common::{conv, dense, random_cnn, random_input, random_mlp, rel_l2, rng};
+use ndarray::{ArrayD, Axis};
+use rand::rngs::StdRng;
+use rand::Rng;
+use taylormap::gpu::{adapters, GpuBackend, GpuContext};
+use taylormap::model::Window;
+use taylormap::{Backend, Bounds, Composite, Error, Layer, Method, Network, Rule};
+
+const REL_TOL: f64 = 1e-4;
+const SCORE_TOL: f64 = 1e-5;
+/// Scores at least this far from 0 have an f32 relative error far below REL_TOL.
+const WELL_CONDITIONED: f64 = 0.05;
+
+fn every_rule(low: f64, high: f64) -> Vec<Rule> {
+    vec![
+        Rule::Zero,
+        Rule::Epsilon(0.25),
+        Rule::ZPlus,
+        Rule::WSquare,
+        Rule::ZBox { low, high },
+        Rule::Flat,
+        Rule::Gamma(0.25),
+        Rule::AlphaBeta {
+            alpha: 2.0,
+            beta: 1.0,
+        },
+    ]
+}
+
+fn same_rule(net: &Network, rule: Rule) -> Method {
+    Method::Lrp {
+        rules: vec![rule; net.linear_layers().len()],
+    }
+}
+
+fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() <= SCORE_TOL * b.abs().max(1.0)
+}
+
+/// Runs `x` through the GPU backend (batches of `batch`) and the CPU reference and compares
+/// logits, targets, scores and relevance per sample.
+fn compare(
+    ctx: &GpuContext,
+    net: &Network,
+    method: &Method,
+    x: &ArrayD<f32>,
+    targets: Option<&[usize]>,
+    batch: usize,
+    what: &str,
+) {
+    let mut backend = GpuBackend::new(ctx, net, method, batch).unwrap();
+    assert_eq!(backend.batch_size(), batch, "{what}: unexpected clamp");
+    assert_eq!(backend.kind(), "gpu");
+    let gpu = backend.run(x.view(), targets).unwrap();
+    let x64 = x.mapv(f64::from);
+    let mut cpu = taylormap::cpu::explain(net, method, x64.view(), targets).unwrap();
+    let n = x.shape()[0];
+    assert_eq!(gpu.relevance.shape(), cpu.relevance.shape(), "{what}");
+    assert_eq!(gpu.logits.shape(), cpu.logits.shape(), "{what}");
+    for (i, (g, c)) in gpu.logits.iter().zip(cpu.logits.iter()).enumerate() {
+        assert!(close(*g, *c), "{what}: logit {i}: gpu {g} cpu {c}");
+    }
+    if gpu.targets != cpu.targets {
+        // Only a near tie of two logits may pick another class in f32; then compare relevance
+        // for the class the GPU chose.
+        assert!(targets.is_none(), "{what}: explicit targets changed");
+        for i in 0..n {
+            let (g, c) = (gpu.targets[i], cpu.targets[i]);
+            assert!(
+                close(cpu.logits[[i, g]], cpu.logits[[i, c]]),
+                "{what}: sample {i}: gpu predicted {g}, cpu {c}, logits {:?}",
+                cpu.logits.row(i)
+            );
+        }
+        cpu = taylormap::cpu::explain(net, method, x64.view(), Some(&gpu.targets)).unwrap();
+    }
+    let mut worst = 0.0f64;
+    for i in 0..n {
+        assert!(
+            close(gpu.score(i), cpu.score(i)),
+            "{what}: sample {i}: score gpu {} cpu {}",
+            gpu.score(i),
+            cpu.score(i)
+        );
+        let g = gpu.relevance.index_axis(Axis(0), i);
+        let c = cpu.relevance.index_axis(Axis(0), i);
+        if c.iter().all(|v| *v == 0.0) {
+            // No relevance reaches the input (every path dead): the GPU must agree.
+            assert!(
+                g.iter().all(|v| v.abs() <= 1e-12),
+                "{what}: sample {i}: the reference relevance is zero, the GPU's is not"
+            );
+            continue;
+        }
+        let err = rel_l2(g.iter().copied(), c.iter().copied());
+        // LRP relevance is linear in the seed y_t, so an f32 forward pass carries the score's
+        // absolute error (~1e-7) into every R_i; for a score near 0 that is a large relative
+        // error no f32 backward pass can avoid. Compare the backward pass itself on the GPU's
+        // seed, and the raw maps wherever the score is not near 0.
+        let lrp = matches!(method, Method::Lrp { .. });
+        let seeded = if lrp && cpu.score(i) != 0.0 {
+            let k = gpu.score(i) / cpu.score(i);
+            rel_l2(g.iter().copied(), c.iter().map(|v| v * k))
+        } else {
+            err
+        };
+        let detail = format!("target {}, score {}", cpu.targets[i], cpu.score(i));
+        assert!(
+            seeded <= REL_TOL,
+            "{what}: sample {i}: relative L2 error {seeded:e} on the same seed ({detail})"
+        );
+        if !lrp || cpu.score(i).abs() >= WELL_CONDITIONED {
+            assert!(
+                err <= REL_TOL,
+                "{what}: sample {i}: relative L2 error {err:e} ({detail})"
+            );
+        }
+        worst = worst.max(seeded);
+    }
+    eprintln!("{what}: {n} samples in batches of {batch}, worst relative L2 error {worst:.2e}");
+}
+
+/// Draws cases with `draw` until the reference relevance of every sample is nonzero (random
+/// networks sometimes have every path dead), so that each comparison tests something.
+fn useful(
+    rng: &mut StdRng,
+    what: &str,
+    mut draw: impl FnMut(&mut StdRng) -> (Network, Method, ArrayD<f32>),
+) -> (Network, Method, ArrayD<f32>) {
+    for _ in 0..50 {
+        let (net, method, x) = draw(rng);
+        let out = taylormap::cpu::explain(&net, &method, x.mapv(f64::from).view(), None).unwrap();
+        if out
+            .relevance
+            .outer_iter()
+            .all(|r| r.iter().any(|v| *v != 0.0))
+        {
+            return (net, method, x);
+        }
+    }
+    panic!("{what}: 50 random cases in a row had no relevance at the input");
+}
+
+fn context() -> Option<GpuContext> {
+    common::gpu::context()
+}
+
+#[test]
+fn every_rule_on_dense_layers() {
+    let Some(ctx) = context() else { return };
+    let mut rng = rng("every_rule_on_dense_layers");
+    for rule in every_rule(-1.0, 1.0) {
+        let what = format!("mlp {rule}");
+        let (net, method, x) = useful(&mut rng, &what, |rng| {
+            let widths = [
+                rng.random_range(10..40),
+                rng.random_range(8..24),
+                rng.random_range(6..16),
+                rng.random_range(2..6),
+            ];
+            let net = random_mlp(rng, &widths, false);
+            let x = random_input(rng, &net, 5, -1.0, 1.0);
+            (net.clone(), same_rule(&net, rule), x)
+        });
+        let what = format!("{what} {:?}", net.input_shape);
+        compare(&ctx, &net, &method, &x, None, 2, &what);
+    }
+}
+
+#[test]
+fn every_rule_on_conv_layers() {
+    let Some(ctx) = context() else { return };
+    let mut rng = rng("every_rule_on_conv_layers");
+    for rule in every_rule(0.0, 1.0) {
+        let what = format!("cnn {rule}");
+        let (net, method, x) = useful(&mut rng, &what, |rng| {
+            let (c, h, w) = (
+                rng.random_range(1..4),
+                rng.random_range(7..12),
+                rng.random_range(7..12),
+            );
+            let net = random_cnn(rng, c, h, w, false);
+            let x = random_input(rng, &net, 3, 0.0, 1.0);
+            (net.clone(), same_rule(&net, rule), x)
+        });
+        let what = format!("{what} {:?}", net.input_shape);
+        compare(&ctx, &net, &method, &x, None, 2, &what);
+    }
+}
+
+#[test]
+fn every_composite_and_baseline() {
+    let Some(ctx) = context() else { return };
+    let mut rng = rng("every_composite_and_baseline");
+    let bounds = Bounds {
+        low: 0.0,
+        high: 1.0,
+    };
+    for (name, composite) in Composite::ALL {
+        let (net, method, x) = useful(&mut rng, name, |rng| {
+            let nonpositive_bias = rng.random::<bool>();
+            let net = if rng.random::<bool>() {
+                random_cnn(rng, 2, 8, 9, nonpositive_bias)
+            } else {
+                random_mlp(rng, &[24, 16, 10, 4], nonpositive_bias)
+            };
+            let method = composite.resolve(&net, bounds, &[]).unwrap();
+            let x = random_input(rng, &net, 4, 0.0, 1.0);
+            (net, method, x)
+        });
+        let classes = net.num_outputs();
+        let explicit: Vec<usize> = (0..4).map(|_| rng.random_range(0..classes)).collect();
+        compare(
+            &ctx,
+            &net,
+            &method,
+            &x,
+            None,
+            3,
+            &format!("{name}, predicted"),
+        );
+        compare(
+            &ctx,
+            &net,
+            &method,
+            &x,
+            Some(&explicit),
+            3,
+            &format!("{name}, explicit"),
+        );
+    }
+}
+
+fn window(k: usize, s: usize, p: usize) -> Window {
+    Window {
+        kernel: [k, k],
+        stride: [s, s],
+        pad: [p; 4],
+    }
+}
+
+#[test]
+fn pooling_layers() {
+    let Some(ctx) = context() else { return };
+    let mut rng = rng("pooling_layers");
+    let pools = [
+        (
+            "max k3 s2 p1 (overlapping)",
+            Layer::MaxPool2d {
+                window: window(3, 2, 1),
+            },
+        ),
+        (
+            "max k2 s2",
+            Layer::MaxPool2d {
+                window: window(2, 2, 0),
+            },
+        ),
+        (
+            "avg k3 s2 p1 count_include_pad",
+            Layer::AvgPool2d {
+                window: window(3, 2, 1),
+                count_include_pad: true,
+                sum: false,
+            },
+        ),
+        (
+            "avg k3 s1 p1 real positions",
+            Layer::AvgPool2d {
+                window: window(3, 1, 1),
+                count_include_pad: false,
+                sum: false,
+            },
+        ),
+        (
+            "sum k2 s1 (overlapping)",
+            Layer::AvgPool2d {
+                window: window(2, 1, 0),
+                count_include_pad: false,
+                sum: true,
+            },
+        ),
+    ];
+    for (name, pool) in pools {
+        let (net, _, x) = useful(&mut rng, name, |rng| {
+            let stride = rng.random_range(1..3);
+            let layers = vec![
+                conv(rng, 2, 3, 3, stride, 1, false),
+                Layer::Relu,
+                pool.clone(),
+                Layer::Flatten,
+            ];
+            let flat = Network::new(vec![2, 9, 10], layers.clone(), vec![])
+                .unwrap()
+                .output_shape()[0];
+            let mut layers = layers;
+            layers.push(dense(rng, flat, 4, false));
+            let net = Network::new(vec![2, 9, 10], layers, vec![]).unwrap();
+            let x = random_input(rng, &net, 3, 0.0, 1.0);
+            (
+                net,
+                Method::Lrp {
+                    rules: vec![Rule::ZPlus, Rule::Epsilon(0.25)],
+                },
+                x,
+            )
+        });
+        let methods = [
+            (
+                "zplus/epsilon",
+                Method::Lrp {
+                    rules: vec![Rule::ZPlus, Rule::Epsilon(0.25)],
+                },
+            ),
+            ("sensitivity", Method::Sensitivity),
+            ("gradient-x-input", Method::GradientXInput),
+        ];
+        for (mname, method) in methods {
+            compare(
+                &ctx,
+                &net,
+                &method,
+                &x,
+                None,
+                2,
+                &format!("{name}, {mname}"),
+            );
+        }
+    }
+    // Max pooling straight on negative inputs: padding (0) must never win.
+    let layers = vec![
+        Layer::MaxPool2d {
+            window: window(3, 2, 1),
+        },
+        Layer::Flatten,
+        dense(&mut rng, 2 * 4 * 4, 3, false),
+    ];
+    let net = Network::new(vec![2, 7, 7], layers, vec![]).unwrap();
+    let x = random_input(&mut rng, &net, 3, -1.0, -0.1);
+    for method in [same_rule(&net, Rule::Zero), Method::GradientXInput] {
+        compare(
+            &ctx,
+            &net,
+            &method,
+            &x,
+            None,
+            3,
+            "max pool on negative inputs with padding",
+        );
+    }
+}
+
+#[test]
+fn long_reductions_beyond_the_loop_cap() {
+    let Some(ctx) = context() else { return };
+    let mut rng = rng("long_reductions_beyond_the_loop_cap");
+    // A Dense layer with 70,000 inputs: a naive kernel loops 70,000 times per output.
+    let net = random_mlp(&mut rng, &[70_000, 3], false);
+    let x = random_input(&mut rng, &net, 2, 0.0, 1.0);
+    for method in [
+        same_rule(&net, Rule::Epsilon(0.25)),
+        same_rule(
+            &net,
+            Rule::ZBox {
+                low: 0.0,
+                high: 1.0,
+            },
+        ),
+        Method::GradientXInput,
+    ] {
+        compare(&ctx, &net, &method, &x, None, 2, "dense 70000 -> 3");
+    }
+    // Wide Dense layers: 2,000 outputs (long back-projection), then 2,000 inputs.
+    let net = random_mlp(&mut rng, &[8, 2000, 3], false);
+    let x = random_input(&mut rng, &net, 3, 0.0, 1.0);
+    for method in [
+        same_rule(
+            &net,
+            Rule::AlphaBeta {
+                alpha: 2.0,
+                beta: 1.0,
+            },
+        ),
+        Method::Sensitivity,
+    ] {
+        compare(&ctx, &net, &method, &x, None, 2, "dense 8 -> 2000 -> 3");
+    }
+    // A convolution whose transposed reduction is 260 * 16 * 16 = 66,560 long per input pixel.
+    let layers = vec![
+        conv(&mut rng, 1, 260, 16, 1, 0, false),
+        Layer::Relu,
+        Layer::Flatten,
+        dense(&mut rng, 260, 3, false),
+    ];
+    let net = Network::new(vec![1, 16, 16], layers, vec![]).unwrap();
+    let x = random_input(&mut rng, &net, 2, 0.0, 1.0);
+    for method in [
+        same_rule(&net, Rule::ZPlus),
+        Method::Lrp {
+            rules: vec![Rule::WSquare, Rule::Epsilon(0.25)],
+        },
+        Method::GradientXInput,
+    ] {
+        compare(&ctx, &net, &method, &x, None, 2, "conv 1->260 k16");
+    }
+    // A convolution with a receptive field of 20 * 8 * 8 = 1,280 (split forward), strided, padded.
+    let layers = vec![
+        conv(&mut rng, 20, 4, 8, 2, 1, false),
+        Layer::Relu,
+        Layer::Flatten,
+    ];
+    let flat = Network::new(vec![20, 11, 11], layers.clone(), vec![])
+        .unwrap()
+        .output_shape()[0];
+    let mut layers = layers;
+    layers.push(dense(&mut rng, flat, 3, false));
+    let net = Network::new(vec![20, 11, 11], layers, vec![]).unwrap();
+    let x = random_input(&mut rng, &net, 2, 0.0, 1.0);
+    for method in [
+        Method::Lrp {
+            rules: vec![Rule::Gamma(0.25), Rule::Zero],
+        },
+        Method::Sensitivity,
+    ] {
+        compare(&ctx, &net, &method, &x, None, 1, "conv 20->4 k8 s2 p1");
+    }
+}
+
+#[test]
+fn batch_sizes_streaming_and_reuse() {
+    let Some(ctx) = context() else { return };
+    let mut rng = rng("batch_sizes_streaming_and_reuse");
+    let (net, method, x) = useful(&mut rng, "epsilon-gamma-box cnn", |rng| {
+        let net = random_cnn(rng, 1, 8, 8, false);
+        let method = Composite::EpsilonGammaBox
+            .resolve(
+                &net,
+                Bounds {
+                    low: 0.0,
+                    high: 1.0,
+                },
+                &[],
+            )
+            .unwrap();
+        let x = random_input(rng, &net, 11, 0.0, 1.0);
+        (net, method, x)
+    });
+    for batch in [1, 4, 11, 32] {
+        compare(
+            &ctx,
+            &net,
+            &method,
+            &x,
+            None,
+            batch,
+            &format!("batch {batch} of 11"),
+        );
+    }
+    // One backend, runs of different lengths and target modes: uniforms follow each run.
+    let mut backend = GpuBackend::new(&ctx, &net, &method, 4).unwrap();
+    let classes = net.num_outputs();
+    let x64 = x.mapv(f64::from);
+    let explicit: Vec<usize> = (0..11).map(|_| rng.random_range(0..classes)).collect();
+    let cases: [(usize, bool); 4] = [(7, false), (3, true), (11, true), (1, false)];
+    for (n, use_targets) in cases {
+        let xs = x.slice_axis(Axis(0), (0..n).into()).to_owned();
+        let t = use_targets.then(|| &explicit[..n]);
+        let gpu = backend.run(xs.view(), t).unwrap();
+        let x64s = x64.slice_axis(Axis(0), (0..n).into());
+        let cpu = taylormap::cpu::explain(&net, &method, x64s, t).unwrap();
+        assert_eq!(
+            gpu.targets, cpu.targets,
+            "reuse n={n} explicit={use_targets}"
+        );
+        for i in 0..n {
+            let err = rel_l2(
+                gpu.relevance.index_axis(Axis(0), i).iter().copied(),
+                cpu.relevance.index_axis(Axis(0), i).iter().copied(),
+            );
+            assert!(err <= REL_TOL, "reuse n={n}: sample {i}: {err:e}");
+        }
+    }
+}
+
+#[test]
+fn single_output_network_starts_from_y() {
+    let Some(ctx) = context() else { return };
+    let mut rng = rng("single_output_network_starts_from_y");
+    let (net, method, x) = useful(&mut rng, "single output", |rng| {
+        let net = random_mlp(rng, &[12, 8, 1], false);
+        let x = random_input(rng, &net, 3, 0.0, 1.0);
+        (net.clone(), same_rule(&net, Rule::Epsilon(0.1)), x)
+    });
+    compare(&ctx, &net, &method, &x, None, 2, "single output, predicted");
+    compare(
+        &ctx,
+        &net,
+        &method,
+        &x,
+        Some(&[0, 0, 0]),
+        3,
+        "single output, explicit",
+    );
+}
+
+#[test]
+fn bad_inputs_are_refused() {
+    let Some(ctx) = context() else { return };
+    let mut rng = rng("bad_inputs_are_refused");
+    let net = random_mlp(&mut rng, &[6, 5, 3], false);
+    let method = same_rule(&net, Rule::ZPlus);
+    assert!(matches!(
+        GpuBackend::new(&ctx, &net, &method, 0),
+        Err(Error::Usage { .. })
+    ));
+    assert!(matches!(
+        GpuBackend::new(
+            &ctx,
+            &net,
+            &Method::Lrp {
+                rules: vec![Rule::ZPlus]
+            },
+            4
+        ),
+        Err(Error::Usage { .. })
+    ));
+    let mut backend = GpuBackend::new(&ctx, &net, &method, 4).unwrap();
+    let wrong = ArrayD::<f32>::from_elem(ndarray::IxDyn(&[2, 7]), 0.5);
+    assert!(matches!(
+        backend.run(wrong.view(), None),
+        Err(Error::Shape { .. })
+    ));
+    let mut x = random_input(&mut rng, &net, 3, 0.0, 1.0);
+    assert!(matches!(
+        backend.run(x.view(), Some(&[0, 3, 1])),
+        Err(Error::Usage { .. })
+    ));
+    assert!(matches!(
+        backend.run(x.view(), Some(&[0, 1])),
+        Err(Error::Usage { .. })
+    ));
+    x[[1, 2]] = f32::NAN;
+    match backend.run(x.view(), None) {
+        Err(Error::NonFinite { what }) => assert!(what.contains("sample 1"), "{what}"),
+        other => panic!("expected a non-finite error, got {other:?}"),
+    }
+}
+
+#[test]
+fn adapters_are_listed_and_the_best_is_chosen() {
+    let Some(ctx) = context() else { return };
+    let list = adapters();
+    let chosen = ctx.summary();
+    eprintln!("adapters: {list:#?}\nchosen: {chosen}");
+    assert!(list.contains(&chosen), "{chosen} not in {list:?}");
+    if list.iter().any(|a| !a.software) {
+        assert!(
+            !chosen.software,
+            "a hardware adapter exists but {chosen} was chosen"
+        );
+    }
+    if list
+        .iter()
+        .any(|a| a.backend == "Vulkan" && a.software == chosen.software)
+    {
+        assert_eq!(chosen.backend, "Vulkan", "Vulkan preferred over GL");
+    }
+    if chosen.name.contains("llvmpipe") {
+        assert!(chosen.software);
+        assert_eq!(chosen.device_type, "Cpu");
+    }
+}
