@@ -76,18 +76,12 @@ impl Case {
             self.path("x.npy"),
             self.path("out"),
         );
-        let mut args = vec![
-            "explain",
-            "--model",
-            &model,
-            "--input",
-            &input,
-            "--out",
-            &out,
-            "--backend",
-            "cpu",
-            "--quiet",
-        ];
+        let mut args = vec!["explain", "--out", &out, "--backend", "cpu", "--quiet"];
+        for (flag, default) in [("--model", &model), ("--input", &input)] {
+            if !extra.contains(&flag) {
+                args.extend([flag, default.as_str()]);
+            }
+        }
         args.extend(extra);
         taylormap(&args)
     }
@@ -210,13 +204,8 @@ fn a_rerun_replaces_the_outputs() {
 fn bad_input_exits_2_names_the_culprit_and_writes_nothing() {
     let case = Case::new("bad_input_exits_2", 3);
     let mut rng = common::rng("bad_input_exits_2/other");
-    let wrong = common::random_input(
-        &mut rng,
-        &common::random_mlp(&mut rng, &[5, 2], false),
-        3,
-        0.0,
-        1.0,
-    );
+    let other = common::random_mlp(&mut rng, &[5, 2], false);
+    let wrong = common::random_input(&mut rng, &other, 3, 0.0, 1.0);
     write_npy(&case.dir.path().join("wrong.npy"), &wrong);
     let mut nan = case.x.clone();
     nan[IxDyn(&[2, 0, 4, 4])] = f32::NAN;

@@ -574,9 +574,29 @@ fn normalize_applies_after_scaling_and_bounds_follow() {
     let d = data::load(&p, None, Some((mean, std))).unwrap();
     let lo = d.x.iter().cloned().fold(f32::INFINITY, f32::min) as f64;
     let hi = d.x.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
-    assert_eq!(d.bounds, Bounds { low: lo, high: hi });
+    // floats outside [0, 1]: the data's own range, transformed
+    assert!(
+        (d.bounds.low - lo).abs() < 1e-5 * lo.abs().max(1.0),
+        "{:?}",
+        d.bounds
+    );
+    assert!(
+        (d.bounds.high - hi).abs() < 1e-5 * hi.abs().max(1.0),
+        "{:?}",
+        d.bounds
+    );
     let raw_lo = floats.iter().cloned().fold(f32::INFINITY, f32::min) as f64;
     assert!((lo - (raw_lo - mean) / std).abs() < 1e-5 * lo.abs().max(1.0));
+
+    // floats inside [0, 1] are taken as pixels scaled to [0, 1]
+    let unit: Vec<f32> = floats.iter().map(|v| v.abs().fract() * 0.9).collect();
+    let q = write(
+        dir.path(),
+        "u.npy",
+        &npy_raw(1, "<f4", false, &[n, 5], &f32_bytes(&unit)),
+    );
+    let d = data::load(&q, None, Some((mean, std))).unwrap();
+    assert_eq!(d.bounds, Bounds::unit_normalized(Some((mean, std))));
 
     for bad in [(0.0, 0.0), (0.5, -1.0), (f64::NAN, 1.0)] {
         let err = data::load(&p, None, Some(bad)).unwrap_err();

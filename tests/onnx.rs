@@ -736,7 +736,7 @@ fn conv_auto_pad_same_valid_and_explicit_pads_resolve_from_the_input_size() {
             unreachable!()
         };
         assert_eq!(got, &weight);
-        assert_eq!(bias, &Array1::zeros(oc), "absent bias is zero");
+        assert_eq!(bias, &Array1::<f32>::zeros(oc), "absent bias is zero");
         let [t, l, b, r] = window.pad;
         for (begin, end) in [(t, b), (l, r)] {
             assert!(begin.abs_diff(end) <= 1);

@@ -4,7 +4,9 @@
 use std::path::PathBuf;
 
 fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/pytorch").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/pytorch")
+        .join(name)
 }
 
 #[test]
@@ -16,8 +18,8 @@ fn pytorch_exports_load_and_reproduce_pytorch_logits() {
                 .unwrap_or_else(|e| panic!("{name}: {e}"));
             let mut x =
                 taylormap::data::load(&fixture(&format!("{name}.x.npy")), None, None).unwrap();
-            let want = taylormap::data::load(&fixture(&format!("{name}.logits.npy")), None, None)
-                .unwrap();
+            let want =
+                taylormap::data::load(&fixture(&format!("{name}.logits.npy")), None, None).unwrap();
             x.check_against(&net.input_shape)
                 .unwrap_or_else(|e| panic!("{name}: {e}"));
             let got = taylormap::cpu::logits(&net, x.x.mapv(f64::from).view()).unwrap();

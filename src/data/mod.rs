@@ -6,12 +6,14 @@
 //! | source | values | bounds |
 //! |---|---|---|
 //! | IDX, `'|u1'` NPY, PNG (8 or 16 bit) | pixel / 255 (or / 65535) | [0, 1], transformed |
-//! | `'<f4'` NPY | as stored | the data's min and max after the transform |
+//! | `'<f4'` NPY, all values in [0, 1] | as stored | [0, 1], transformed |
+//! | `'<f4'` NPY, other values | as stored | the data's min and max, transformed |
 //!
 //! Integer sources can take every value in [0, 1], so their bounds are that range sent through
-//! the normalisation. A float array carries no declared range, so its bounds are the smallest
-//! and largest value actually present (after normalisation); pass `--bounds L,H` when the
-//! model's true input range is wider.
+//! the normalisation. A float array carries no declared range: when every value lies in [0, 1]
+//! it is taken to hold pixels already scaled to [0, 1] (the common case), otherwise its bounds
+//! are the smallest and largest value present; pass `--bounds L,H` when the model's true input
+//! range differs.
 
 mod atomic;
 pub mod idx;
@@ -159,6 +161,11 @@ pub fn load(path: &Path, labels: Option<&Path>, normalize: Option<(f64, f64)>) -
             });
         }
     }
+    let (raw_low, raw_high) = values
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), &v| {
+            (l.min(v as f64), h.max(v as f64))
+        });
     if let Some((mean, std)) = normalize {
         for v in values.iter_mut() {
             *v = ((*v as f64 - mean) / std) as f32;
@@ -173,15 +180,17 @@ pub fn load(path: &Path, labels: Option<&Path>, normalize: Option<(f64, f64)>) -
             });
         }
     }
-    let bounds = if unit_range {
+    let bounds = if unit_range || (raw_low >= 0.0 && raw_high <= 1.0) {
         Bounds::unit_normalized(normalize)
     } else {
-        let (low, high) = values
-            .iter()
-            .fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), &v| {
-                (l.min(v as f64), h.max(v as f64))
-            });
-        Bounds { low, high }
+        let (a, b) = match normalize {
+            Some((mean, std)) => ((raw_low - mean) / std, (raw_high - mean) / std),
+            None => (raw_low, raw_high),
+        };
+        Bounds {
+            low: a.min(b),
+            high: a.max(b),
+        }
     };
 
     let n = shape[0];
