@@ -6,6 +6,7 @@
 //! The CPU backend ([`cpu`]) is the paper-literal f64 reference; the GPU backend ([`gpu`]) runs
 //! the same math as WGSL compute shaders through wgpu.
 
+pub mod bench;
 pub mod cpu;
 pub mod data;
 pub mod error;

@@ -24,6 +24,8 @@ struct Cli {
 enum Command {
     /// Explain every input sample and write heatmaps, relevance.npy, summary.csv and run.json.
     Explain(ExplainArgs),
+    /// Measure relevance throughput per backend and batch size.
+    Bench(BenchArgs),
     /// Print a model's layers, shapes and parameter counts.
     Inspect {
         /// The ONNX model.
@@ -84,6 +86,78 @@ struct ExplainArgs {
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// ONNX model (default: the bundled MNIST CNN).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Inputs, cycled to fill the batches (default: the bundled MNIST test set).
+    #[arg(long)]
+    input: Option<PathBuf>,
+    /// Composite to measure.
+    #[arg(long, default_value = "deep-taylor")]
+    composite: String,
+    /// auto, gpu or cpu; repeatable; default: cpu, and gpu when an adapter exists.
+    #[arg(long = "backend")]
+    backends: Vec<String>,
+    /// Batch sizes to measure.
+    #[arg(long, default_value = "1,64,1024", value_delimiter = ',')]
+    batch_sizes: Vec<usize>,
+    /// Minimum measured time per (backend, batch size), in seconds.
+    #[arg(long, default_value_t = 2.0)]
+    min_seconds: f64,
+    /// Print one JSON object per line instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+fn bench(a: BenchArgs) -> taylormap::Result<()> {
+    let backends = if a.backends.is_empty() {
+        let mut b = vec![BackendChoice::Cpu];
+        if !taylormap::gpu::adapters().is_empty() {
+            b.push(BackendChoice::Gpu);
+        }
+        b
+    } else {
+        a.backends
+            .iter()
+            .map(|b| b.parse::<BackendChoice>())
+            .collect::<taylormap::Result<_>>()?
+    };
+    if a.min_seconds.is_nan() || a.min_seconds < 0.0 {
+        return Err(taylormap::Error::usage("--min-seconds", "must be >= 0"));
+    }
+    let cfg = taylormap::bench::BenchConfig {
+        model: a
+            .model
+            .unwrap_or_else(|| explain::asset_path(explain::DEFAULT_MODEL)),
+        input: a
+            .input
+            .unwrap_or_else(|| explain::asset_path(explain::DEFAULT_INPUT)),
+        composite: a.composite.parse::<Composite>()?,
+        backends,
+        batch_sizes: a.batch_sizes,
+        min_seconds: a.min_seconds,
+    };
+    if !a.json {
+        println!(
+            "{:<5} {:<36} {:>10} {:>9} {:>9} {:>14}",
+            "back", "adapter", "batch", "samples", "seconds", "heatmaps/s"
+        );
+    }
+    taylormap::bench::run(&cfg, &mut |r| {
+        if a.json {
+            println!("{}", serde_json::to_string(r).expect("json"));
+        } else {
+            println!(
+                "{:<5} {:<36} {:>10} {:>9} {:>9.3} {:>14.0}",
+                r.backend, r.adapter, r.batch_size, r.samples, r.seconds, r.heatmaps_per_second
+            );
+        }
+    })?;
+    Ok(())
 }
 
 fn parse_pair(flag: &str, text: &str) -> taylormap::Result<(f64, f64)> {
@@ -153,6 +227,7 @@ fn run(cli: Cli) -> taylormap::Result<()> {
             println!("{}", report.summary());
             println!("outputs              {}", cfg.out.display());
         }
+        Command::Bench(args) => bench(args)?,
         Command::Inspect { model } => {
             let net = taylormap::model::onnx::load(&model)?;
             print!("{}", taylormap::model::inspect::describe(&net));

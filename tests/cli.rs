@@ -247,3 +247,49 @@ fn inspect_lists_layers_and_parameters() {
     let o = taylormap(&["inspect", &case.path("x.npy")]);
     assert_eq!(o.status.code(), Some(2));
 }
+
+#[test]
+fn bench_json_prints_one_line_per_backend_and_batch_size() {
+    let case = Case::new("bench_json", 4);
+    let (model, input) = (case.path("model.onnx"), case.path("x.npy"));
+    let o = taylormap(&[
+        "bench",
+        "--model",
+        &model,
+        "--input",
+        &input,
+        "--backend",
+        "cpu",
+        "--batch-sizes",
+        "1,3",
+        "--min-seconds",
+        "0",
+        "--json",
+    ]);
+    ok(&o);
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    for (line, batch) in lines.iter().zip([1, 3]) {
+        assert_eq!(line["backend"], "cpu");
+        assert_eq!(line["batch_size"], batch);
+        assert_eq!(line["composite"], "deep-taylor");
+        assert!(line["samples"].as_u64().unwrap() >= batch);
+        assert!(line["heatmaps_per_second"].as_f64().unwrap() > 0.0);
+        for key in ["adapter", "model", "seconds"] {
+            assert!(!line[key].is_null(), "{key}");
+        }
+    }
+    let o = taylormap(&[
+        "bench",
+        "--model",
+        &model,
+        "--input",
+        &input,
+        "--batch-sizes",
+        "0",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+}

@@ -2,8 +2,9 @@
 //! same subset, both through the prost types in [`super::onnx_proto`].
 //!
 //! # Import
-//! The graph must be a single chain: every node after a `Constant` reads the previous node's
-//! output, plus constants (initializers or `Constant` outputs). Accepted ops (SPEC section 1):
+//! The data path must be a single chain: every node that reads activation data reads the
+//! previous such node's output, plus constants (initializers or `Constant` outputs) and shape
+//! values (below). Accepted ops (SPEC section 1):
 //!
 //! - `Gemm` (transA = 0, any transB, alpha, beta; C absent, scalar, `[out]` or `[1, out]`) and
 //!   `MatMul` with a constant `[in, out]` B, optionally followed by `Add` of a constant: Dense.
@@ -12,13 +13,25 @@
 //! - `BatchNormalization` directly after a Dense or Conv2d: folded into it, with
 //!   scale = gamma / sqrt(var + epsilon), W' = W * scale, b' = (b - mean) * scale + beta.
 //! - `Relu`; `MaxPool`, `AveragePool` (2-D; `ceil_mode = 1` only where it changes nothing),
-//!   `GlobalAveragePool` (an average pool over the whole map).
+//!   `GlobalAveragePool` (an average pool over the whole map), and `ReduceMean` over exactly the
+//!   spatial axes 2 and 3 (axes as attribute or, opset 18+, as input; negative axes allowed): the
+//!   same whole-map average pool, followed by a Flatten when `keepdims = 0`.
 //! - Sum pooling has no ONNX op: it is written, and recognised, as exactly the pair
 //!   `AveragePool` followed by `Mul` by a one-element constant equal to the window size
 //!   (kh * kw). With padding the `AveragePool` must have `count_include_pad = 1`, so that the pair
 //!   really is the window sum.
-//! - `Flatten` (axis 1) and `Reshape` to a constant shape meaning (N, features) (`[-1, D]`,
-//!   `[0, -1]`, `[N, -1]`, `[N, D]`, ...): Flatten, or nothing when the activation is already flat.
+//! - `Flatten` (axis 1) and `Reshape` to a shape meaning (N, features) (`[-1, D]`, `[0, -1]`,
+//!   `[N, -1]`, `[N, D]`, ...): Flatten, or nothing when the activation is already flat. The shape
+//!   is a constant or a shape value.
+//! - Shape values: side computations on tensor shapes, evaluated at load time, such as the
+//!   classic exporter's `x.view(x.size(0), -1)` (`Shape -> Gather -> Unsqueeze -> Concat ->
+//!   Reshape`). `Shape` of an activation gives `[N, d1, d2, ...]` with N the symbolic batch size
+//!   and the per-sample sizes known; `Gather`, `Slice`, `Unsqueeze`, `Squeeze`, `Concat`, `Cast`
+//!   (to an integer type), `Identity` and `Add`/`Sub`/`Mul`/`Div` then work on such small int64
+//!   vectors (and int64 constants); arithmetic needs known values (N only with `* 1`, `/ 1`,
+//!   `+ 0`, `- 0`). Reading an activation's shape does not count as reading its data, so these
+//!   nodes do not break the chain. A shape value that cannot be resolved is refused, naming the
+//!   node.
 //! - `Identity`, `Dropout`: removed; `Softmax`/`LogSoftmax`: removed when nothing but
 //!   `Identity`/`Dropout` follows (we explain the logits).
 //!
@@ -127,6 +140,35 @@ enum Data {
     I64(Vec<i64>),
 }
 
+/// One element of a shape value: the symbolic batch size or a known integer.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Dim {
+    Batch,
+    Int(i64),
+}
+
+/// A small int64 tensor (rank 0 or 1) computed from tensor shapes at load time.
+#[derive(Clone, Debug)]
+struct ShapeValue {
+    scalar: bool,
+    v: Vec<Dim>,
+}
+
+/// Writes dims as `[N, 5, -1]`.
+fn show_dims(v: &[Dim]) -> String {
+    let items: Vec<String> = v
+        .iter()
+        .map(|d| match d {
+            Dim::Batch => "N".to_string(),
+            Dim::Int(i) => i.to_string(),
+        })
+        .collect();
+    format!("[{}]", items.join(", "))
+}
+
+/// Largest number of values accepted in a shape value.
+const MAX_SHAPE_VALUES: usize = 4096;
+
 /// What the last kept layer came from, for the ops that fold into it.
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Last {
@@ -141,8 +183,12 @@ enum Last {
 struct Importer<'a> {
     path: &'a str,
     consts: HashMap<String, Tensor>,
-    /// The graph input and every node output seen so far (for chain errors).
+    /// The graph input and every data node output seen so far (for chain errors).
     produced: HashSet<String>,
+    /// Per-sample shapes of those activations, for `Shape`.
+    act_shapes: HashMap<String, Vec<usize>>,
+    /// Shape values computed so far.
+    shape_values: HashMap<String, ShapeValue>,
     /// The tensor the chain has reached.
     current: String,
     /// Its per-sample shape.
@@ -167,6 +213,7 @@ const CHAIN_OPS: &[&str] = &[
     "MaxPool",
     "AveragePool",
     "GlobalAveragePool",
+    "ReduceMean",
     "Mul",
     "Flatten",
     "Reshape",
@@ -176,12 +223,30 @@ const CHAIN_OPS: &[&str] = &[
     "LogSoftmax",
 ];
 
+/// Ops evaluated on shape values (some also take part in the chain when they read activations).
+const SHAPE_OPS: &[&str] = &[
+    "Shape",
+    "Gather",
+    "Slice",
+    "Unsqueeze",
+    "Squeeze",
+    "Concat",
+    "Cast",
+    "Identity",
+    "Add",
+    "Sub",
+    "Mul",
+    "Div",
+];
+
 impl<'a> Importer<'a> {
     fn new(path: &'a str) -> Self {
         Importer {
             path,
             consts: HashMap::new(),
             produced: HashSet::new(),
+            act_shapes: HashMap::new(),
+            shape_values: HashMap::new(),
             current: String::new(),
             shape: vec![],
             input_shape: vec![],
@@ -365,6 +430,7 @@ impl Importer<'_> {
         }
         self.check_size(&name, &shape)?;
         self.produced.insert(name.clone());
+        self.act_shapes.insert(name.clone(), shape.clone());
         self.current = name;
         self.shape = shape.clone();
         self.input_shape = shape;
@@ -602,7 +668,15 @@ impl Importer<'_> {
         if let Some(t) = self.consts.get(input) {
             return Ok(t);
         }
-        if self.produced.contains(input) {
+        if self.shape_values.contains_key(input) {
+            Err(self.err(
+                name,
+                format!(
+                    "{what} '{input}' is computed from a tensor shape at run time; only a \
+                     Reshape's shape input may be"
+                ),
+            ))
+        } else if self.produced.contains(input) {
             Err(self.err(
                 name,
                 format!(
@@ -761,6 +835,9 @@ impl Importer<'_> {
         if default_domain && op == "Constant" {
             return self.constant(node, &name);
         }
+        if default_domain && SHAPE_OPS.contains(&op) && self.is_shape_node(node, op) {
+            return self.shape_node(node, &name, op);
+        }
         if !default_domain || !CHAIN_OPS.contains(&op) {
             return Err(Error::UnsupportedOp {
                 path: self.path.to_string(),
@@ -825,6 +902,7 @@ impl Importer<'_> {
                 };
                 self.push(&name, layer, Last::AvgPool)?
             }
+            "ReduceMean" => self.reduce_mean(node, &name)?,
             "Mul" => self.sum_pool(node, &name, data_pos)?,
             "Flatten" => {
                 let axis = self.attrs(node, &name).int("axis", 1)?;
@@ -848,6 +926,7 @@ impl Importer<'_> {
         for o in node.output.iter().filter(|o| !o.is_empty()) {
             self.produced.insert(o.clone());
         }
+        self.act_shapes.insert(out.clone(), self.shape.clone());
         self.current = out;
         Ok(())
     }
@@ -906,6 +985,15 @@ impl Importer<'_> {
                 format!(
                     "the data input '{first}' is a constant; expected the previous node's output \
                      '{}'",
+                    self.current
+                ),
+            )
+        } else if self.shape_values.contains_key(first) {
+            self.err(
+                name,
+                format!(
+                    "the data input '{first}' is a value computed from a tensor shape; expected \
+                     the previous node's output '{}'",
                     self.current
                 ),
             )
@@ -1277,26 +1365,42 @@ impl Importer<'_> {
         self.push(name, Layer::Flatten, Last::Other)
     }
 
+    /// Reshape to a constant shape or a shape value meaning (N, features).
     fn reshape(&mut self, node: &pb::NodeProto, name: &str) -> Result<()> {
         let a = self.attrs(node, name);
         let allow_zero = a.int("allowzero", 0)? != 0;
-        let target = match self.optional_const_input(node, name, 1, "shape")? {
-            Some(Tensor {
-                data: Data::I64(v), ..
-            }) => v.clone(),
-            Some(_) => return Err(self.err(name, "the shape input must be int64")),
-            None => a
-                .ints("shape")?
-                .ok_or_else(|| self.err(name, "Reshape has no shape input"))?,
+        let shape_input = node.input.get(1).filter(|i| !i.is_empty());
+        let target: Vec<Dim> = match shape_input.and_then(|i| self.shape_values.get(i)) {
+            Some(sv) => sv.v.clone(),
+            None => match self.optional_const_input(node, name, 1, "shape")? {
+                Some(Tensor {
+                    data: Data::I64(v), ..
+                }) => v.iter().map(|&x| Dim::Int(x)).collect(),
+                Some(_) => return Err(self.err(name, "the shape input must be int64")),
+                None => a
+                    .ints("shape")?
+                    .ok_or_else(|| self.err(name, "Reshape has no shape input"))?
+                    .into_iter()
+                    .map(Dim::Int)
+                    .collect(),
+            },
         };
         let features = self.shape.iter().product::<usize>() as i64;
+        let copy = !allow_zero;
         let flattens = match target.as_slice() {
             [n, d] => {
-                let copy = !allow_zero;
-                let n_ok = *n == -1 || *n >= 1 || (*n == 0 && copy);
-                let d_ok = *d == features
-                    || (*d == -1 && *n != -1)
-                    || (*d == 0 && copy && self.shape[0] as i64 == features);
+                let n_ok = match *n {
+                    Dim::Batch => true,
+                    Dim::Int(n) => n == -1 || n >= 1 || (n == 0 && copy),
+                };
+                let d_ok = match *d {
+                    Dim::Batch => false,
+                    Dim::Int(d) => {
+                        d == features
+                            || (d == -1 && *n != Dim::Int(-1))
+                            || (d == 0 && copy && self.shape[0] as i64 == features)
+                    }
+                };
                 n_ok && d_ok
             }
             _ => false,
@@ -1305,13 +1409,69 @@ impl Importer<'_> {
             return Err(self.err(
                 name,
                 format!(
-                    "Reshape to {target:?} does not mean (N, {features}) for a per-sample shape \
-                     {:?}; only flattening reshapes are supported",
+                    "Reshape to {} (N: the batch size) does not mean (N, {features}) for a \
+                     per-sample shape {:?}; only flattening reshapes are supported",
+                    show_dims(&target),
                     self.shape
                 ),
             ));
         }
         self.flatten(name)
+    }
+
+    /// ReduceMean over the spatial axes: an average pool over the whole map, then a Flatten
+    /// when the reduced axes are dropped.
+    fn reduce_mean(&mut self, node: &pb::NodeProto, name: &str) -> Result<()> {
+        let a = self.attrs(node, name);
+        let keepdims = a.int("keepdims", 1)? != 0;
+        let noop_empty = a.int("noop_with_empty_axes", 0)? != 0;
+        let axes = match self.known_ints_input(node, name, 1, "axes")? {
+            Some(v) => Some(v),
+            None => a.ints("axes")?,
+        };
+        let axes = axes.unwrap_or_default();
+        if axes.is_empty() {
+            if noop_empty {
+                return Ok(());
+            }
+            return Err(self.err(
+                name,
+                "ReduceMean over all axes (batch included) is not supported; only over the \
+                 spatial axes [2, 3] of an (N, C, H, W) input",
+            ));
+        }
+        let rank = self.shape.len() as i64 + 1;
+        let mut norm: Vec<i64> = axes
+            .iter()
+            .map(|&x| if x < 0 { x.saturating_add(rank) } else { x })
+            .collect();
+        norm.sort_unstable();
+        if rank != 4 || norm != [2, 3] {
+            return Err(self.err(
+                name,
+                format!(
+                    "ReduceMean over axes {axes:?} of an input of per-sample shape {:?} is not \
+                     supported; only over the spatial axes [2, 3] of an (N, C, H, W) input \
+                     (global average pooling)",
+                    self.shape
+                ),
+            ));
+        }
+        let (_, h, w) = self.chw(name, "ReduceMean")?;
+        let layer = Layer::AvgPool2d {
+            window: Window {
+                kernel: [h, w],
+                stride: [1, 1],
+                pad: [0; 4],
+            },
+            count_include_pad: false,
+            sum: false,
+        };
+        self.push(name, layer, Last::AvgPool)?;
+        if !keepdims {
+            self.push(name, Layer::Flatten, Last::Other)?;
+        }
+        Ok(())
     }
 
     /// BatchNormalization folded into the Dense or Conv2d layer right before it.
@@ -1377,6 +1537,423 @@ impl Importer<'_> {
         }
         self.last = Last::Linear { matmul: false };
         Ok(())
+    }
+}
+
+// Shape values: small int64 vectors computed from tensor shapes, evaluated at load time.
+impl Importer<'_> {
+    /// Whether `node` (an op of [`SHAPE_OPS`]) computes a shape value rather than continuing the
+    /// chain: `Shape` always; ops that never take part in the chain always (they refuse
+    /// activation inputs); `Identity` and arithmetic when they read no activation and at least
+    /// one shape value or int64 constant.
+    fn is_shape_node(&self, node: &pb::NodeProto, op: &str) -> bool {
+        if op == "Shape" || !CHAIN_OPS.contains(&op) {
+            return true;
+        }
+        let inputs = || node.input.iter().filter(|i| !i.is_empty());
+        !inputs().any(|i| self.produced.contains(i))
+            && inputs().any(|i| {
+                self.shape_values.contains_key(i)
+                    || matches!(
+                        self.consts.get(i),
+                        Some(Tensor {
+                            data: Data::I64(_),
+                            ..
+                        })
+                    )
+            })
+    }
+
+    /// Input `pos` of a shape node as a shape value (a shape value or an int64 constant of rank
+    /// 0 or 1), or an error.
+    fn shape_input(
+        &self,
+        node: &pb::NodeProto,
+        name: &str,
+        op: &str,
+        pos: usize,
+        what: &str,
+    ) -> Result<ShapeValue> {
+        let input = node
+            .input
+            .get(pos)
+            .filter(|i| !i.is_empty())
+            .ok_or_else(|| self.err(name, format!("missing input {pos} ({what})")))?;
+        if let Some(sv) = self.shape_values.get(input) {
+            return Ok(sv.clone());
+        }
+        match self.consts.get(input) {
+            Some(Tensor {
+                dims,
+                data: Data::I64(v),
+            }) if dims.len() <= 1 => Ok(ShapeValue {
+                scalar: dims.is_empty(),
+                v: v.iter().map(|&x| Dim::Int(x)).collect(),
+            }),
+            Some(Tensor {
+                data: Data::I64(_),
+                dims,
+            }) => Err(self.err(
+                name,
+                format!(
+                    "{what} '{input}' has dims {dims:?}; {op} on shapes supports only scalars and \
+                     vectors"
+                ),
+            )),
+            Some(_) => Err(self.err(
+                name,
+                format!(
+                    "{what} '{input}' is a float constant; {op} is supported only on int64 shape \
+                     values"
+                ),
+            )),
+            None if self.produced.contains(input) => Err(self.err(
+                name,
+                format!(
+                    "{what} '{input}' is an activation; {op} is supported only on tensor shapes \
+                     (as in Shape -> Gather -> Unsqueeze -> Concat -> Reshape), not on data"
+                ),
+            )),
+            None => Err(self.err(
+                name,
+                format!(
+                    "{what} '{input}' is missing: it is no initializer, Constant output or earlier \
+                     node output"
+                ),
+            )),
+        }
+    }
+
+    /// The known integers of a shape value, or an error when the batch size is among them.
+    fn known(&self, name: &str, v: &ShapeValue, what: &str) -> Result<Vec<i64>> {
+        v.v.iter()
+            .map(|d| match d {
+                Dim::Int(i) => Ok(*i),
+                Dim::Batch => Err(self.err(
+                    name,
+                    format!(
+                        "{what} {} depends on the batch size N, which is not known at load time",
+                        show_dims(&v.v)
+                    ),
+                )),
+            })
+            .collect()
+    }
+
+    /// Optional input `pos` as known integers (axes, starts, ...): `None` when absent.
+    fn known_ints_input(
+        &self,
+        node: &pb::NodeProto,
+        name: &str,
+        pos: usize,
+        what: &str,
+    ) -> Result<Option<Vec<i64>>> {
+        if node.input.get(pos).is_none_or(|i| i.is_empty()) {
+            return Ok(None);
+        }
+        let op = node.op_type.as_deref().unwrap_or("");
+        let v = self.shape_input(node, name, op, pos, what)?;
+        self.known(name, &v, what).map(Some)
+    }
+
+    /// A vector (rank-1) shape value, or an error.
+    fn vector(&self, name: &str, op: &str, v: ShapeValue, what: &str) -> Result<Vec<Dim>> {
+        if v.scalar {
+            return Err(self.err(name, format!("{op} needs a vector {what}, got a scalar")));
+        }
+        Ok(v.v)
+    }
+
+    /// Checks that `axes` name axis 0 of a value of rank `rank` (only rank 0 and 1 exist here).
+    fn axis_zero(&self, name: &str, op: &str, axes: &[i64], rank: i64) -> Result<()> {
+        if axes.len() == 1 && (axes[0] == 0 || axes[0] == -rank) {
+            return Ok(());
+        }
+        Err(self.err(
+            name,
+            format!(
+                "{op} on a shape value over axes {axes:?} is not supported; shape values are \
+                 vectors, only axis 0 is"
+            ),
+        ))
+    }
+
+    /// Evaluates a shape node and records its output.
+    fn shape_node(&mut self, node: &pb::NodeProto, name: &str, op: &str) -> Result<()> {
+        let out = node
+            .output
+            .first()
+            .filter(|o| !o.is_empty())
+            .ok_or_else(|| self.err(name, "the node has no output"))?
+            .clone();
+        let a = self.attrs(node, name);
+        let value = match op {
+            "Shape" => {
+                let input = node
+                    .input
+                    .first()
+                    .filter(|i| !i.is_empty())
+                    .ok_or_else(|| self.err(name, "Shape has no input"))?;
+                let full: Vec<Dim> = if let Some(s) = self.act_shapes.get(input) {
+                    std::iter::once(Dim::Batch)
+                        .chain(s.iter().map(|&d| Dim::Int(d as i64)))
+                        .collect()
+                } else if let Some(t) = self.consts.get(input) {
+                    t.dims.iter().map(|&d| Dim::Int(d as i64)).collect()
+                } else {
+                    return Err(self.err(
+                        name,
+                        format!(
+                            "input '{input}' is missing: it is no initializer, Constant output or \
+                             activation"
+                        ),
+                    ));
+                };
+                let rank = full.len() as i64;
+                let clamp = |x: i64| {
+                    let x = if x < 0 { x.saturating_add(rank) } else { x };
+                    x.clamp(0, rank) as usize
+                };
+                let (start, end) = (clamp(a.int("start", 0)?), clamp(a.int("end", rank)?));
+                ShapeValue {
+                    scalar: false,
+                    v: full[start..end.max(start)].to_vec(),
+                }
+            }
+            "Gather" => {
+                let data = self.shape_input(node, name, op, 0, "data")?;
+                let data = self.vector(name, op, data, "data")?;
+                self.axis_zero(name, op, &[a.int("axis", 0)?], 1)?;
+                let indices = self.shape_input(node, name, op, 1, "indices")?;
+                let len = data.len() as i64;
+                let mut v = vec![];
+                for i in self.known(name, &indices, "indices")? {
+                    let j = if i < 0 { i.saturating_add(len) } else { i };
+                    if !(0..len).contains(&j) {
+                        return Err(self.err(
+                            name,
+                            format!(
+                                "index {i} is out of range for the shape value {}",
+                                show_dims(&data)
+                            ),
+                        ));
+                    }
+                    v.push(data[j as usize]);
+                }
+                ShapeValue {
+                    scalar: indices.scalar,
+                    v,
+                }
+            }
+            "Slice" => {
+                let data = self.shape_input(node, name, op, 0, "data")?;
+                let data = self.vector(name, op, data, "data")?;
+                // Opset 10+: starts, ends, axes, steps as inputs; before: attributes.
+                let (starts, ends, axes, steps) = if node.input.len() >= 3 {
+                    (
+                        self.known_ints_input(node, name, 1, "starts")?,
+                        self.known_ints_input(node, name, 2, "ends")?,
+                        self.known_ints_input(node, name, 3, "axes")?,
+                        self.known_ints_input(node, name, 4, "steps")?,
+                    )
+                } else {
+                    (a.ints("starts")?, a.ints("ends")?, a.ints("axes")?, None)
+                };
+                let (Some(starts), Some(ends)) = (starts, ends) else {
+                    return Err(self.err(name, "Slice needs starts and ends"));
+                };
+                self.axis_zero(name, op, &axes.unwrap_or_else(|| vec![0]), 1)?;
+                let step = match steps.as_deref() {
+                    None => 1,
+                    Some([s]) if *s != 0 => *s,
+                    Some(s) => {
+                        return Err(self.err(name, format!("Slice steps {s:?} are not supported")))
+                    }
+                };
+                let (start, end) = match (starts.as_slice(), ends.as_slice()) {
+                    ([s], [e]) => (*s, *e),
+                    _ => {
+                        return Err(self.err(
+                            name,
+                            format!(
+                                "Slice starts {starts:?} and ends {ends:?} must have one value \
+                                 each (shape values are vectors)"
+                            ),
+                        ))
+                    }
+                };
+                let n = data.len() as i64;
+                let fix = |x: i64, lo: i64, hi: i64| {
+                    let x = if x < 0 { x.saturating_add(n) } else { x };
+                    x.clamp(lo, hi)
+                };
+                let mut v = vec![];
+                if step > 0 {
+                    let (mut i, end) = (fix(start, 0, n), fix(end, 0, n));
+                    while i < end {
+                        v.push(data[i as usize]);
+                        i = i.saturating_add(step);
+                    }
+                } else {
+                    let (mut i, end) = (fix(start, 0, n - 1), fix(end, -1, n - 1));
+                    while i > end {
+                        v.push(data[i as usize]);
+                        i = i.saturating_add(step);
+                    }
+                }
+                ShapeValue { scalar: false, v }
+            }
+            "Unsqueeze" | "Squeeze" => {
+                let data = self.shape_input(node, name, op, 0, "data")?;
+                let axes = match self.known_ints_input(node, name, 1, "axes")? {
+                    Some(v) => Some(v),
+                    None => a.ints("axes")?,
+                };
+                if op == "Unsqueeze" {
+                    if !data.scalar {
+                        return Err(self.err(
+                            name,
+                            "Unsqueeze of a vector shape value (to rank 2) is not supported",
+                        ));
+                    }
+                    self.axis_zero(name, op, &axes.unwrap_or_default(), 1)?;
+                    ShapeValue {
+                        scalar: false,
+                        v: data.v,
+                    }
+                } else {
+                    if data.scalar || data.v.len() != 1 {
+                        return Err(self.err(
+                            name,
+                            format!(
+                                "Squeeze of the shape value {} is not supported; only of a \
+                                 one-element vector",
+                                show_dims(&data.v)
+                            ),
+                        ));
+                    }
+                    if let Some(axes) = axes.filter(|x| !x.is_empty()) {
+                        self.axis_zero(name, op, &axes, 1)?;
+                    }
+                    ShapeValue {
+                        scalar: true,
+                        v: data.v,
+                    }
+                }
+            }
+            "Concat" => {
+                self.axis_zero(name, op, &[a.int("axis", 0)?], 1)?;
+                let mut v = vec![];
+                for pos in 0..node.input.len() {
+                    if node.input[pos].is_empty() {
+                        continue;
+                    }
+                    let part = self.shape_input(node, name, op, pos, "input")?;
+                    v.extend(self.vector(name, op, part, "input")?);
+                    if v.len() > MAX_SHAPE_VALUES {
+                        break;
+                    }
+                }
+                ShapeValue { scalar: false, v }
+            }
+            "Cast" => {
+                let to = a.int("to", 0)?;
+                let integer = [
+                    DataType::Int64,
+                    DataType::Int32,
+                    DataType::Int16,
+                    DataType::Int8,
+                    DataType::Uint64,
+                    DataType::Uint32,
+                    DataType::Uint16,
+                    DataType::Uint8,
+                ]
+                .iter()
+                .any(|&t| t as i64 == to);
+                if !integer {
+                    return Err(self.err(
+                        name,
+                        format!(
+                            "Cast of a shape value to {} is not supported; only to integer types",
+                            data_type_name(to as i32)
+                        ),
+                    ));
+                }
+                self.shape_input(node, name, op, 0, "input")?
+            }
+            "Identity" => self.shape_input(node, name, op, 0, "input")?,
+            _ => self.shape_arith(node, name, op)?,
+        };
+        if value.v.len() > MAX_SHAPE_VALUES {
+            return Err(self.err(
+                name,
+                format!("shape value of over {MAX_SHAPE_VALUES} values"),
+            ));
+        }
+        self.shape_values.insert(out, value);
+        Ok(())
+    }
+
+    /// Add, Sub, Mul, Div of shape values (with broadcasting of one-element operands).
+    fn shape_arith(&self, node: &pb::NodeProto, name: &str, op: &str) -> Result<ShapeValue> {
+        let x = self.shape_input(node, name, op, 0, "A")?;
+        let y = self.shape_input(node, name, op, 1, "B")?;
+        let n = match (x.v.len(), y.v.len()) {
+            (a, b) if a == b => a,
+            (1, b) => b,
+            (a, 1) => a,
+            _ => {
+                return Err(self.err(
+                    name,
+                    format!(
+                        "{op} of shape values {} and {} of different lengths",
+                        show_dims(&x.v),
+                        show_dims(&y.v)
+                    ),
+                ))
+            }
+        };
+        let pick = |v: &[Dim], i: usize| v[if v.len() == 1 { 0 } else { i }];
+        let mut v = Vec::with_capacity(n);
+        for i in 0..n {
+            let (p, q) = (pick(&x.v, i), pick(&y.v, i));
+            let r = match (op, p, q) {
+                ("Add", Dim::Int(a), Dim::Int(b)) => a.checked_add(b).map(Dim::Int),
+                ("Sub", Dim::Int(a), Dim::Int(b)) => a.checked_sub(b).map(Dim::Int),
+                ("Mul", Dim::Int(a), Dim::Int(b)) => a.checked_mul(b).map(Dim::Int),
+                ("Div", Dim::Int(a), Dim::Int(b)) => a.checked_div(b).map(Dim::Int),
+                ("Add" | "Sub", Dim::Batch, Dim::Int(0))
+                | ("Add", Dim::Int(0), Dim::Batch)
+                | ("Mul" | "Div", Dim::Batch, Dim::Int(1))
+                | ("Mul", Dim::Int(1), Dim::Batch) => Some(Dim::Batch),
+                (_, Dim::Int(_), Dim::Int(_)) => None,
+                _ => {
+                    return Err(self.err(
+                        name,
+                        format!(
+                            "the shape cannot be resolved at load time: {op} of {} and {} \
+                             involves the batch size N, which is not known",
+                            show_dims(&[p]),
+                            show_dims(&[q])
+                        ),
+                    ))
+                }
+            };
+            v.push(r.ok_or_else(|| {
+                self.err(
+                    name,
+                    format!(
+                        "{op} of {} and {} overflows or divides by zero",
+                        show_dims(&[p]),
+                        show_dims(&[q])
+                    ),
+                )
+            })?);
+        }
+        Ok(ShapeValue {
+            scalar: x.scalar && y.scalar,
+            v,
+        })
     }
 }
 
