@@ -1,1 +1,114 @@
-//! placeholder: filled in by its own change
+//! Heatmap rendering: relevance to RGB through a [`Colormap`], and RGB to PNG bytes.
+//!
+//! Each heatmap is normalised on its own: channels are summed, the result is divided by its
+//! largest |R| (so the strongest pixel reaches the end of the map and 0 stays at the neutral
+//! colour), and the image is upscaled by an integer factor with nearest-neighbour sampling.
+
+mod colormap;
+
+pub use colormap::Colormap;
+
+use crate::{Error, Result};
+
+/// Colours one sample's relevance, given in C x H x W order, as an RGB image of
+/// `(h * scale) x (w * scale)` pixels (row-major, 3 bytes per pixel).
+///
+/// Channels are summed per pixel; values are divided by the largest finite |R| of the sample.
+/// A sample whose relevance is all zero is drawn in the neutral colour; non-finite values are
+/// drawn as 0. `scale` 0 counts as 1.
+///
+/// # Panics
+/// When `relevance.len() != channels * h * w`: the caller's shapes disagree, a bug rather than
+/// bad input.
+pub fn heatmap_rgb(
+    relevance: &[f64],
+    h: usize,
+    w: usize,
+    channels: usize,
+    cmap: Colormap,
+    scale: usize,
+) -> Vec<u8> {
+    let plane = h * w;
+    assert_eq!(
+        relevance.len(),
+        channels * plane,
+        "heatmap_rgb: {} relevance values for {channels} x {h} x {w}",
+        relevance.len()
+    );
+    let mut summed = vec![0.0f64; plane];
+    for chunk in relevance.chunks_exact(plane.max(1)).take(channels) {
+        for (s, r) in summed.iter_mut().zip(chunk) {
+            *s += r;
+        }
+    }
+    let max = summed
+        .iter()
+        .filter(|v| v.is_finite())
+        .fold(0.0f64, |m, v| m.max(v.abs()));
+    let colors: Vec<[u8; 3]> = summed
+        .iter()
+        .map(|&v| {
+            let t = if max > 0.0 && v.is_finite() {
+                v / max
+            } else {
+                0.0
+            };
+            cmap.color(t)
+        })
+        .collect();
+    let s = scale.max(1);
+    let (out_w, out_h) = (w * s, h * s);
+    let mut out = Vec::with_capacity(out_w * out_h * 3);
+    for y in 0..out_h {
+        let row = &colors[(y / s) * w..(y / s + 1) * w];
+        for x in 0..out_w {
+            out.extend_from_slice(&row[x / s]);
+        }
+    }
+    out
+}
+
+/// Encodes an 8-bit RGB image (row-major, 3 bytes per pixel) as PNG.
+pub fn png_bytes(rgb: &[u8], width: usize, height: usize) -> Result<Vec<u8>> {
+    let expected = width.checked_mul(height).and_then(|p| p.checked_mul(3));
+    if width == 0 || height == 0 || expected != Some(rgb.len()) {
+        return Err(Error::Shape {
+            layer: "heatmap PNG".into(),
+            expected: format!("{width} x {height} x 3 bytes of RGB, width and height > 0"),
+            got: format!("{} bytes", rgb.len()),
+        });
+    }
+    let (Ok(w), Ok(h)) = (u32::try_from(width), u32::try_from(height)) else {
+        return Err(Error::Shape {
+            layer: "heatmap PNG".into(),
+            expected: "width and height below 2^32".into(),
+            got: format!("{width} x {height}"),
+        });
+    };
+    let encoding = |e: png::EncodingError| Error::io("heatmap.png", std::io::Error::other(e));
+    let mut out = Vec::new();
+    let mut encoder = png::Encoder::new(&mut out, w, h);
+    encoder.set_color(png::ColorType::Rgb);
+    encoder.set_depth(png::BitDepth::Eight);
+    let mut writer = encoder.write_header().map_err(encoding)?;
+    writer.write_image_data(rgb).map_err(encoding)?;
+    writer.finish().map_err(encoding)?;
+    Ok(out)
+}
+
+/// [`heatmap_rgb`] followed by [`png_bytes`].
+pub fn heatmap_png(
+    relevance: &[f64],
+    h: usize,
+    w: usize,
+    channels: usize,
+    cmap: Colormap,
+    scale: usize,
+) -> Result<Vec<u8>> {
+    let s = scale.max(1);
+    png_bytes(
+        &heatmap_rgb(relevance, h, w, channels, cmap, scale),
+        w * s,
+        h * s,
+    )
+}
