@@ -6,6 +6,7 @@
 
 pub mod inspect;
 pub mod onnx;
+pub mod onnx_proto;
 
 use ndarray::{Array1, Array2, Array4};
 
