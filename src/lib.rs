@@ -15,6 +15,7 @@ pub mod gpu;
 pub mod lrp;
 pub mod model;
 pub mod render;
+pub mod train;
 
 pub use error::{Error, Result};
 pub use lrp::{

@@ -1,0 +1,192 @@
+//! The trainer's architectures: layer lists and seeded He-uniform initialisation (biases start at 0).
+
+use ndarray::{Array1, Array2, Array4};
+
+use super::rng::SplitMix64;
+use super::{Arch, TrainConfig};
+use crate::model::Window;
+use crate::{Error, Layer, Network, Result};
+
+/// Output channels of the two 5x5 convolutions of `mnist-cnn`.
+pub const CNN_CHANNELS: [usize; 2] = [8, 16];
+/// Default hidden width per architecture (`TrainConfig::hidden` overrides it).
+pub fn default_hidden(arch: Arch) -> usize {
+    match arch {
+        Arch::MnistCnn => 64,
+        Arch::MnistMlp => 256,
+        Arch::DetectionPooling => 100,
+        Arch::TabularMlp => 32,
+    }
+}
+
+/// A freshly initialised network for `cfg.arch` on per-sample inputs of `input_shape`, with
+/// `classes` outputs (ignored by `detection-pooling`, which has one). Also returns, per layer,
+/// whether the trainer updates it (the sum-pooling layer of `detection-pooling` is fixed).
+pub(crate) fn build(
+    cfg: &TrainConfig,
+    input_shape: &[usize],
+    classes: usize,
+    rng: &mut SplitMix64,
+) -> Result<(Network, Vec<bool>)> {
+    let hidden = cfg.hidden.unwrap_or_else(|| default_hidden(cfg.arch));
+    if hidden == 0 {
+        return Err(Error::usage(
+            "--hidden",
+            "the hidden width must be at least 1",
+        ));
+    }
+    let mut b = Builder {
+        rng,
+        layers: vec![],
+        names: vec![],
+        trainable: vec![],
+    };
+    let arch = cfg.arch.name();
+    let flat_input = |what: &str| -> Result<usize> {
+        match input_shape {
+            [d] => Ok(*d),
+            [c, h, w] => Ok(c * h * w),
+            _ => Err(Error::Shape {
+                layer: "input".into(),
+                expected: format!("{what} for {arch}"),
+                got: format!("per-sample shape {input_shape:?}"),
+            }),
+        }
+    };
+    match cfg.arch {
+        Arch::MnistCnn => {
+            let (c, h, w) = match input_shape {
+                [c, h, w] if *h >= 16 && *w >= 16 => (*c, *h, *w),
+                _ => {
+                    return Err(Error::Shape {
+                        layer: "input".into(),
+                        expected: "images (N, C, H, W) of at least 16x16 for mnist-cnn".into(),
+                        got: format!("per-sample shape {input_shape:?}"),
+                    })
+                }
+            };
+            let [c1, c2] = CNN_CHANNELS;
+            let pool = Window {
+                kernel: [2, 2],
+                stride: [2, 2],
+                pad: [0; 4],
+            };
+            b.conv("conv1", c, c1, 5);
+            b.push("relu1", Layer::Relu, false);
+            b.push("pool1", Layer::MaxPool2d { window: pool }, false);
+            b.conv("conv2", c1, c2, 5);
+            b.push("relu2", Layer::Relu, false);
+            b.push("pool2", Layer::MaxPool2d { window: pool }, false);
+            b.push("flatten", Layer::Flatten, false);
+            // Valid 5x5 convolution, then 2x2 pooling, twice.
+            let side = |s: usize| ((s - 4) / 2 - 4) / 2;
+            let flat = c2 * side(h) * side(w);
+            b.dense("fc1", flat, hidden);
+            b.push("relu3", Layer::Relu, false);
+            b.dense("fc2", hidden, classes);
+        }
+        Arch::MnistMlp => {
+            let d = flat_input("(N, D) or (N, C, H, W) inputs")?;
+            if input_shape.len() == 3 {
+                b.push("flatten", Layer::Flatten, false);
+            }
+            b.dense("fc1", d, hidden);
+            b.push("relu1", Layer::Relu, false);
+            b.dense("fc2", hidden, hidden);
+            b.push("relu2", Layer::Relu, false);
+            b.dense("fc3", hidden, classes);
+        }
+        Arch::DetectionPooling => {
+            let d = flat_input("(N, D) or (N, C, H, W) inputs")?;
+            if input_shape.len() == 3 {
+                b.push("flatten", Layer::Flatten, false);
+            }
+            b.dense("detect", d, hidden);
+            // He initialisation scaled by 1/sqrt(H) keeps the initial sum of H detections O(1).
+            if let Some(Layer::Dense { weight, .. }) = b.layers.last_mut() {
+                weight.mapv_inplace(|v| v / (hidden as f32).sqrt());
+            }
+            b.push("relu", Layer::Relu, false);
+            b.push(
+                "sum_pool",
+                Layer::Dense {
+                    weight: Array2::ones((hidden, 1)),
+                    bias: Array1::zeros(1),
+                },
+                false,
+            );
+        }
+        Arch::TabularMlp => {
+            let d = match input_shape {
+                [d] => *d,
+                _ => {
+                    return Err(Error::Shape {
+                        layer: "input".into(),
+                        expected: "tabular features (N, D) for tabular-mlp".into(),
+                        got: format!("per-sample shape {input_shape:?}"),
+                    })
+                }
+            };
+            b.dense("fc1", d, hidden);
+            b.push("relu1", Layer::Relu, false);
+            b.dense("fc2", hidden, classes);
+        }
+    }
+    let Builder {
+        layers,
+        names,
+        trainable,
+        ..
+    } = b;
+    Ok((
+        Network::new(input_shape.to_vec(), layers, names)?,
+        trainable,
+    ))
+}
+
+struct Builder<'a> {
+    rng: &'a mut SplitMix64,
+    layers: Vec<Layer>,
+    names: Vec<String>,
+    trainable: Vec<bool>,
+}
+
+impl Builder<'_> {
+    fn push(&mut self, name: &str, layer: Layer, trainable: bool) {
+        self.layers.push(layer);
+        self.names.push(name.into());
+        self.trainable.push(trainable);
+    }
+
+    /// He-uniform bound for `fan_in` inputs: sqrt(6 / fan_in).
+    fn he(&mut self, fan_in: usize) -> f32 {
+        let s = (6.0 / fan_in as f64).sqrt();
+        self.rng.uniform(-s, s) as f32
+    }
+
+    fn dense(&mut self, name: &str, inputs: usize, outputs: usize) {
+        let weight = Array2::from_shape_simple_fn((inputs, outputs), || self.he(inputs));
+        let layer = Layer::Dense {
+            weight,
+            bias: Array1::zeros(outputs),
+        };
+        self.push(name, layer, true);
+    }
+
+    /// A 5x5-style square convolution, stride 1, no padding.
+    fn conv(&mut self, name: &str, inputs: usize, outputs: usize, kernel: usize) {
+        let fan_in = inputs * kernel * kernel;
+        let weight =
+            Array4::from_shape_simple_fn((outputs, inputs, kernel, kernel), || self.he(fan_in));
+        let layer = Layer::Conv2d {
+            weight,
+            bias: Array1::zeros(outputs),
+            window: Window {
+                kernel: [kernel, kernel],
+                stride: [1, 1],
+                pad: [0; 4],
+            },
+        };
+        self.push(name, layer, true);
+    }
+}
