@@ -24,6 +24,8 @@ struct Cli {
 enum Command {
     /// Explain every input sample and write heatmaps, relevance.npy, summary.csv and run.json.
     Explain(ExplainArgs),
+    /// Train a small DTD-ready network on the CPU and write it as ONNX.
+    Train(TrainArgs),
     /// Measure relevance throughput per backend and batch size.
     Bench(BenchArgs),
     /// Print a model's layers, shapes and parameter counts.
@@ -86,6 +88,157 @@ struct ExplainArgs {
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
+}
+
+#[derive(Args)]
+struct TrainArgs {
+    /// mnist-cnn, mnist-mlp, detection-pooling or tabular-mlp.
+    #[arg(long)]
+    arch: String,
+    /// A folder with train-images/train-labels (and optionally t10k-images/t10k-labels) IDX
+    /// files, plain or gzipped; or one images file (IDX or NPY) whose labels sit beside it.
+    #[arg(long)]
+    data: PathBuf,
+    /// Where to write the ONNX model.
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, default_value_t = 10)]
+    epochs: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Keep every bias <= 0 after each step (projected gradient): DTD's root point exists and
+    /// heatmaps are conservative and positive.
+    #[arg(long)]
+    nonpositive_bias: bool,
+    #[arg(long, default_value_t = 64)]
+    batch_size: usize,
+    #[arg(long, default_value_t = 1e-3)]
+    learning_rate: f64,
+    /// Learning-rate factor applied after each epoch.
+    #[arg(long, default_value_t = 0.8)]
+    lr_decay: f64,
+    /// Hidden width (architecture default when absent).
+    #[arg(long)]
+    hidden: Option<usize>,
+    /// detection-pooling: the class to detect.
+    #[arg(long, default_value_t = 0)]
+    detect_class: usize,
+    /// Train on the first N samples only.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+/// Finds `stem` (e.g. "train-images") with the idx3 suffix in the usual spellings.
+fn find_idx(dir: &std::path::Path, stem: &str, idx: &str) -> Option<PathBuf> {
+    [".", "-"]
+        .iter()
+        .flat_map(|sep| ["", ".gz"].map(move |gz| format!("{stem}{sep}{idx}-ubyte{gz}")))
+        .map(|name| dir.join(name))
+        .find(|p| p.exists())
+}
+
+fn train(a: TrainArgs) -> taylormap::Result<()> {
+    use taylormap::train::{self, Progress, TrainConfig};
+    let mut cfg = TrainConfig::new(a.arch.parse()?);
+    cfg.epochs = a.epochs;
+    cfg.seed = a.seed;
+    cfg.nonpositive_bias = a.nonpositive_bias;
+    cfg.batch_size = a.batch_size;
+    cfg.learning_rate = a.learning_rate;
+    cfg.lr_decay = a.lr_decay;
+    cfg.hidden = a.hidden;
+    cfg.detect_class = a.detect_class;
+    let (train_path, test_path) = if a.data.is_dir() {
+        let train = find_idx(&a.data, "train-images", "idx3").ok_or_else(|| {
+            taylormap::Error::input(
+                &a.data,
+                "holds no train-images.idx3-ubyte[.gz] (or train-images-idx3-ubyte[.gz])",
+            )
+        })?;
+        (train, find_idx(&a.data, "t10k-images", "idx3"))
+    } else {
+        (a.data.clone(), None)
+    };
+    let mut trainset = taylormap::data::load(&train_path, None, None)?;
+    if let Some(n) = a.limit {
+        trainset.limit(n);
+    }
+    let labels = trainset.labels.clone().ok_or_else(|| {
+        taylormap::Error::input(
+            &train_path,
+            "has no labels file beside it (train-labels...)",
+        )
+    })?;
+    let testset = match &test_path {
+        Some(p) => Some(taylormap::data::load(p, None, None)?),
+        None => None,
+    };
+    let test = testset
+        .as_ref()
+        .and_then(|t| t.labels.as_ref().map(|l| (t.x.view(), l.as_slice())));
+    let bar = if a.quiet {
+        indicatif::ProgressBar::hidden()
+    } else {
+        indicatif::ProgressBar::new(0)
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "epoch {prefix} [{bar:30}] {pos}/{len} {msg} ({eta})",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    let (net, reports) = train::train(&cfg, trainset.x.view(), &labels, test, &mut |p| match p {
+        Progress::Start {
+            epochs,
+            batches_per_epoch,
+            samples,
+            parameters,
+        } => {
+            bar.println(format!(
+                "{}: {parameters} parameters, {samples} samples, {epochs} epochs",
+                cfg.arch
+            ));
+            bar.set_length(batches_per_epoch as u64);
+        }
+        Progress::Batch {
+            epoch,
+            batch,
+            loss,
+            accuracy,
+            ..
+        } => {
+            bar.set_prefix(format!("{}", epoch + 1));
+            bar.set_position(batch as u64 + 1);
+            bar.set_message(format!("loss {loss:.4} acc {:.2}%", 100.0 * accuracy));
+        }
+        Progress::Evaluating { .. } => bar.set_message("evaluating on the test set"),
+        Progress::Epoch(r) => bar.println(format!(
+            "epoch {:>3}: loss {:.4}, train accuracy {:.2}%{}, {:.1} s",
+            r.epoch + 1,
+            r.loss,
+            100.0 * r.accuracy,
+            r.test_accuracy
+                .map(|t| format!(", test accuracy {:.2}%", 100.0 * t))
+                .unwrap_or_default(),
+            r.seconds
+        )),
+    })?;
+    bar.finish_and_clear();
+    taylormap::model::onnx::save(&net, &a.out)?;
+    let last = reports.last();
+    println!(
+        "wrote {} ({} parameters{})",
+        a.out.display(),
+        net.param_count(),
+        last.and_then(|r| r.test_accuracy)
+            .map(|t| format!(", test accuracy {:.2}%", 100.0 * t))
+            .unwrap_or_default()
+    );
+    Ok(())
 }
 
 #[derive(Args)]
@@ -228,6 +381,7 @@ fn run(cli: Cli) -> taylormap::Result<()> {
             println!("outputs              {}", cfg.out.display());
         }
         Command::Bench(args) => bench(args)?,
+        Command::Train(args) => train(args)?,
         Command::Inspect { model } => {
             let net = taylormap::model::onnx::load(&model)?;
             print!("{}", taylormap::model::inspect::describe(&net));
