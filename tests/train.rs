@@ -1,6 +1,6 @@
 //! The trainer: backpropagation against finite differences, forward against a direct
 //! re-implementation, loss going down for every architecture, projected non-positive biases,
-//! determinism, and refusal of bad input.
+//! determinism (byte-identical ONNX files), and refusal of bad input.
 
 mod common;
 
@@ -8,7 +8,7 @@ use common::{rel_l2, uniform};
 use ndarray::{Array1, Array2, ArrayD, IxDyn};
 use rand::rngs::StdRng;
 use rand::Rng;
-use taylormap::model::Window;
+use taylormap::model::{onnx, Window};
 use taylormap::train::{
     self, Arch, EpochReport, Objective, Progress, TrainConfig, DETECTION_THRESHOLD,
 };
@@ -458,6 +458,12 @@ fn nonpositive_bias_keeps_every_bias_at_or_below_zero() {
             biases.iter().any(|&b| b < 0.0),
             "{arch}: biases never moved"
         );
+        // And so in the written ONNX file.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("model.onnx");
+        onnx::save(&net, &path).unwrap();
+        let written = onnx::load(&path).unwrap();
+        assert_eq!(all_biases(&written), biases, "{arch}");
     }
 }
 
@@ -515,6 +521,18 @@ fn same_seed_gives_identical_networks() {
     let (b, rb) = train::train(&cfg, x.view(), &labels, None, &mut quiet).unwrap();
     assert_eq!(a, b);
     assert_eq!(ra[0].loss.to_bits(), rb[0].loss.to_bits());
+    // Byte-identical ONNX files.
+    let dir = tempfile::tempdir().unwrap();
+    let (pa, pb) = (dir.path().join("a.onnx"), dir.path().join("b.onnx"));
+    onnx::save(&a, &pa).unwrap();
+    onnx::save(&b, &pb).unwrap();
+    let (fa, fb) = (std::fs::read(&pa).unwrap(), std::fs::read(&pb).unwrap());
+    assert!(!fa.is_empty());
+    assert_eq!(fa, fb);
+    // Grayscale images as IDX files hold them, (N, H, W), train as (N, 1, H, W).
+    let planes = x.index_axis(ndarray::Axis(1), 0).to_owned();
+    let (d, _) = train::train(&cfg, planes.view(), &labels, None, &mut quiet).unwrap();
+    assert_eq!(a, d);
     cfg.seed = cfg.seed.wrapping_add(1);
     let (c, _) = train::train(&cfg, x.view(), &labels, None, &mut quiet).unwrap();
     assert_ne!(a, c);

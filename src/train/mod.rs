@@ -48,7 +48,7 @@ use crate::{Error, Layer, Network, Result};
 pub const DETECTION_THRESHOLD: f64 = 1.0;
 
 /// Samples per forward pass when evaluating (no gradients kept).
-const EVAL_BATCH: usize = 500;
+const EVAL_BATCH: usize = 100;
 
 /// The architectures `taylormap train --arch` knows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -247,8 +247,8 @@ pub struct LayerGradient {
     pub bias: Array1<f64>,
 }
 
-/// Trains `cfg.arch` on `x` ((N, D) or (N, C, H, W)) with class `labels`, measuring accuracy on
-/// `test` after every epoch. Returns the trained network and one report per epoch.
+/// Trains `cfg.arch` on `x` ((N, D), (N, C, H, W), or (N, H, W) taken as (N, 1, H, W)) with
+/// class `labels`, measuring accuracy on `test` after every epoch. Returns the trained network and one report per epoch.
 pub fn train(
     cfg: &TrainConfig,
     x: ArrayViewD<f32>,
@@ -257,6 +257,8 @@ pub fn train(
     progress: &mut dyn FnMut(Progress),
 ) -> Result<(Network, Vec<EpochReport>)> {
     cfg.validate()?;
+    let x = with_channel_axis(x);
+    let test = test.map(|(tx, tl)| (with_channel_axis(tx), tl));
     check_data(&x, labels, "training data")?;
     let objective = cfg.objective();
     let classes = match objective {
@@ -460,6 +462,15 @@ fn default_objective(net: &Network) -> Objective {
         Objective::Detection { class: 1 }
     } else {
         Objective::SoftmaxCrossEntropy
+    }
+}
+
+/// Grayscale images (N, H, W), as IDX files hold them, become (N, 1, H, W).
+fn with_channel_axis(x: ArrayViewD<f32>) -> ArrayViewD<f32> {
+    if x.ndim() == 3 {
+        x.insert_axis(Axis(1))
+    } else {
+        x
     }
 }
 
