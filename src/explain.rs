@@ -262,7 +262,7 @@ pub fn run(cfg: &ExplainConfig) -> Result<ExplainReport> {
     if let Some(limit) = cfg.limit {
         dataset.limit(limit);
     }
-    if dataset.len() == 0 {
+    if dataset.is_empty() {
         return Err(Error::input(&cfg.input, "holds no samples"));
     }
     let bounds = cfg.bounds.unwrap_or(dataset.bounds);
