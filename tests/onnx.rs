@@ -175,6 +175,27 @@ impl G {
         self.x = out;
     }
 
+    /// Appends a side node `op` reading `inputs` (the chain tensor `x` does not move); returns
+    /// its output name.
+    fn side(
+        &mut self,
+        op: &str,
+        name: &str,
+        inputs: &[&str],
+        attrs: Vec<pb::AttributeProto>,
+    ) -> String {
+        let out = format!("{name}_output_0");
+        self.nodes.push(pb::NodeProto {
+            name: Some(name.into()),
+            op_type: Some(op.into()),
+            input: inputs.iter().map(|s| s.to_string()).collect(),
+            output: vec![out.clone()],
+            attribute: attrs,
+            ..Default::default()
+        });
+        out
+    }
+
     /// A `Constant` node holding `t`; returns its output name.
     fn constant(&mut self, name: &str, t: pb::TensorProto) -> String {
         let out = format!("{name}_output_0");
@@ -1251,6 +1272,274 @@ fn truncated_corrupt_and_empty_files_give_errors_not_panics() {
     assert!(onnx::from_bytes(&noise, "noise.onnx").is_err());
     let (node, _) = model_err(onnx::from_bytes(&[], "empty.onnx"));
     assert_eq!(node, "(model)");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Shapes computed in the graph (classic exporter's x.view(x.size(0), -1)) and ReduceMean.
+// ---------------------------------------------------------------------------------------------
+
+/// A scalar int64 tensor.
+fn i64_scalar(name: &str, v: i64) -> pb::TensorProto {
+    let mut t = i64_tensor(name, &[v], false);
+    t.dims.clear();
+    t
+}
+
+/// A conv + relu graph on a `c x h x w` input, to be continued by the caller; also returns the
+/// per-sample shape after the relu.
+fn conv_relu(rng: &mut StdRng, (c, h, w): (usize, usize, usize)) -> (G, [usize; 3]) {
+    let oc = rng.random_range(1..4);
+    let wv: Vec<f32> = (0..oc * c * 4)
+        .map(|_| common::uniform(rng, -1.0, 1.0))
+        .collect();
+    let mut g = G::new("input", false);
+    let wn = g.init("conv.weight", &[oc, c, 2, 2], &wv);
+    g.op(
+        "Conv",
+        "conv",
+        &[&wn],
+        vec![attr_is("kernel_shape", &[2, 2])],
+    );
+    g.op("Relu", "relu", &[], vec![]);
+    (g, [oc, h - 1, w - 1])
+}
+
+/// Appends Gemm(transB=1) from `d` features to 3 outputs, with weights drawn from `rng`.
+fn add_gemm(g: &mut G, rng: &mut StdRng, d: usize) {
+    let wv: Vec<f32> = (0..3 * d)
+        .map(|_| common::uniform(rng, -1.0, 1.0))
+        .collect();
+    let wn = g.init("fc.weight", &[3, d], &wv);
+    g.op("Gemm", "fc", &[&wn], vec![attr_i("transB", 1)]);
+}
+
+#[test]
+fn reshape_to_a_shape_computed_from_the_activation_flattens() {
+    let mut rng = common::rng("symbolic_shape");
+    for case in 0..4 {
+        let input = (
+            rng.random_range(1..3),
+            rng.random_range(3..6),
+            rng.random_range(3..6),
+        );
+        let (mut g, [oc, oh, ow]) = conv_relu(&mut rng, input);
+        let d = oc * oh * ow;
+        let x = g.x.clone();
+        let shape_of = if case == 3 {
+            "input".to_string()
+        } else {
+            x.clone()
+        };
+        let shape = g.side("Shape", "/Shape", &[&shape_of], vec![]);
+        let zero = g.constant("/Constant", i64_scalar("zero", 0));
+        let n = g.side(
+            "Gather",
+            "/Gather",
+            &[&shape, &zero],
+            vec![attr_i("axis", 0)],
+        );
+        let n1 = if case == 1 {
+            // Opset 11 style: Unsqueeze axes as an attribute.
+            g.side(
+                "Unsqueeze",
+                "/Unsqueeze",
+                &[&n],
+                vec![attr_is("axes", &[0])],
+            )
+        } else {
+            let axes = g.constant("/Constant_axes", i64_tensor("axes", &[0], false));
+            g.side("Unsqueeze", "/Unsqueeze", &[&n, &axes], vec![])
+        };
+        let rest = match case {
+            // x.view(x.size(0), x.size(1) * x.size(2) * x.size(3)), with a Cast on the way.
+            2 => {
+                let mut p = String::new();
+                for k in 1..4 {
+                    let idx = g.constant(&format!("/Constant_{k}"), i64_scalar("k", k));
+                    let dk = g.side("Gather", &format!("/Gather_{k}"), &[&shape, &idx], vec![]);
+                    p = if k == 1 {
+                        dk
+                    } else {
+                        g.side("Mul", &format!("/Mul_{k}"), &[&p, &dk], vec![])
+                    };
+                }
+                let p = g.side(
+                    "Cast",
+                    "/Cast",
+                    &[&p],
+                    vec![attr_i("to", pb::tensor_proto::DataType::Int64 as i64)],
+                );
+                let axes = g.constant("/Constant_axes2", i64_tensor("axes", &[0], false));
+                g.side("Unsqueeze", "/Unsqueeze_2", &[&p, &axes], vec![])
+            }
+            _ => g.constant("/Constant_1", i64_tensor("minus_one", &[-1], false)),
+        };
+        let target = g.side("Concat", "/Concat", &[&n1, &rest], vec![attr_i("axis", 0)]);
+        g.op("Reshape", "flat", &[&target], vec![attr_i("allowzero", 0)]);
+        add_gemm(&mut g, &mut rng, d);
+        let m = g.finish(Batch::Param, &[input.0, input.1, input.2], case % 2 == 0);
+        let net = load(&m).unwrap_or_else(|e| panic!("case {case}: {e}"));
+
+        // The same graph with a plain Flatten in place of the shape computation and Reshape.
+        let mut plain = m.clone();
+        let nodes = &mut plain.graph.as_mut().unwrap().node;
+        nodes.retain(|n| {
+            ["Conv", "Relu", "Reshape", "Gemm"].contains(&n.op_type.as_deref().unwrap())
+        });
+        for n in nodes
+            .iter_mut()
+            .filter(|n| n.op_type.as_deref() == Some("Reshape"))
+        {
+            n.op_type = Some("Flatten".into());
+            n.input.truncate(1);
+            n.attribute = vec![attr_i("axis", 1)];
+        }
+        assert_eq!(nodes.len(), 4);
+        let want = load(&plain).unwrap();
+        assert_eq!(want.layers.len(), 4);
+        assert_eq!(net, want, "case {case}");
+        same_forward(&mut rng, &net, &want);
+    }
+}
+
+#[test]
+fn computed_shapes_that_do_not_flatten_or_depend_on_the_batch_are_refused() {
+    let mut rng = common::rng("symbolic_shape_refused");
+    let input = (2, 4, 5);
+    // Reshape to (N, C, H * W): Shape -> Slice [0, 2) -> Concat with [H * W].
+    let (mut g, [oc, oh, ow]) = conv_relu(&mut rng, input);
+    let x = g.x.clone();
+    let shape = g.side("Shape", "/Shape", &[&x], vec![]);
+    let starts = g.constant("/starts", i64_tensor("s", &[0], false));
+    let ends = g.constant("/ends", i64_tensor("e", &[2], false));
+    let nc = g.side("Slice", "/Slice", &[&shape, &starts, &ends], vec![]);
+    let hw = g.constant("/hw", i64_tensor("hw", &[(oh * ow) as i64], false));
+    let target = g.side("Concat", "/Concat", &[&nc, &hw], vec![attr_i("axis", 0)]);
+    g.op("Reshape", "/unflat/Reshape", &[&target], vec![]);
+    let (node, message) = model_err(load(&g.finish(Batch::Param, &[2, 4, 5], false)));
+    assert_eq!(node, "/unflat/Reshape");
+    assert!(
+        message.contains(&format!("[N, {oc}, {}]", oh * ow)) && message.contains("does not mean"),
+        "{message}"
+    );
+    // A shape that multiplies the batch size: it cannot be resolved at load time.
+    let (mut g, _) = conv_relu(&mut rng, input);
+    let x = g.x.clone();
+    let shape = g.side("Shape", "/Shape", &[&x], vec![]);
+    let zero = g.constant("/zero", i64_scalar("z", 0));
+    let n = g.side("Gather", "/Gather", &[&shape, &zero], vec![]);
+    let two = g.constant("/two", i64_scalar("t", 2));
+    let n2 = g.side("Mul", "/batch/Mul", &[&n, &two], vec![]);
+    let axes = g.constant("/axes", i64_tensor("a", &[0], false));
+    let n2 = g.side("Unsqueeze", "/Unsqueeze", &[&n2, &axes], vec![]);
+    let minus = g.constant("/minus", i64_tensor("m", &[-1], false));
+    let target = g.side("Concat", "/Concat", &[&n2, &minus], vec![attr_i("axis", 0)]);
+    g.op("Reshape", "flat", &[&target], vec![]);
+    let (node, message) = model_err(load(&g.finish(Batch::Param, &[2, 4, 5], false)));
+    assert_eq!(node, "/batch/Mul");
+    assert!(message.contains("cannot be resolved"), "{message}");
+    // Reshape to (-1, N): the batch size in the feature position.
+    let (mut g, _) = conv_relu(&mut rng, input);
+    let x = g.x.clone();
+    let shape = g.side("Shape", "/Shape", &[&x], vec![]);
+    let zero = g.constant("/zero", i64_tensor("z", &[0], false));
+    let n = g.side("Gather", "/Gather", &[&shape, &zero], vec![]);
+    let minus = g.constant("/minus", i64_tensor("m", &[-1], false));
+    let target = g.side("Concat", "/Concat", &[&minus, &n], vec![attr_i("axis", 0)]);
+    g.op("Reshape", "flat", &[&target], vec![]);
+    let (node, message) = model_err(load(&g.finish(Batch::Param, &[2, 4, 5], false)));
+    assert_eq!(node, "flat");
+    assert!(message.contains("[-1, N]"), "{message}");
+    // Shape ops on activation data are refused, naming the node.
+    let (mut g, _) = conv_relu(&mut rng, input);
+    let zero = g.constant("/zero", i64_scalar("z", 0));
+    g.op("Gather", "/data/Gather", &[&zero], vec![]);
+    let (node, message) = model_err(load(&g.finish(Batch::Param, &[2, 4, 5], false)));
+    assert_eq!(node, "/data/Gather");
+    assert!(message.contains("activation"), "{message}");
+    // A data branch next to a shape side branch is still refused.
+    let (mut g, [oc, oh, ow]) = conv_relu(&mut rng, input);
+    let x = g.x.clone();
+    let shape = g.side("Shape", "/Shape", &[&x], vec![]);
+    let zero = g.constant("/zero", i64_scalar("z", 0));
+    let n = g.side("Gather", "/Gather", &[&shape, &zero], vec![]);
+    let axes = g.constant("/axes", i64_tensor("a", &[0], false));
+    let n = g.side("Unsqueeze", "/Unsqueeze", &[&n, &axes], vec![]);
+    let minus = g.constant("/minus", i64_tensor("m", &[-1], false));
+    let target = g.side("Concat", "/Concat", &[&n, &minus], vec![attr_i("axis", 0)]);
+    g.op("Reshape", "flat", &[&target], vec![]);
+    add_gemm(&mut g, &mut rng, oc * oh * ow);
+    g.x = x;
+    g.op("Flatten", "/branch/Flatten", &[], vec![]);
+    let (node, message) = model_err(load(&g.finish(Batch::Param, &[2, 4, 5], false)));
+    assert_eq!(node, "/branch/Flatten");
+    assert!(message.contains("single chain"), "{message}");
+}
+
+#[test]
+fn reduce_mean_over_the_spatial_axes_is_global_average_pooling() {
+    let mut rng = common::rng("reduce_mean");
+    for keepdims in [1, 0] {
+        let (ch, h, w) = (
+            rng.random_range(1..4),
+            rng.random_range(1..6),
+            rng.random_range(1..6),
+        );
+        let mut g = G::new("x", false);
+        if keepdims == 1 {
+            // Dynamo, opset 18: axes as an input, negative; then Reshape to (-1, C).
+            let axes = g.constant("axes", i64_tensor("axes", &[-1, -2], false));
+            g.op(
+                "ReduceMean",
+                "node_mean",
+                &[&axes],
+                vec![attr_i("keepdims", 1)],
+            );
+            let s = g.constant("shape", i64_tensor("s", &[-1, ch as i64], false));
+            g.op("Reshape", "view", &[&s], vec![attr_i("allowzero", 1)]);
+        } else {
+            // Older opsets: axes as an attribute.
+            let attrs = vec![attr_is("axes", &[2, 3]), attr_i("keepdims", 0)];
+            g.op("ReduceMean", "node_mean", &[], attrs);
+        }
+        let net = load(&g.finish(Batch::Param, &[ch, h, w], false)).unwrap();
+        assert_eq!(net.output_shape(), vec![ch]);
+        assert!(matches!(net.layers[0], Layer::AvgPool2d { .. }));
+        assert_eq!(net.names[0], "node_mean");
+        let x = common::random_input(&mut rng, &net, 2, -1.0, 1.0);
+        let want = x
+            .mapv(f64::from)
+            .into_shape_with_order((2, ch, h * w))
+            .unwrap()
+            .mean_axis(Axis(2))
+            .unwrap();
+        assert_close(&logits(&net, &x), &want, 1e-9, "ReduceMean");
+    }
+    // Other axes are refused, naming the node.
+    for axes in [vec![1], vec![1, 2, 3], vec![3], vec![0, 2, 3]] {
+        let mut g = G::new("x", false);
+        let a = g.constant("axes", i64_tensor("axes", &axes, false));
+        g.op(
+            "ReduceMean",
+            "/bad/ReduceMean",
+            &[&a],
+            vec![attr_i("keepdims", 0)],
+        );
+        g.op("Flatten", "flat", &[], vec![]);
+        let (node, message) = model_err(load(&g.finish(Batch::Param, &[2, 3, 3], false)));
+        assert_eq!(node, "/bad/ReduceMean");
+        assert!(message.contains("axes"), "{message}");
+    }
+    // Over the features of a flat input, too.
+    let mut g = G::new("x", false);
+    g.op(
+        "ReduceMean",
+        "/flat/ReduceMean",
+        &[],
+        vec![attr_is("axes", &[1])],
+    );
+    let (node, _) = model_err(load(&g.finish(Batch::Param, &[4], false)));
+    assert_eq!(node, "/flat/ReduceMean");
 }
 
 /// A one-Gemm model with a weight tensor the caller may spoil.
