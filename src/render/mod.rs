@@ -1,12 +1,15 @@
-//! Heatmap rendering: relevance to RGB through a [`Colormap`], and RGB to PNG bytes.
+//! Heatmap rendering: relevance to RGB through a [`Colormap`], and RGB to PNG bytes; overlays
+//! of relevance on the input and contact sheets of many samples ([`overlay_rgb`], [`grid_png`]).
 //!
 //! Each heatmap is normalised on its own: channels are summed, the result is divided by its
 //! largest |R| (so the strongest pixel reaches the end of the map and 0 stays at the neutral
 //! colour), and the image is upscaled by an integer factor with nearest-neighbour sampling.
 
 mod colormap;
+mod grid;
 
 pub use colormap::Colormap;
+pub use grid::{grid_png, grid_rgb, overlay_rgb, GridItem};
 
 use crate::{Error, Result};
 
@@ -35,6 +38,16 @@ pub fn heatmap_rgb(
         "heatmap_rgb: {} relevance values for {channels} x {h} x {w}",
         relevance.len()
     );
+    let colors: Vec<[u8; 3]> = normalised(relevance, plane, channels)
+        .into_iter()
+        .map(|t| cmap.color(t))
+        .collect();
+    upscale(&colors, h, w, scale)
+}
+
+/// Sums the channels of C x H x W relevance per pixel and divides by the largest finite |R|:
+/// values in [-1, 1], non-finite values and all-zero samples give 0.
+fn normalised(relevance: &[f64], plane: usize, channels: usize) -> Vec<f64> {
     let mut summed = vec![0.0f64; plane];
     for chunk in relevance.chunks_exact(plane.max(1)).take(channels) {
         for (s, r) in summed.iter_mut().zip(chunk) {
@@ -45,17 +58,21 @@ pub fn heatmap_rgb(
         .iter()
         .filter(|v| v.is_finite())
         .fold(0.0f64, |m, v| m.max(v.abs()));
-    let colors: Vec<[u8; 3]> = summed
-        .iter()
-        .map(|&v| {
-            let t = if max > 0.0 && v.is_finite() {
+    summed
+        .into_iter()
+        .map(|v| {
+            if max > 0.0 && v.is_finite() {
                 v / max
             } else {
                 0.0
-            };
-            cmap.color(t)
+            }
         })
-        .collect();
+        .collect()
+}
+
+/// Nearest-neighbour upscaling of an `h x w` image of colours by `scale` (0 counts as 1), to
+/// row-major RGB bytes.
+fn upscale(colors: &[[u8; 3]], h: usize, w: usize, scale: usize) -> Vec<u8> {
     let s = scale.max(1);
     let (out_w, out_h) = (w * s, h * s);
     let mut out = Vec::with_capacity(out_w * out_h * 3);
