@@ -19,8 +19,10 @@ pub enum Error {
     /// An ONNX operator taylormap does not handle.
     #[error(
         "model {path}: node '{node}' has op type '{op_type}', which taylormap does not support; \
-         supported: Gemm, MatMul+Add, Conv, Relu, MaxPool, AveragePool, GlobalAveragePool, Flatten, \
-         Reshape, BatchNormalization (after Gemm/Conv), Identity, Dropout, final Softmax/LogSoftmax"
+         supported: Gemm, MatMul+Add, Conv, Relu, MaxPool, AveragePool, GlobalAveragePool, \
+         ReduceMean (spatial axes), Flatten, Reshape to (N, -1) (constant shape, or computed with \
+         Shape/Gather/Slice/Unsqueeze/Squeeze/Concat/Cast), BatchNormalization (after Gemm/Conv), \
+         Identity, Dropout, final Softmax/LogSoftmax"
     )]
     UnsupportedOp {
         path: String,

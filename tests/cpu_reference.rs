@@ -47,9 +47,13 @@ enum RefLayer {
     Identity,
 }
 
+/// One output of a window layer: its flat index and the real input positions of its window as
+/// (flat index, ki, kj).
+type WindowPositions = (usize, Vec<(usize, usize, usize)>);
+
 /// For a window layer on a (c, h, w) input: for each output (ch, oi, oj), in output order, the
-/// real input positions as (flat index, ki, kj), plus the output spatial size.
-fn windows(shape: &[usize], window: &Window) -> (Vec<(usize, Vec<(usize, usize, usize)>)>, usize) {
+/// real input positions, plus the output spatial size.
+fn windows(shape: &[usize], window: &Window) -> (Vec<WindowPositions>, usize) {
     let (c, h, w) = (shape[0], shape[1], shape[2]);
     let [kh, kw] = window.kernel;
     let [sh, sw] = window.stride;
