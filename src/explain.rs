@@ -115,6 +115,8 @@ pub struct ExplainConfig {
     pub cmap: Colormap,
     pub scale: usize,
     pub png: bool,
+    /// Blend each heatmap over its input image instead of drawing it alone.
+    pub overlay: bool,
     pub bounds: Option<Bounds>,
     pub normalize: Option<(f64, f64)>,
     /// Show a progress bar on stderr.
@@ -311,6 +313,10 @@ pub fn run(cfg: &ExplainConfig) -> Result<ExplainReport> {
         &data::npy_bytes_f32(&shape, &relevance),
     )?;
     data::write_atomic(&cfg.out.join("summary.csv"), summary_csv(&rows).as_bytes())?;
+    if cfg.png && net.input_shape.len() == 3 {
+        let grid = grid_png(cfg, &dataset, &net, &rows, &relevance)?;
+        data::write_atomic(&cfg.out.join("grid.png"), &grid)?;
+    }
     if cfg.png {
         if heatmaps_dir.exists() {
             std::fs::remove_dir_all(&heatmaps_dir).map_err(|e| Error::io(&heatmaps_dir, e))?;
@@ -387,7 +393,13 @@ fn explain_all(
             });
             if cfg.png {
                 let values: Vec<f64> = r.iter().copied().collect();
-                let rgb = render::heatmap_rgb(&values, h, w, c, cfg.cmap, cfg.scale);
+                let rgb = if cfg.overlay {
+                    let input = sample_slice(dataset, index);
+                    let range = (dataset.bounds.low, dataset.bounds.high);
+                    render::overlay_rgb(input, &values, h, w, c, range, cfg.cmap, cfg.scale)
+                } else {
+                    render::heatmap_rgb(&values, h, w, c, cfg.cmap, cfg.scale)
+                };
                 let bytes = render::png_bytes(&rgb, w * cfg.scale, h * cfg.scale)?;
                 let path = staging.join(format!("{index:05}.png"));
                 std::fs::write(&path, bytes).map_err(|e| Error::io(&path, e))?;
@@ -399,6 +411,55 @@ fn explain_all(
     }
     bar.finish_and_clear();
     Ok((rows, relevance, compute, png))
+}
+
+/// How many samples the contact sheet shows.
+pub const GRID_SAMPLES: usize = 64;
+
+/// The values of sample `index` of the dataset.
+fn sample_slice(dataset: &Dataset, index: usize) -> &[f32] {
+    let per = dataset.x.len() / dataset.len();
+    &dataset.x.as_slice().expect("datasets are contiguous")[index * per..(index + 1) * per]
+}
+
+/// DIR/grid.png: the first samples, input beside heatmap, captioned label/prediction.
+fn grid_png(
+    cfg: &ExplainConfig,
+    dataset: &Dataset,
+    net: &Network,
+    rows: &[SampleRow],
+    relevance: &[f32],
+) -> Result<Vec<u8>> {
+    let (c, h, w) = (net.input_shape[0], net.input_shape[1], net.input_shape[2]);
+    let per = c * h * w;
+    let n = rows.len().min(GRID_SAMPLES);
+    let rel: Vec<Vec<f64>> = (0..n)
+        .map(|i| {
+            relevance[i * per..(i + 1) * per]
+                .iter()
+                .map(|&v| v as f64)
+                .collect()
+        })
+        .collect();
+    let items: Vec<render::GridItem> = (0..n)
+        .map(|i| render::GridItem {
+            input: sample_slice(dataset, i),
+            relevance: &rel[i],
+            label: rows[i].label,
+            predicted: rows[i].predicted,
+        })
+        .collect();
+    let scale = (84 / h.max(w)).clamp(1, 4);
+    render::grid_png(
+        &items,
+        h,
+        w,
+        c,
+        (dataset.bounds.low, dataset.bounds.high),
+        cfg.cmap,
+        scale,
+        8,
+    )
 }
 
 /// summary.csv with the SPEC header.

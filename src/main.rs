@@ -76,9 +76,12 @@ struct ExplainArgs {
     /// Enlarge heatmaps by this integer factor.
     #[arg(long, default_value_t = 1)]
     scale: usize,
-    /// Do not write PNG heatmaps.
+    /// Do not write PNG heatmaps (nor grid.png).
     #[arg(long)]
     no_png: bool,
+    /// Blend each heatmap over its input image.
+    #[arg(long)]
+    overlay: bool,
     /// Input bounds L,H for zbox (default: the lowest and highest value an input can take).
     #[arg(long)]
     bounds: Option<String>,
@@ -366,6 +369,7 @@ fn explain_config(a: ExplainArgs) -> taylormap::Result<ExplainConfig> {
         cmap: a.cmap.parse::<Colormap>()?,
         scale: a.scale,
         png: !a.no_png,
+        overlay: a.overlay,
         bounds,
         normalize,
         progress: !a.quiet,

@@ -174,14 +174,43 @@ fn explain_writes_every_output_and_they_match_the_reference() {
         assert_eq!((reader.info().width, reader.info().height), (18, 18));
     }
     assert_eq!(std::fs::read_dir(out.join("heatmaps")).unwrap().count(), 7);
+    let grid = std::fs::File::open(out.join("grid.png")).unwrap();
+    let grid = png::Decoder::new(std::io::BufReader::new(grid))
+        .read_info()
+        .unwrap();
+    assert!(grid.info().width > 2 * 9 && grid.info().height > 9);
     // no temporary files left behind
     for entry in std::fs::read_dir(&out).unwrap() {
         let name = entry.unwrap().file_name().into_string().unwrap();
         assert!(
-            ["heatmaps", "relevance.npy", "summary.csv", "run.json"].contains(&name.as_str()),
+            [
+                "heatmaps",
+                "grid.png",
+                "relevance.npy",
+                "summary.csv",
+                "run.json"
+            ]
+            .contains(&name.as_str()),
             "{name}"
         );
     }
+}
+
+#[test]
+fn overlay_heatmaps_differ_from_plain_ones_and_keep_the_size() {
+    let case = Case::new("overlay_heatmaps", 2);
+    ok(&case.explain(&["--scale", "3"]));
+    let plain = std::fs::read(case.out().join("heatmaps/00001.png")).unwrap();
+    ok(&case.explain(&["--scale", "3", "--overlay"]));
+    let file = std::fs::File::open(case.out().join("heatmaps/00001.png")).unwrap();
+    let reader = png::Decoder::new(std::io::BufReader::new(file))
+        .read_info()
+        .unwrap();
+    assert_eq!((reader.info().width, reader.info().height), (27, 27));
+    assert_ne!(
+        plain,
+        std::fs::read(case.out().join("heatmaps/00001.png")).unwrap()
+    );
 }
 
 #[test]
