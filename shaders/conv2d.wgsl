@@ -14,7 +14,8 @@
 // more than the per-dimension limit; index = gid.x + gid.y * num_workgroups.x * 64.
 //   forward_partial, z_partial: n * chunks_in * (oc*oh*ow) invocations; each loops over one chunk
 //       of the receptive field (c*kh*kw); chunks_in = 1: writes the result directly
-//   forward_reduce, s_reduce:   n * (oc*oh*ow) invocations (only when chunks_in > 1)
+//   forward_reduce, s_reduce:   n * (oc*oh*ow) invocations (only when chunks_in > 1; s_reduce
+//                               also for the gradient)
 //   c_partial:                  n * chunks_out * (c*h*w) invocations; each gathers over one chunk
 //       of the transposed reduction (oc*kh*kw); chunks_out = 1: writes R directly
 //   r_reduce:                   n * (c*h*w) invocations (only when chunks_out > 1)

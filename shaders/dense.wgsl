@@ -13,7 +13,8 @@
 // Dispatch: 1-D over invocations, 64 per workgroup, folded into (x, y) workgroups when there are
 // more than the per-dimension limit; index = gid.x + gid.y * num_workgroups.x * 64.
 //   forward_partial, z_partial: n * chunks_in * outputs invocations (chunks_in = 1: writes the result)
-//   forward_reduce, s_reduce:   n * outputs invocations (only when chunks_in > 1)
+//   forward_reduce, s_reduce:   n * outputs invocations (only when chunks_in > 1; s_reduce also
+//                               for the gradient)
 //   c_partial:                  n * chunks_out * inputs invocations (chunks_out = 1: writes R_i)
 //   r_reduce:                   n * inputs invocations (only when chunks_out > 1)
 // Every invocation loops over at most P.chunk inputs (or outputs), or over the chunks, so no
@@ -204,7 +205,7 @@ fn z_partial(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgro
     }
 }
 
-// Relevance step 2 (long reductions only): sum the term partials, s = R / stab(z').
+// Relevance step 2 (long reductions, and the gradient): sum the partials, s = R / stab(z').
 @compute @workgroup_size(64)
 fn s_reduce(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let idx = flat_index(gid, nwg);

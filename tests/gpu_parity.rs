@@ -358,6 +358,93 @@ fn pooling_layers() {
     }
 }
 
+/// A random window: kernel 1..=4 by 1..=4, stride 1..=3 each way, each pad below the kernel.
+fn random_window(rng: &mut StdRng) -> Window {
+    let kernel = [rng.random_range(1..5), rng.random_range(1..5)];
+    Window {
+        kernel,
+        stride: [rng.random_range(1..4), rng.random_range(1..4)],
+        pad: [
+            rng.random_range(0..kernel[0]),
+            rng.random_range(0..kernel[1]),
+            rng.random_range(0..kernel[0]),
+            rng.random_range(0..kernel[1]),
+        ],
+    }
+}
+
+#[test]
+fn random_window_geometries() {
+    let Some(ctx) = context() else { return };
+    let mut rng = rng("random_window_geometries");
+    // Non-square kernels, unequal strides, asymmetric padding, every pooling kind.
+    for case in 0..12 {
+        let (net, method, x) = useful(&mut rng, "random geometry", |rng| loop {
+            let (c, h, w) = (
+                rng.random_range(1..4),
+                rng.random_range(4..11),
+                rng.random_range(4..11),
+            );
+            let cw = random_window(rng);
+            if c * cw.kernel[0] * cw.kernel[1] == 1 {
+                // The CPU reference (cpu::linear, LinearOp::apply) fails on a 1-value receptive
+                // field (ndarray's outer product comes back column-major); reported, skip it.
+                continue;
+            }
+            let oc = rng.random_range(1..5);
+            let s = (6.0 / (c * cw.kernel[0] * cw.kernel[1]) as f64).sqrt();
+            let conv = Layer::Conv2d {
+                weight: ndarray::Array4::from_shape_fn((oc, c, cw.kernel[0], cw.kernel[1]), |_| {
+                    common::uniform(rng, -s, s)
+                }),
+                bias: ndarray::Array1::from_shape_fn(oc, |_| common::uniform(rng, -0.2, 0.5)),
+                window: cw,
+            };
+            let pw = random_window(rng);
+            let pool = match rng.random_range(0..4) {
+                0 => Layer::MaxPool2d { window: pw },
+                k => Layer::AvgPool2d {
+                    window: pw,
+                    count_include_pad: k == 1,
+                    sum: k == 3,
+                },
+            };
+            let layers = vec![conv, Layer::Relu, pool, Layer::Flatten];
+            let Ok(body) = Network::new(vec![c, h, w], layers.clone(), vec![]) else {
+                continue;
+            };
+            let flat = body.output_shape()[0];
+            let classes = rng.random_range(2..5);
+            let mut layers = layers;
+            layers.push(dense(rng, flat, classes, false));
+            let net = Network::new(vec![c, h, w], layers, vec![]).unwrap();
+            let rules = every_rule(0.0, 1.0);
+            let method = match rng.random_range(0..rules.len() + 2) {
+                k if k < rules.len() => Method::Lrp {
+                    rules: vec![rules[k], Rule::Epsilon(0.25)],
+                },
+                k if k == rules.len() => Method::Sensitivity,
+                _ => Method::GradientXInput,
+            };
+            let x = random_input(rng, &net, 3, 0.0, 1.0);
+            break (net, method, x);
+        });
+        let geometry = |l: &Layer| match l {
+            Layer::Conv2d { window, .. }
+            | Layer::MaxPool2d { window }
+            | Layer::AvgPool2d { window, .. } => format!("{} {window:?}", l.kind()),
+            other => other.kind().to_string(),
+        };
+        let what = format!(
+            "case {case}: input {:?}, {}, {}, {method:?}",
+            net.input_shape,
+            geometry(&net.layers[0]),
+            geometry(&net.layers[2])
+        );
+        compare(&ctx, &net, &method, &x, None, 2, &what);
+    }
+}
+
 #[test]
 fn long_reductions_beyond_the_loop_cap() {
     let Some(ctx) = context() else { return };

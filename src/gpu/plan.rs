@@ -687,7 +687,6 @@ impl Plan {
         steps.extend(backward);
         let result = rel(result_ping).clone();
         let input = act_buffers[0].clone();
-        drop(bind);
         if let Some(err) = pollster::block_on(vscope.pop()) {
             return Err(Error::Gpu(format!("building the batch plan failed: {err}")));
         }
@@ -751,6 +750,8 @@ impl Plan {
         let device = self.ctx.device();
         let queue = self.ctx.queue();
         let explicit = targets.is_some();
+        let scope = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let vscope = device.push_error_scope(wgpu::ErrorFilter::Validation);
         if self.written != Some((n, explicit)) {
             for (buf, u) in &self.uniforms {
                 queue.write_buffer(buf, 0, &u.bytes(n as u32, explicit));
@@ -785,6 +786,14 @@ impl Plan {
         enc.copy_buffer_to_buffer(&self.logits, 0, &self.staging, logit_off, logit_bytes);
         enc.copy_buffer_to_buffer(&self.targets, 0, &self.staging, target_off, n as u64 * F);
         let index = queue.submit([enc.finish()]);
+        if let Some(err) = pollster::block_on(vscope.pop()) {
+            return Err(Error::Gpu(format!("encoding the batch failed: {err}")));
+        }
+        if let Some(err) = pollster::block_on(scope.pop()) {
+            return Err(Error::Gpu(format!(
+                "out of GPU memory running a batch of {n}: {err}; use a smaller --batch-size"
+            )));
+        }
         let (tx, rx) = std::sync::mpsc::channel();
         self.staging.map_async(wgpu::MapMode::Read, .., move |r| {
             let _ = tx.send(r);
