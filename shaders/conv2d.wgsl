@@ -12,34 +12,47 @@
 //   7 r_out   storage read_write  lower relevance (or gradient), [n, c, h, w]
 // Dispatch: 1-D over invocations, 64 per workgroup, folded into (x, y) workgroups when there are
 // more than the per-dimension limit; index = gid.x + gid.y * num_workgroups.x * 64.
-//   forward_partial, z_partial: n * chunks_in * (oc*oh*ow) invocations; each loops over one chunk
-//       of the receptive field (c*kh*kw); chunks_in = 1: writes the result directly
-//   forward_reduce, s_reduce:   n * (oc*oh*ow) invocations (only when chunks_in > 1)
-//   c_partial:                  n * chunks_out * (c*h*w) invocations; each gathers over one chunk
-//       of the transposed reduction (oc*kh*kw); chunks_out = 1: writes R directly
+//   forward_partial, z_partial: n * chunks_in * (oc*oh*ow) invocations; each loops over the
+//       receptive field of c_per_chunk input channels; chunks_in = 1: writes the result directly
+//   forward_reduce, s_reduce:   n * (oc*oh*ow) invocations (only when chunks_in > 1; s_reduce
+//                               also for the gradient)
+//   c_partial:                  n * chunks_out * (c*h*w) invocations; each gathers over the
+//       kernel positions of oc_per_chunk output channels that reach its pixel; chunks_out = 1:
+//       writes R directly
 //   r_reduce:                   n * (c*h*w) invocations (only when chunks_out > 1)
-// Every invocation loops over at most P.chunk positions, or over the chunks, so no invocation
-// comes near llvmpipe's 65,535-iteration cap. Padding positions are skipped: f(x) = 0 there for
+// The host sizes the chunks so that every invocation loops over at most max(1024, kh*kw) kernel
+// positions (kh*kw <= 16,384), or over the chunks, so no invocation comes near llvmpipe's
+// 65,535-iteration cap. Padding positions are skipped: f(x) = 0 there for
 // every modifier, so they take no part in z' and receive no relevance.
 //
 // Rule terms: as in dense.wgsl (up to four (pass, f, g, sign) terms over up to two passes).
-// Input modifier ids: 0 x, 1 max(0,x), 2 min(0,x), 3 one, 4 constant, 5 zero.
-// Weight modifier ids: 0 w, 1 max(0,w), 2 min(0,w), 3 w^2, 4 one, 5 w + g max(0,w), 6 zero.
+// Modifiers are branch-free: linear combinations of v, max(0,v), min(0,v), v^2 and 1 with
+// per-term coefficients from the uniform (e.g. zplus: f = max(0,x), g = max(0,w); gamma:
+// g = w + G max(0,w)); an unused term has all coefficients 0.
 // mode 0: LRP; mode 1: gradient (s = R, no division; the terms are set to (one, w)).
 
 struct RuleParams {
-    in_mod: vec4<u32>,
-    w_mod: vec4<u32>,
-    pass_of: vec4<u32>,
-    // x, y: bias modifier of pass 0 and 1; z: number of passes; w: unused
-    bias_mod: vec4<u32>,
-    sign: vec4<f32>,
-    in_const: vec4<f32>,
-    w_param: vec4<f32>,
-    // x, y: coefficient of pass 0 and 1; z, w: bias modifier parameter of pass 0 and 1
-    pass_const: vec4<f32>,
-    // x: the stabiliser eps
-    eps: vec4<f32>,
+    // Input modifier of term k (component k): f(x) = x_lin x + x_pos max(0,x) + x_neg min(0,x) + x_one
+    x_lin: vec4<f32>,
+    x_pos: vec4<f32>,
+    x_neg: vec4<f32>,
+    x_one: vec4<f32>,
+    // Weight modifier of term k times its sign:
+    // g(w) = w_lin w + w_pos max(0,w) + w_neg min(0,w) + w_sq w^2 + w_one
+    w_lin: vec4<f32>,
+    w_pos: vec4<f32>,
+    w_neg: vec4<f32>,
+    w_sq: vec4<f32>,
+    w_one: vec4<f32>,
+    // Coefficient of the pass of term k
+    term_coef: vec4<f32>,
+    // 1 where term k belongs to pass 1, 0 for pass 0
+    term_pass1: vec4<f32>,
+    // Bias modifier of pass 0 and of pass 1: (lin, pos, neg, sq)
+    bias0: vec4<f32>,
+    bias1: vec4<f32>,
+    // x: bias constant of pass 0, y: of pass 1, z: eps, w: number of passes
+    extra: vec4<f32>,
 }
 
 struct ConvParams {
@@ -56,13 +69,15 @@ struct ConvParams {
     stride_x: u32,
     pad_top: u32,
     pad_left: u32,
-    chunk: u32,
+    // input channels per chunk of the receptive field, output channels per chunk of the
+    // transposed reduction
+    c_per_chunk: u32,
+    oc_per_chunk: u32,
     chunks_in: u32,
     chunks_out: u32,
     bias_offset: u32,
     mode: u32,
     pad0: u32,
-    pad1: u32,
     rule: RuleParams,
 }
 
@@ -83,47 +98,23 @@ fn stab(d: f32, eps: f32) -> f32 {
     return select(d - eps, d + eps, d >= 0.0);
 }
 
-fn xmod(v: f32, m: u32, c: f32) -> f32 {
-    switch m {
-        case 0u: { return v; }
-        case 1u: { return max(v, 0.0); }
-        case 2u: { return min(v, 0.0); }
-        case 3u: { return 1.0; }
-        case 4u: { return c; }
-        default: { return 0.0; }
-    }
-}
-
-fn wmod(v: f32, m: u32, g: f32) -> f32 {
-    switch m {
-        case 0u: { return v; }
-        case 1u: { return max(v, 0.0); }
-        case 2u: { return min(v, 0.0); }
-        case 3u: { return v * v; }
-        case 4u: { return 1.0; }
-        case 5u: { return v + g * max(v, 0.0); }
-        default: { return 0.0; }
-    }
-}
-
+// f_k(x) for the four terms.
 fn xmods(v: f32) -> vec4<f32> {
     let r = P.rule;
-    return vec4<f32>(
-        xmod(v, r.in_mod.x, r.in_const.x),
-        xmod(v, r.in_mod.y, r.in_const.y),
-        xmod(v, r.in_mod.z, r.in_const.z),
-        xmod(v, r.in_mod.w, r.in_const.w),
-    );
+    return r.x_lin * v + r.x_pos * max(v, 0.0) + r.x_neg * min(v, 0.0) + r.x_one;
 }
 
+// sign_k g_k(w) for the four terms.
 fn wmods(v: f32) -> vec4<f32> {
     let r = P.rule;
-    return vec4<f32>(
-        wmod(v, r.w_mod.x, r.w_param.x),
-        wmod(v, r.w_mod.y, r.w_param.y),
-        wmod(v, r.w_mod.z, r.w_param.z),
-        wmod(v, r.w_mod.w, r.w_param.w),
-    );
+    return r.w_lin * v + r.w_pos * max(v, 0.0) + r.w_neg * min(v, 0.0) + r.w_sq * (v * v) + r.w_one;
+}
+
+// h_p(b) for the two passes.
+fn bmods(v: f32) -> vec2<f32> {
+    let r = P.rule;
+    let m = vec4<f32>(v, max(v, 0.0), min(v, 0.0), v * v);
+    return vec2<f32>(dot(r.bias0, m), dot(r.bias1, m)) + r.extra.xy;
 }
 
 fn out_len() -> u32 {
@@ -134,42 +125,44 @@ fn in_len() -> u32 {
     return P.c * P.h * P.w;
 }
 
-// Flat input index (within the sample) of receptive-field position r of output pixel (oy, ox),
-// or -1 for a padding position.
-fn field_input(r: u32, oy: u32, ox: u32) -> i32 {
-    let kk = P.kh * P.kw;
-    let ch = r / kk;
-    let rem = r % kk;
-    let iy = i32(oy * P.stride_y + rem / P.kw) - i32(P.pad_top);
-    let ix = i32(ox * P.stride_x + rem % P.kw) - i32(P.pad_left);
-    if (iy < 0 || ix < 0 || iy >= i32(P.h) || ix >= i32(P.w)) {
-        return -1;
-    }
-    return i32((ch * P.h + u32(iy)) * P.w + u32(ix));
+// The receptive field of output pixel (oy, ox) clipped to the image: its first input row and
+// column (negative inside the padding) and the kernel rows [ky0, ky1) and columns [kx0, kx1)
+// that fall on real pixels.
+struct Field {
+    y0: i32,
+    x0: i32,
+    ky0: u32,
+    ky1: u32,
+    kx0: u32,
+    kx1: u32,
 }
 
-// Flat output index (within the sample) that reaches input pixel (iy, ix) through weight
-// position t = (oc, ky, kx) of the transposed reduction, or -1 when none does.
-fn field_output(t: u32, iy: u32, ix: u32) -> i32 {
-    let kk = P.kh * P.kw;
-    let o = t / kk;
-    let rem = t % kk;
-    let ny = i32(iy + P.pad_top) - i32(rem / P.kw);
-    let nx = i32(ix + P.pad_left) - i32(rem % P.kw);
-    if (ny < 0 || nx < 0) {
-        return -1;
-    }
-    let uy = u32(ny);
-    let ux = u32(nx);
-    if (uy % P.stride_y != 0u || ux % P.stride_x != 0u) {
-        return -1;
-    }
-    let oy = uy / P.stride_y;
-    let ox = ux / P.stride_x;
-    if (oy >= P.oh || ox >= P.ow) {
-        return -1;
-    }
-    return i32((o * P.oh + oy) * P.ow + ox);
+fn field(oy: u32, ox: u32) -> Field {
+    let y0 = i32(oy * P.stride_y) - i32(P.pad_top);
+    let x0 = i32(ox * P.stride_x) - i32(P.pad_left);
+    return Field(
+        y0,
+        x0,
+        u32(max(0, -y0)),
+        u32(clamp(i32(P.h) - y0, 0, i32(P.kh))),
+        u32(max(0, -x0)),
+        u32(clamp(i32(P.w) - x0, 0, i32(P.kw))),
+    );
+}
+
+// The kernel rows (or columns) that reach input row n = iy + pad through a real output row:
+// ky = first, first + stride, ... < end, with output row (n - ky) / stride, counting down.
+struct Reach {
+    first: u32,
+    end: u32,
+    out_first: u32,
+}
+
+fn reach(n: i32, stride: u32, outs: u32, k: u32) -> Reach {
+    let lo = max(n - i32((outs - 1u) * stride), 0);
+    let first = u32(lo) + u32(n - lo) % stride;
+    let end = u32(clamp(n + 1, 0, i32(k)));
+    return Reach(first, end, u32(max(n - i32(first), 0)) / stride);
 }
 
 // s from the per-term sums T_k of output unit j of sample n.
@@ -182,14 +175,9 @@ fn finish_s(n: u32, j: u32, t: vec4<f32>) {
         return;
     }
     let b = wb[P.bias_offset + j / (P.oh * P.ow)];
-    let st = r.sign * t;
-    let zero = vec4<f32>(0.0);
-    let z0 = dot(st, select(zero, vec4<f32>(1.0), r.pass_of == vec4<u32>(0u)))
-        + wmod(b, r.bias_mod.x, r.pass_const.z);
-    let z1 = dot(st, select(zero, vec4<f32>(1.0), r.pass_of == vec4<u32>(1u)))
-        + wmod(b, r.bias_mod.y, r.pass_const.w);
-    let s0 = rj / stab(z0, r.eps.x);
-    let s1 = select(0.0, rj / stab(z1, r.eps.x), r.bias_mod.z > 1u);
+    let z = vec2<f32>(dot(t, vec4<f32>(1.0) - r.term_pass1), dot(t, r.term_pass1)) + bmods(b);
+    let s0 = rj / stab(z.x, r.extra.z);
+    let s1 = select(0.0, rj / stab(z.y, r.extra.z), r.extra.w > 1.5);
     s[nj] = vec2<f32>(s0, s1);
 }
 
@@ -197,8 +185,7 @@ fn finish_s(n: u32, j: u32, t: vec4<f32>) {
 fn finish_r(n: u32, i: u32, c: vec4<f32>) {
     let r = P.rule;
     let ni = n * in_len() + i;
-    let coef = select(vec4<f32>(r.pass_const.x), vec4<f32>(r.pass_const.y), r.pass_of == vec4<u32>(1u));
-    r_out[ni] = dot(coef * r.sign * xmods(x[ni]), c);
+    r_out[ni] = dot(r.term_coef * xmods(x[ni]), c);
 }
 
 // Forward, split-K: one invocation per (sample, chunk of the receptive field, output pixel).
@@ -216,15 +203,21 @@ fn forward_partial(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_w
     let o = j / (P.oh * P.ow);
     let oy = (j / P.ow) % P.oh;
     let ox = j % P.ow;
-    let field = P.c * P.kh * P.kw;
-    let start = k * P.chunk;
-    let end = min(start + P.chunk, field);
+    let f = field(oy, ox);
+    let kk = P.kh * P.kw;
+    let c0 = k * P.c_per_chunk;
+    let c1 = min(c0 + P.c_per_chunk, P.c);
     let xbase = n * in_len();
     var acc = 0.0;
-    for (var r = start; r < end; r++) {
-        let i = field_input(r, oy, ox);
-        if (i >= 0) {
-            acc += x[xbase + u32(i)] * wb[o * field + r];
+    for (var ch = c0; ch < c1; ch++) {
+        let xc = i32(xbase + ch * P.h * P.w) + f.x0;
+        let wc = (o * P.c + ch) * kk;
+        for (var ky = f.ky0; ky < f.ky1; ky++) {
+            let xr = xc + (f.y0 + i32(ky)) * i32(P.w);
+            let wr = wc + ky * P.kw;
+            for (var kx = f.kx0; kx < f.kx1; kx++) {
+                acc += x[u32(xr + i32(kx))] * wb[wr + kx];
+            }
         }
     }
     if (P.chunks_in == 1u) {
@@ -266,15 +259,21 @@ fn z_partial(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgro
     let o = j / (P.oh * P.ow);
     let oy = (j / P.ow) % P.oh;
     let ox = j % P.ow;
-    let field = P.c * P.kh * P.kw;
-    let start = k * P.chunk;
-    let end = min(start + P.chunk, field);
+    let f = field(oy, ox);
+    let kk = P.kh * P.kw;
+    let c0 = k * P.c_per_chunk;
+    let c1 = min(c0 + P.c_per_chunk, P.c);
     let xbase = n * in_len();
     var acc = vec4<f32>(0.0);
-    for (var r = start; r < end; r++) {
-        let i = field_input(r, oy, ox);
-        if (i >= 0) {
-            acc += xmods(x[xbase + u32(i)]) * wmods(wb[o * field + r]);
+    for (var ch = c0; ch < c1; ch++) {
+        let xc = i32(xbase + ch * P.h * P.w) + f.x0;
+        let wc = (o * P.c + ch) * kk;
+        for (var ky = f.ky0; ky < f.ky1; ky++) {
+            let xr = xc + (f.y0 + i32(ky)) * i32(P.w);
+            let wr = wc + ky * P.kw;
+            for (var kx = f.kx0; kx < f.kx1; kx++) {
+                acc += xmods(x[u32(xr + i32(kx))]) * wmods(wb[wr + kx]);
+            }
         }
     }
     if (P.chunks_in == 1u) {
@@ -320,20 +319,27 @@ fn c_partial(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgro
     let iy = (i / P.w) % P.h;
     let ix = i % P.w;
     let kk = P.kh * P.kw;
-    let field = P.c * kk;
-    let total = P.oc * kk;
-    let start = k * P.chunk;
-    let end = min(start + P.chunk, total);
+    let ry = reach(i32(iy + P.pad_top), P.stride_y, P.oh, P.kh);
+    let rx = reach(i32(ix + P.pad_left), P.stride_x, P.ow, P.kw);
+    let o0 = k * P.oc_per_chunk;
+    let o1 = min(o0 + P.oc_per_chunk, P.oc);
     let sbase = n * out_len();
-    let pass1 = P.rule.pass_of == vec4<u32>(1u);
+    let pass1 = P.rule.term_pass1 > vec4<f32>(0.5);
     var acc = vec4<f32>(0.0);
-    for (var t = start; t < end; t++) {
-        let j = field_output(t, iy, ix);
-        if (j >= 0) {
-            let o = t / kk;
-            let sj = s[sbase + u32(j)];
-            let wv = wb[o * field + ch * kk + t % kk];
-            acc += wmods(wv) * select(vec4<f32>(sj.x), vec4<f32>(sj.y), pass1);
+    for (var o = o0; o < o1; o++) {
+        let wo = (o * P.c + ch) * kk;
+        let so = sbase + o * P.oh * P.ow;
+        var oy = ry.out_first;
+        for (var ky = ry.first; ky < ry.end; ky += P.stride_y) {
+            let wr = wo + ky * P.kw;
+            let sr = so + oy * P.ow;
+            var ox = rx.out_first;
+            for (var kx = rx.first; kx < rx.end; kx += P.stride_x) {
+                let sj = s[sr + ox];
+                acc += wmods(wb[wr + kx]) * select(vec4<f32>(sj.x), vec4<f32>(sj.y), pass1);
+                ox -= 1u;
+            }
+            oy -= 1u;
         }
     }
     if (P.chunks_out == 1u) {

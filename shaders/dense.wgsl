@@ -13,7 +13,8 @@
 // Dispatch: 1-D over invocations, 64 per workgroup, folded into (x, y) workgroups when there are
 // more than the per-dimension limit; index = gid.x + gid.y * num_workgroups.x * 64.
 //   forward_partial, z_partial: n * chunks_in * outputs invocations (chunks_in = 1: writes the result)
-//   forward_reduce, s_reduce:   n * outputs invocations (only when chunks_in > 1)
+//   forward_reduce, s_reduce:   n * outputs invocations (only when chunks_in > 1; s_reduce also
+//                               for the gradient)
 //   c_partial:                  n * chunks_out * inputs invocations (chunks_out = 1: writes R_i)
 //   r_reduce:                   n * inputs invocations (only when chunks_out > 1)
 // Every invocation loops over at most P.chunk inputs (or outputs), or over the chunks, so no
@@ -22,23 +23,33 @@
 // Rule terms: up to four (pass, input modifier f, weight modifier g, sign) terms over up to two
 // passes; z'_p = sum_{k in p} sign_k sum_i f_k(x_i) g_k(w_ij) + h_p(b_j), s_p = R / stab(z'_p),
 // R_i = sum_k coef_{p(k)} sign_k f_k(x_i) sum_j g_k(w_ij) s_{p(k), j}.
-// Input modifier ids: 0 x, 1 max(0,x), 2 min(0,x), 3 one, 4 constant, 5 zero.
-// Weight modifier ids: 0 w, 1 max(0,w), 2 min(0,w), 3 w^2, 4 one, 5 w + g max(0,w), 6 zero.
+// Modifiers are branch-free: linear combinations of v, max(0,v), min(0,v), v^2 and 1 with
+// per-term coefficients from the uniform (e.g. zplus: f = max(0,x), g = max(0,w); gamma:
+// g = w + G max(0,w)); an unused term has all coefficients 0.
 // mode 0: LRP; mode 1: gradient (s = R, no division; the terms are set to (one, w)).
 
 struct RuleParams {
-    in_mod: vec4<u32>,
-    w_mod: vec4<u32>,
-    pass_of: vec4<u32>,
-    // x, y: bias modifier of pass 0 and 1; z: number of passes; w: unused
-    bias_mod: vec4<u32>,
-    sign: vec4<f32>,
-    in_const: vec4<f32>,
-    w_param: vec4<f32>,
-    // x, y: coefficient of pass 0 and 1; z, w: bias modifier parameter of pass 0 and 1
-    pass_const: vec4<f32>,
-    // x: the stabiliser eps
-    eps: vec4<f32>,
+    // Input modifier of term k (component k): f(x) = x_lin x + x_pos max(0,x) + x_neg min(0,x) + x_one
+    x_lin: vec4<f32>,
+    x_pos: vec4<f32>,
+    x_neg: vec4<f32>,
+    x_one: vec4<f32>,
+    // Weight modifier of term k times its sign:
+    // g(w) = w_lin w + w_pos max(0,w) + w_neg min(0,w) + w_sq w^2 + w_one
+    w_lin: vec4<f32>,
+    w_pos: vec4<f32>,
+    w_neg: vec4<f32>,
+    w_sq: vec4<f32>,
+    w_one: vec4<f32>,
+    // Coefficient of the pass of term k
+    term_coef: vec4<f32>,
+    // 1 where term k belongs to pass 1, 0 for pass 0
+    term_pass1: vec4<f32>,
+    // Bias modifier of pass 0 and of pass 1: (lin, pos, neg, sq)
+    bias0: vec4<f32>,
+    bias1: vec4<f32>,
+    // x: bias constant of pass 0, y: of pass 1, z: eps, w: number of passes
+    extra: vec4<f32>,
 }
 
 struct DenseParams {
@@ -70,47 +81,23 @@ fn stab(d: f32, eps: f32) -> f32 {
     return select(d - eps, d + eps, d >= 0.0);
 }
 
-fn xmod(v: f32, m: u32, c: f32) -> f32 {
-    switch m {
-        case 0u: { return v; }
-        case 1u: { return max(v, 0.0); }
-        case 2u: { return min(v, 0.0); }
-        case 3u: { return 1.0; }
-        case 4u: { return c; }
-        default: { return 0.0; }
-    }
-}
-
-fn wmod(v: f32, m: u32, g: f32) -> f32 {
-    switch m {
-        case 0u: { return v; }
-        case 1u: { return max(v, 0.0); }
-        case 2u: { return min(v, 0.0); }
-        case 3u: { return v * v; }
-        case 4u: { return 1.0; }
-        case 5u: { return v + g * max(v, 0.0); }
-        default: { return 0.0; }
-    }
-}
-
+// f_k(x) for the four terms.
 fn xmods(v: f32) -> vec4<f32> {
     let r = P.rule;
-    return vec4<f32>(
-        xmod(v, r.in_mod.x, r.in_const.x),
-        xmod(v, r.in_mod.y, r.in_const.y),
-        xmod(v, r.in_mod.z, r.in_const.z),
-        xmod(v, r.in_mod.w, r.in_const.w),
-    );
+    return r.x_lin * v + r.x_pos * max(v, 0.0) + r.x_neg * min(v, 0.0) + r.x_one;
 }
 
+// sign_k g_k(w) for the four terms.
 fn wmods(v: f32) -> vec4<f32> {
     let r = P.rule;
-    return vec4<f32>(
-        wmod(v, r.w_mod.x, r.w_param.x),
-        wmod(v, r.w_mod.y, r.w_param.y),
-        wmod(v, r.w_mod.z, r.w_param.z),
-        wmod(v, r.w_mod.w, r.w_param.w),
-    );
+    return r.w_lin * v + r.w_pos * max(v, 0.0) + r.w_neg * min(v, 0.0) + r.w_sq * (v * v) + r.w_one;
+}
+
+// h_p(b) for the two passes.
+fn bmods(v: f32) -> vec2<f32> {
+    let r = P.rule;
+    let m = vec4<f32>(v, max(v, 0.0), min(v, 0.0), v * v);
+    return vec2<f32>(dot(r.bias0, m), dot(r.bias1, m)) + r.extra.xy;
 }
 
 // s_j from the per-term sums T_k of output unit j (flat index nj = n * outputs + j).
@@ -122,22 +109,16 @@ fn finish_s(nj: u32, t: vec4<f32>) {
         return;
     }
     let b = wb[P.bias_offset + nj % P.outputs];
-    let st = r.sign * t;
-    let zero = vec4<f32>(0.0);
-    let z0 = dot(st, select(zero, vec4<f32>(1.0), r.pass_of == vec4<u32>(0u)))
-        + wmod(b, r.bias_mod.x, r.pass_const.z);
-    let z1 = dot(st, select(zero, vec4<f32>(1.0), r.pass_of == vec4<u32>(1u)))
-        + wmod(b, r.bias_mod.y, r.pass_const.w);
-    let s0 = rj / stab(z0, r.eps.x);
-    let s1 = select(0.0, rj / stab(z1, r.eps.x), r.bias_mod.z > 1u);
+    let z = vec2<f32>(dot(t, vec4<f32>(1.0) - r.term_pass1), dot(t, r.term_pass1)) + bmods(b);
+    let s0 = rj / stab(z.x, r.extra.z);
+    let s1 = select(0.0, rj / stab(z.y, r.extra.z), r.extra.w > 1.5);
     s[nj] = vec2<f32>(s0, s1);
 }
 
 // R_i from the per-term back-projections c_k of input unit i (flat index ni = n * inputs + i).
 fn finish_r(ni: u32, c: vec4<f32>) {
     let r = P.rule;
-    let coef = select(vec4<f32>(r.pass_const.x), vec4<f32>(r.pass_const.y), r.pass_of == vec4<u32>(1u));
-    r_out[ni] = dot(coef * r.sign * xmods(x[ni]), c);
+    r_out[ni] = dot(r.term_coef * xmods(x[ni]), c);
 }
 
 // Forward, split-K: one invocation per (sample, chunk of inputs, output).
@@ -204,7 +185,7 @@ fn z_partial(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgro
     }
 }
 
-// Relevance step 2 (long reductions only): sum the term partials, s = R / stab(z').
+// Relevance step 2 (long reductions, and the gradient): sum the partials, s = R / stab(z').
 @compute @workgroup_size(64)
 fn s_reduce(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let idx = flat_index(gid, nwg);
@@ -235,7 +216,7 @@ fn c_partial(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgro
     let n = nk / P.chunks_out;
     let start = k * P.chunk;
     let end = min(start + P.chunk, P.outputs);
-    let pass1 = P.rule.pass_of == vec4<u32>(1u);
+    let pass1 = P.rule.term_pass1 > vec4<f32>(0.5);
     var acc = vec4<f32>(0.0);
     for (var j = start; j < end; j++) {
         let sj = s[n * P.outputs + j];

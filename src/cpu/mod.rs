@@ -174,6 +174,13 @@ impl Plan {
             });
         }
         let outputs = shapes.last().map_or(0, |s| s.iter().product());
+        if outputs == 0 {
+            return Err(Error::Shape {
+                layer: "output".into(),
+                expected: "at least one output per sample".into(),
+                got: "none".into(),
+            });
+        }
         Ok(Plan {
             steps,
             shapes,

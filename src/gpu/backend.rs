@@ -5,7 +5,7 @@
 use ndarray::{Array2, ArrayD, ArrayViewD, Axis, IxDyn, Slice};
 
 use super::context::GpuContext;
-use super::plan::{footprint, BatchResult, Plan};
+use super::plan::{footprint, BatchResult, Footprint, Plan};
 use crate::{Backend, BatchOutput, Error, Method, Network, Result};
 
 /// The GPU explainer for one (network, method), planned for one batch size.
@@ -39,50 +39,8 @@ impl GpuBackend {
             return Err(Error::usage("--batch-size", "must be at least 1, got 0"));
         }
         let fp = footprint(net, method)?;
-        let limits = ctx.limits();
-        let max_binding = limits
-            .max_storage_buffer_binding_size
-            .min(limits.max_buffer_size);
-        let mut notes = vec![];
-        let mut batch = batch_size as u64;
-        for (what, per_sample) in fp.bindings() {
-            if per_sample == 0 {
-                continue;
-            }
-            let fits = max_binding / per_sample;
-            if fits == 0 {
-                return Err(Error::Gpu(format!(
-                    "one sample needs {per_sample} bytes of {what}, more than the adapter's \
-                     {max_binding}-byte storage binding limit; use --backend cpu"
-                )));
-            }
-            if fits < batch {
-                notes.push(format!(
-                    "batch size clamped from {batch} to {fits} (max storage binding {max_binding} \
-                     bytes; the {what} buffer needs {per_sample} bytes per sample)"
-                ));
-                batch = fits;
-            }
-        }
-        let fits = limits.max_buffer_size / fp.staging.max(1);
-        if fits < batch {
-            notes.push(format!(
-                "batch size clamped from {batch} to {fits} (max buffer size {} bytes; the staging \
-                 buffer needs {} bytes per sample)",
-                limits.max_buffer_size, fp.staging
-            ));
-            batch = fits.max(1);
-        }
-        // u32 indices in the kernels: keep every per-batch count below 2^31.
-        let values = fp.activation.max(fp.partial * 4).max(fp.s).max(1);
-        let fits = (i32::MAX as u64) / values;
-        if fits < batch {
-            notes.push(format!(
-                "batch size clamped from {batch} to {fits} (32-bit indices in the kernels)"
-            ));
-            batch = fits.max(1);
-        }
-        let plan = Plan::new(ctx, net, method, batch as usize)?;
+        let (batch, notes) = clamp_batch(&fp, ctx.limits(), batch_size)?;
+        let plan = Plan::new(ctx, net, method, batch)?;
         Ok(GpuBackend {
             ctx: ctx.clone(),
             plan,
@@ -108,6 +66,58 @@ impl GpuBackend {
     }
 }
 
+/// The largest batch size up to `requested` whose buffers fit the adapter's limits, with a note
+/// for each clamp.
+fn clamp_batch(
+    fp: &Footprint,
+    limits: &wgpu::Limits,
+    requested: usize,
+) -> Result<(usize, Vec<String>)> {
+    let max_binding = limits
+        .max_storage_buffer_binding_size
+        .min(limits.max_buffer_size);
+    let mut notes = vec![];
+    let mut batch = requested as u64;
+    let (what, per_sample) = fp
+        .bindings()
+        .into_iter()
+        .max_by_key(|(_, bytes)| *bytes)
+        .unwrap_or(("activations", 4));
+    let fits = max_binding / per_sample.max(1);
+    if fits == 0 {
+        return Err(Error::Gpu(format!(
+            "one sample needs {per_sample} bytes of {what}, more than the adapter's \
+             {max_binding}-byte storage binding limit; use --backend cpu"
+        )));
+    }
+    if fits < batch {
+        notes.push(format!(
+            "batch size clamped from {batch} to {fits} (max storage binding {max_binding} bytes; \
+             the {what} buffer needs {per_sample} bytes per sample)"
+        ));
+        batch = fits;
+    }
+    let fits = (limits.max_buffer_size / fp.staging.max(1)).max(1);
+    if fits < batch {
+        notes.push(format!(
+            "batch size clamped from {batch} to {fits} (max buffer size {} bytes; the staging \
+             buffer needs {} bytes per sample)",
+            limits.max_buffer_size, fp.staging
+        ));
+        batch = fits;
+    }
+    // The kernels index with u32: keep every per-batch count below 2^31.
+    let values = fp.activation.max(fp.partial * 4).max(fp.s).max(1);
+    let fits = ((i32::MAX as u64) / values).max(1);
+    if fits < batch {
+        notes.push(format!(
+            "batch size clamped from {batch} to {fits} (32-bit indices in the kernels)"
+        ));
+        batch = fits;
+    }
+    Ok((batch as usize, notes))
+}
+
 impl Backend for GpuBackend {
     fn kind(&self) -> &'static str {
         "gpu"
@@ -120,12 +130,16 @@ impl Backend for GpuBackend {
     fn run(&mut self, x: ArrayViewD<'_, f32>, targets: Option<&[usize]>) -> Result<BatchOutput> {
         let shape = x.shape();
         if shape.len() != self.input_shape.len() + 1 || shape[1..] != self.input_shape[..] {
+            let join = |d: &[usize]| {
+                d.iter()
+                    .map(usize::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
             return Err(Error::Shape {
                 layer: "input".into(),
-                expected: format!("(N, {:?}) for this network", self.input_shape)
-                    .replace('[', "")
-                    .replace(']', ""),
-                got: format!("{shape:?}"),
+                expected: format!("a batch of shape (n, {})", join(&self.input_shape)),
+                got: format!("({})", join(shape)),
             });
         }
         let n = shape[0];
@@ -207,5 +221,46 @@ impl Backend for GpuBackend {
             logits,
             targets: chosen.into_iter().map(|t| t as usize).collect(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(binding: u64, buffer: u64) -> wgpu::Limits {
+        wgpu::Limits {
+            max_storage_buffer_binding_size: binding,
+            max_buffer_size: buffer,
+            ..wgpu::Limits::default()
+        }
+    }
+
+    #[test]
+    fn batch_size_is_clamped_to_the_largest_binding() {
+        let fp = Footprint {
+            activation: 1000,
+            s: 500,
+            partial: 300,
+            argmax: 0,
+            staging: 40,
+        };
+        // partial: 300 vec4 = 4800 bytes per sample is the largest binding.
+        let (b, notes) = clamp_batch(&fp, &limits(48_000, 1 << 30), 64).unwrap();
+        assert_eq!(b, 10);
+        assert_eq!(notes.len(), 1);
+        assert!(notes[0].contains("from 64 to 10"), "{}", notes[0]);
+        assert!(notes[0].contains("48000"), "{}", notes[0]);
+        // Fits: no clamp, no note.
+        let (b, notes) = clamp_batch(&fp, &limits(1 << 30, 1 << 30), 64).unwrap();
+        assert_eq!((b, notes.len()), (64, 0));
+        // The buffer size limit binds too.
+        let (b, _) = clamp_batch(&fp, &limits(1 << 30, 9_600), 64).unwrap();
+        assert_eq!(b, 2);
+        // Not even one sample fits.
+        assert!(matches!(
+            clamp_batch(&fp, &limits(4000, 1 << 30), 8),
+            Err(Error::Gpu(_))
+        ));
     }
 }

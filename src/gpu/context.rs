@@ -45,8 +45,13 @@ fn instance() -> wgpu::Instance {
 }
 
 fn is_software(info: &wgpu::AdapterInfo) -> bool {
-    let name = info.name.to_lowercase();
-    info.device_type == wgpu::DeviceType::Cpu
+    software(&info.name, info.device_type)
+}
+
+/// A software rasteriser: device type Cpu, or a name that gives one away.
+fn software(name: &str, device_type: wgpu::DeviceType) -> bool {
+    let name = name.to_lowercase();
+    device_type == wgpu::DeviceType::Cpu
         || [
             "llvmpipe",
             "lavapipe",
@@ -67,13 +72,17 @@ fn summarize(info: &wgpu::AdapterInfo) -> AdapterSummary {
     }
 }
 
-/// Preference order: lower is better. Hardware (discrete, integrated, virtual, other) before
-/// software; within a type, Vulkan/Metal/DX12 before GL.
 fn rank(info: &wgpu::AdapterInfo) -> (u8, u8) {
-    let ty = if is_software(info) {
+    rank_of(is_software(info), info.device_type, info.backend)
+}
+
+/// Preference order: lower is better. Hardware (discrete, integrated, virtual, other) before
+/// software; within a type, Vulkan/Metal before DX12 before GL.
+fn rank_of(software: bool, device_type: wgpu::DeviceType, backend: wgpu::Backend) -> (u8, u8) {
+    let ty = if software {
         4
     } else {
-        match info.device_type {
+        match device_type {
             wgpu::DeviceType::DiscreteGpu => 0,
             wgpu::DeviceType::IntegratedGpu => 1,
             wgpu::DeviceType::VirtualGpu => 2,
@@ -81,7 +90,7 @@ fn rank(info: &wgpu::AdapterInfo) -> (u8, u8) {
             wgpu::DeviceType::Cpu => 4,
         }
     };
-    let api = match info.backend {
+    let api = match backend {
         wgpu::Backend::Vulkan | wgpu::Backend::Metal => 0,
         wgpu::Backend::Dx12 => 1,
         wgpu::Backend::Gl => 2,
@@ -195,5 +204,48 @@ impl GpuContext {
     /// The shared pipeline cache.
     pub(crate) fn pipelines(&self) -> &PipelineCache {
         &self.inner.pipelines
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wgpu::{Backend as B, DeviceType as T};
+
+    #[test]
+    fn hardware_before_software_and_vulkan_before_gl() {
+        let mut adapters = [
+            ("llvmpipe (LLVM 15.0.6, 256 bits)", T::Cpu, B::Gl),
+            ("llvmpipe (LLVM 15.0.6, 256 bits)", T::Cpu, B::Vulkan),
+            ("Intel(R) UHD Graphics", T::IntegratedGpu, B::Vulkan),
+            ("NVIDIA H100", T::DiscreteGpu, B::Gl),
+            ("NVIDIA H100", T::DiscreteGpu, B::Vulkan),
+            ("virtio-gpu", T::VirtualGpu, B::Vulkan),
+            ("SwiftShader Device", T::Other, B::Vulkan),
+        ];
+        adapters.sort_by_key(|(name, ty, api)| rank_of(software(name, *ty), *ty, *api));
+        let order: Vec<(&str, B)> = adapters.iter().map(|(n, _, b)| (*n, *b)).collect();
+        assert_eq!(
+            order,
+            [
+                ("NVIDIA H100", B::Vulkan),
+                ("NVIDIA H100", B::Gl),
+                ("Intel(R) UHD Graphics", B::Vulkan),
+                ("virtio-gpu", B::Vulkan),
+                ("llvmpipe (LLVM 15.0.6, 256 bits)", B::Vulkan),
+                ("SwiftShader Device", B::Vulkan),
+                ("llvmpipe (LLVM 15.0.6, 256 bits)", B::Gl),
+            ]
+        );
+        assert!(software("SwiftShader Device", T::Other));
+        assert!(!software("NVIDIA H100", T::DiscreteGpu));
+    }
+
+    #[test]
+    fn contexts_and_backends_cross_threads() {
+        fn send_sync<T: Send + Sync>() {}
+        fn send<T: Send>() {}
+        send_sync::<GpuContext>();
+        send::<super::super::GpuBackend>();
     }
 }

@@ -10,7 +10,22 @@
 //! - [`backend`]: [`GpuBackend`], the streaming orchestrator implementing [`crate::Backend`].
 //!
 //! Rules are the modifier passes of [`crate::Rule::passes`], flattened into at most four terms
-//! over two passes and passed in uniforms; no shader text is generated.
+//! over two passes and passed in uniforms as branch-free modifier coefficients; no shader text
+//! is generated.
+//!
+//! Behaviour worth knowing:
+//! - Everything runs in f32; results are converted to f64. Against the f64 reference the
+//!   relevance agrees to about 1e-6 relative, except where f32 rounding is amplified by the
+//!   map itself (a target score near 0, or a denominator z' near 0 that makes relevance cancel
+//!   itself); the parity tests document this.
+//! - No invocation loops more than a few thousand times (llvmpipe silently stops an invocation
+//!   after 65,535 loop iterations): long reductions are split into chunks (split-K) and summed by
+//!   a reduce kernel. The GPU backend refuses, with an error naming the layer, pooling windows
+//!   or convolution kernels of more than 16,384 positions, more than 16,384 logits, and
+//!   reductions longer than 16,384 chunks; the CPU backend takes those.
+//! - The batch size is clamped so that every per-batch buffer fits the adapter's storage
+//!   binding and buffer limits; [`GpuBackend::notes`] says so.
+//! - Device memory is allocated once per backend; streaming any number of samples reuses it.
 
 pub mod backend;
 pub mod context;

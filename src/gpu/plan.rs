@@ -134,13 +134,13 @@ fn layer_plans(net: &Network, method: &Method) -> Result<(Vec<LayerPlan>, Footpr
                 _ => Ok(RuleParams::gradient()),
             }
         };
-        let chunks = |len: usize, what: &str| -> Result<u32> {
-            let c = len.div_ceil(CHUNK as usize);
+        // `units` values in chunks of `per_chunk`: the number of chunks a reduce kernel sums.
+        let chunks = |units: usize, per_chunk: usize, what: &str| -> Result<u32> {
+            let c = units.div_ceil(per_chunk);
             if c > MAX_CHUNKS as usize {
                 return Err(Error::Gpu(format!(
-                    "layer {name}: its {what} of {len} values is longer than the GPU kernels handle \
-                     ({} values; use --backend cpu)",
-                    CHUNK as u64 * MAX_CHUNKS as u64
+                    "layer {name}: its {what} ({units} in chunks of {per_chunk}) is longer than the \
+                     GPU kernels handle ({MAX_CHUNKS} chunks; use --backend cpu)"
                 )));
             }
             Ok(c as u32)
@@ -153,8 +153,8 @@ fn layer_plans(net: &Network, method: &Method) -> Result<(Vec<LayerPlan>, Footpr
                     inputs: u32_of(i, "inputs", &name)?,
                     outputs: u32_of(o, "outputs", &name)?,
                     chunk: CHUNK,
-                    chunks_in: chunks(i, "reduction over inputs")?,
-                    chunks_out: chunks(o, "reduction over outputs")?,
+                    chunks_in: chunks(i, CHUNK as usize, "reduction over inputs")?,
+                    chunks_out: chunks(o, CHUNK as usize, "reduction over outputs")?,
                     bias_offset: u32_of(i * o, "weights", &name)?,
                     mode: mode.gradient() as u32,
                     rule: rule()?,
@@ -170,6 +170,15 @@ fn layer_plans(net: &Network, method: &Method) -> Result<(Vec<LayerPlan>, Footpr
             }
             Layer::Conv2d { weight, window, .. } => {
                 let (oc, c, kh, kw) = weight.dim();
+                let kk = kh * kw;
+                if kk > MAX_WINDOW as usize {
+                    return Err(Error::Gpu(format!(
+                        "layer {name}: a {kh}x{kw} kernel is larger than the GPU kernels handle \
+                         ({MAX_WINDOW} positions; use --backend cpu)"
+                    )));
+                }
+                // Whole channels per chunk, about CHUNK kernel positions per invocation.
+                let per_chunk = (CHUNK as usize / kk).max(1);
                 let p = ConvParams {
                     n: 0,
                     c: c as u32,
@@ -184,13 +193,13 @@ fn layer_plans(net: &Network, method: &Method) -> Result<(Vec<LayerPlan>, Footpr
                     stride_x: window.stride[1] as u32,
                     pad_top: window.pad[0] as u32,
                     pad_left: window.pad[1] as u32,
-                    chunk: CHUNK,
-                    chunks_in: chunks(c * kh * kw, "receptive field")?,
-                    chunks_out: chunks(oc * kh * kw, "transposed reduction")?,
+                    c_per_chunk: per_chunk as u32,
+                    oc_per_chunk: per_chunk as u32,
+                    chunks_in: chunks(c, per_chunk, "receptive field over input channels")?,
+                    chunks_out: chunks(oc, per_chunk, "transposed reduction over output channels")?,
                     bias_offset: u32_of(weight.len(), "weights", &name)?,
                     mode: mode.gradient() as u32,
                     pad0: 0,
-                    pad1: 0,
                     rule: rule()?,
                 };
                 u32_of(in_len as usize, "input values per sample", &name)?;
@@ -687,7 +696,6 @@ impl Plan {
         steps.extend(backward);
         let result = rel(result_ping).clone();
         let input = act_buffers[0].clone();
-        drop(bind);
         if let Some(err) = pollster::block_on(vscope.pop()) {
             return Err(Error::Gpu(format!("building the batch plan failed: {err}")));
         }
@@ -751,6 +759,8 @@ impl Plan {
         let device = self.ctx.device();
         let queue = self.ctx.queue();
         let explicit = targets.is_some();
+        let scope = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let vscope = device.push_error_scope(wgpu::ErrorFilter::Validation);
         if self.written != Some((n, explicit)) {
             for (buf, u) in &self.uniforms {
                 queue.write_buffer(buf, 0, &u.bytes(n as u32, explicit));
@@ -785,6 +795,14 @@ impl Plan {
         enc.copy_buffer_to_buffer(&self.logits, 0, &self.staging, logit_off, logit_bytes);
         enc.copy_buffer_to_buffer(&self.targets, 0, &self.staging, target_off, n as u64 * F);
         let index = queue.submit([enc.finish()]);
+        if let Some(err) = pollster::block_on(vscope.pop()) {
+            return Err(Error::Gpu(format!("encoding the batch failed: {err}")));
+        }
+        if let Some(err) = pollster::block_on(scope.pop()) {
+            return Err(Error::Gpu(format!(
+                "out of GPU memory running a batch of {n}: {err}; use a smaller --batch-size"
+            )));
+        }
         let (tx, rx) = std::sync::mpsc::channel();
         self.staging.map_async(wgpu::MapMode::Read, .., move |r| {
             let _ = tx.send(r);

@@ -239,61 +239,59 @@ impl Kernel {
     }
 }
 
-/// The rule's modifier terms as the linear kernels read them (WGSL `RuleParams`).
+/// The rule's modifier terms as the linear kernels read them (WGSL `RuleParams`): up to four
+/// terms (vector components) over up to two passes, each modifier a linear combination of v,
+/// max(0,v), min(0,v), v^2 and 1, so the kernels never branch on the rule.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Pod, Zeroable)]
 pub struct RuleParams {
-    pub in_mod: [u32; 4],
-    pub w_mod: [u32; 4],
-    pub pass_of: [u32; 4],
-    /// bias modifier of pass 0 and 1, number of passes, unused
-    pub bias_mod: [u32; 4],
-    pub sign: [f32; 4],
-    pub in_const: [f32; 4],
-    pub w_param: [f32; 4],
-    /// coefficient of pass 0 and 1, bias modifier parameter of pass 0 and 1
-    pub pass_const: [f32; 4],
-    /// eps, unused x3
-    pub eps: [f32; 4],
+    /// f(x) = x_lin x + x_pos max(0,x) + x_neg min(0,x) + x_one, per term
+    pub x_lin: [f32; 4],
+    pub x_pos: [f32; 4],
+    pub x_neg: [f32; 4],
+    pub x_one: [f32; 4],
+    /// sign * g(w) = w_lin w + w_pos max(0,w) + w_neg min(0,w) + w_sq w^2 + w_one, per term
+    pub w_lin: [f32; 4],
+    pub w_pos: [f32; 4],
+    pub w_neg: [f32; 4],
+    pub w_sq: [f32; 4],
+    pub w_one: [f32; 4],
+    /// coefficient of each term's pass
+    pub term_coef: [f32; 4],
+    /// 1 where the term belongs to pass 1
+    pub term_pass1: [f32; 4],
+    /// bias modifier (lin, pos, neg, sq) of pass 0 and of pass 1
+    pub bias0: [f32; 4],
+    pub bias1: [f32; 4],
+    /// bias constant of pass 0 and 1, eps, number of passes
+    pub extra: [f32; 4],
 }
 
-/// Input modifier id of an unused term.
-const IN_ZERO: u32 = 5;
-/// Weight modifier id of an unused term / absent bias.
-const W_ZERO: u32 = 6;
-
-fn input_mod(m: InputMod) -> (u32, f32) {
+/// Coefficients (v, max(0,v), min(0,v), 1) of an input modifier.
+fn input_coefficients(m: InputMod) -> [f32; 4] {
     match m {
-        InputMod::Identity => (0, 0.0),
-        InputMod::Positive => (1, 0.0),
-        InputMod::Negative => (2, 0.0),
-        InputMod::Ones => (3, 0.0),
-        InputMod::Constant(c) => (4, c as f32),
+        InputMod::Identity => [1.0, 0.0, 0.0, 0.0],
+        InputMod::Positive => [0.0, 1.0, 0.0, 0.0],
+        InputMod::Negative => [0.0, 0.0, 1.0, 0.0],
+        InputMod::Ones => [0.0, 0.0, 0.0, 1.0],
+        InputMod::Constant(c) => [0.0, 0.0, 0.0, c as f32],
     }
 }
 
-fn param_mod(m: ParamMod) -> (u32, f32) {
+/// Coefficients (v, max(0,v), min(0,v), v^2, 1) of a weight or bias modifier.
+fn param_coefficients(m: ParamMod) -> [f32; 5] {
     match m {
-        ParamMod::Identity => (0, 0.0),
-        ParamMod::Positive => (1, 0.0),
-        ParamMod::Negative => (2, 0.0),
-        ParamMod::Square => (3, 0.0),
-        ParamMod::Ones => (4, 0.0),
-        ParamMod::Gamma(g) => (5, g as f32),
-        ParamMod::Zero => (W_ZERO, 0.0),
+        ParamMod::Identity => [1.0, 0.0, 0.0, 0.0, 0.0],
+        ParamMod::Positive => [0.0, 1.0, 0.0, 0.0, 0.0],
+        ParamMod::Negative => [0.0, 0.0, 1.0, 0.0, 0.0],
+        ParamMod::Square => [0.0, 0.0, 0.0, 1.0, 0.0],
+        ParamMod::Ones => [0.0, 0.0, 0.0, 0.0, 1.0],
+        ParamMod::Gamma(g) => [1.0, g as f32, 0.0, 0.0, 0.0],
+        ParamMod::Zero => [0.0; 5],
     }
 }
 
 impl RuleParams {
-    fn empty() -> Self {
-        RuleParams {
-            in_mod: [IN_ZERO; 4],
-            w_mod: [W_ZERO; 4],
-            bias_mod: [W_ZERO, W_ZERO, 0, 0],
-            ..Default::default()
-        }
-    }
-
     /// Flattens a rule's passes into at most four terms over at most two passes.
     pub fn from_rule(rule: &Rule) -> Result<Self> {
         let passes = rule.passes();
@@ -305,39 +303,48 @@ impl RuleParams {
                 passes.len()
             )));
         }
-        let mut p = RuleParams::empty();
+        let mut p = RuleParams::default();
         let mut k = 0;
         for (pi, pass) in passes.iter().enumerate() {
             for t in &pass.terms {
-                let (im, ic) = input_mod(t.input);
-                let (wm, wp) = param_mod(t.weight);
-                p.in_mod[k] = im;
-                p.in_const[k] = ic;
-                p.w_mod[k] = wm;
-                p.w_param[k] = wp;
-                p.sign[k] = t.sign as f32;
-                p.pass_of[k] = pi as u32;
+                let [a, b, c, d] = input_coefficients(t.input);
+                (p.x_lin[k], p.x_pos[k], p.x_neg[k], p.x_one[k]) = (a, b, c, d);
+                let sign = t.sign as f32;
+                let [a, b, c, d, e] = param_coefficients(t.weight).map(|v| v * sign);
+                (p.w_lin[k], p.w_pos[k], p.w_neg[k], p.w_sq[k], p.w_one[k]) = (a, b, c, d, e);
+                p.term_coef[k] = pass.coefficient as f32;
+                p.term_pass1[k] = pi as f32;
                 k += 1;
             }
-            let (bm, bp) = param_mod(pass.bias);
-            p.bias_mod[pi] = bm;
-            p.pass_const[pi] = pass.coefficient as f32;
-            p.pass_const[2 + pi] = bp;
+            let [a, b, c, d, e] = param_coefficients(pass.bias);
+            let bias = if pi == 0 { &mut p.bias0 } else { &mut p.bias1 };
+            *bias = [a, b, c, d];
+            p.extra[pi] = e;
         }
-        p.bias_mod[2] = passes.len() as u32;
-        p.eps[0] = rule.eps() as f32;
+        p.extra[2] = rule.eps() as f32;
+        p.extra[3] = passes.len() as f32;
         Ok(p)
     }
 
     /// The terms of the plain gradient: R_i = sum_j w_ij R_j (one term (1, w), no division).
     pub fn gradient() -> Self {
-        let mut p = RuleParams::empty();
-        p.in_mod[0] = 3;
-        p.w_mod[0] = 0;
-        p.sign[0] = 1.0;
-        p.pass_const[0] = 1.0;
-        p.bias_mod[2] = 1;
+        let mut p = RuleParams::default();
+        p.x_one[0] = 1.0;
+        p.w_lin[0] = 1.0;
+        p.term_coef[0] = 1.0;
+        p.extra[3] = 1.0;
         p
+    }
+
+    /// Number of terms in use.
+    pub fn terms(&self) -> usize {
+        (0..4)
+            .filter(|&k| {
+                [self.w_lin, self.w_pos, self.w_neg, self.w_sq, self.w_one]
+                    .iter()
+                    .any(|c| c[k] != 0.0)
+            })
+            .count()
     }
 }
 
@@ -374,14 +381,16 @@ pub struct ConvParams {
     pub stride_x: u32,
     pub pad_top: u32,
     pub pad_left: u32,
-    pub chunk: u32,
+    /// input channels per chunk of the receptive field
+    pub c_per_chunk: u32,
+    /// output channels per chunk of the transposed reduction
+    pub oc_per_chunk: u32,
     pub chunks_in: u32,
     pub chunks_out: u32,
     pub bias_offset: u32,
     /// 0 LRP, 1 gradient
     pub mode: u32,
     pub pad0: u32,
-    pub pad1: u32,
     pub rule: RuleParams,
 }
 
@@ -444,11 +453,32 @@ mod tests {
         for rule in rules {
             let p = RuleParams::from_rule(&rule).unwrap();
             let passes = rule.passes();
-            assert_eq!(p.bias_mod[2] as usize, passes.len(), "{rule}");
-            let used = p.sign.iter().filter(|s| **s != 0.0).count();
+            assert_eq!(p.extra[3] as usize, passes.len(), "{rule}");
             let terms: usize = passes.iter().map(|p| p.terms.len()).sum();
-            assert_eq!(used, terms, "{rule}");
-            assert_eq!(p.eps[0], rule.eps() as f32);
+            assert_eq!(p.terms(), terms, "{rule}");
+            assert_eq!(p.extra[2], rule.eps() as f32);
+            // Evaluating the coefficients reproduces every term's modifiers and sign.
+            let mut k = 0;
+            for (pi, pass) in passes.iter().enumerate() {
+                for t in &pass.terms {
+                    for v in [-1.5f64, -0.25, 0.0, 0.5, 2.0] {
+                        let f = p.x_lin[k] as f64 * v
+                            + p.x_pos[k] as f64 * v.max(0.0)
+                            + p.x_neg[k] as f64 * v.min(0.0)
+                            + p.x_one[k] as f64;
+                        assert_eq!(f, t.input.apply(v), "{rule} term {k} f({v})");
+                        let g = p.w_lin[k] as f64 * v
+                            + p.w_pos[k] as f64 * v.max(0.0)
+                            + p.w_neg[k] as f64 * v.min(0.0)
+                            + p.w_sq[k] as f64 * v * v
+                            + p.w_one[k] as f64;
+                        assert_eq!(g, t.sign * t.weight.apply(v), "{rule} term {k} g({v})");
+                    }
+                    assert_eq!(p.term_pass1[k] as usize, pi);
+                    assert_eq!(p.term_coef[k] as f64, pass.coefficient);
+                    k += 1;
+                }
+            }
         }
     }
 

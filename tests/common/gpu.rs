@@ -10,23 +10,21 @@ use taylormap::gpu::GpuContext;
 /// Panics instead when the environment sets `TAYLORMAP_REQUIRE_GPU=1` (CI with Mesa's software
 /// Vulkan driver), so that GPU tests fail rather than skip there.
 pub fn context() -> Option<GpuContext> {
-    static CONTEXT: OnceLock<Option<GpuContext>> = OnceLock::new();
+    static CONTEXT: OnceLock<Result<GpuContext, String>> = OnceLock::new();
     let required = std::env::var("TAYLORMAP_REQUIRE_GPU").is_ok_and(|v| v.trim() == "1");
-    let ctx = CONTEXT.get_or_init(|| match GpuContext::new() {
-        Ok(ctx) => {
+    let ctx = CONTEXT.get_or_init(|| {
+        let ctx = GpuContext::new().map_err(|e| e.to_string());
+        if let Ok(ctx) = &ctx {
             eprintln!("GPU tests run on {}", ctx.summary());
-            Some(ctx)
         }
+        ctx
+    });
+    match ctx {
+        Ok(ctx) => Some(ctx.clone()),
+        Err(e) if required => panic!("TAYLORMAP_REQUIRE_GPU=1 but there is no GPU adapter: {e}"),
         Err(e) => {
             eprintln!("skipping GPU test: {e}");
             None
         }
-    });
-    if ctx.is_none() && required {
-        panic!(
-            "TAYLORMAP_REQUIRE_GPU=1 but no GPU adapter is available (install mesa-vulkan-drivers \
-             and libvulkan1)"
-        );
     }
-    ctx.clone()
 }
