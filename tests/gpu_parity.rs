@@ -2,26 +2,26 @@
 //! both baselines, Dense and Conv2d (stride, padding), max/avg/sum pooling, batches of 1 and
 //! batch sizes that do not divide the input count, predicted and explicit targets, and layers
 //! whose reductions are longer than llvmpipe's 65,535-iteration cap for a naive kernel.
-//! Per sample: relative L2 error of the relevance <= 1e-4 (for numerically ill-conditioned maps,
-//! where relevance cancels itself or the score is near 0, see `compare`), scores and logits
-//! equal to 1e-5 (relative, absolute below 1).
+//! Per sample: relative L2 error of the relevance <= 1e-4, scores and logits equal to 1e-5
+//! (relative; absolute below 1). Random maps are occasionally ill-conditioned (a target score
+//! near 0, a denominator z' near 0 on a layer whose rule does not suit it): there the reference
+//! itself moves by more than 1e-6 under f32-sized perturbations, and the tolerance follows that
+//! measured sensitivity (see `f32_sensitivity`) instead of failing on f32 rounding.
 
 mod common;
 
 use common::{conv, dense, random_cnn, random_input, random_mlp, rel_l2, rng};
 use ndarray::{ArrayD, Axis};
 use rand::rngs::StdRng;
-use rand::Rng;
+use rand::{Rng, SeedableRng};
 use taylormap::gpu::{adapters, GpuBackend, GpuContext};
 use taylormap::model::Window;
 use taylormap::{Backend, Bounds, Composite, Error, Layer, Method, Network, Rule};
 
 const REL_TOL: f64 = 1e-4;
 const SCORE_TOL: f64 = 1e-5;
-/// Scores at least this far from 0 have an f32 relative error far below REL_TOL.
-const WELL_CONDITIONED: f64 = 0.05;
-/// Relevance maps with |R|_1 up to this many times |score| count as well conditioned.
-const AMPLIFIED: f64 = 100.0;
+/// The tolerance is at least this multiple of the reference's own f32 sensitivity.
+const CONDITIONING: f64 = 100.0;
 
 fn every_rule(low: f64, high: f64) -> Vec<Rule> {
     vec![
@@ -86,8 +86,9 @@ fn compare(
         }
         cpu = taylormap::cpu::explain(net, method, x64.view(), Some(&gpu.targets)).unwrap();
     }
+    let sensitivity = f32_sensitivity(net, method, &x64, &cpu);
     let mut worst = 0.0f64;
-    for i in 0..n {
+    for (i, sensitivity) in sensitivity.into_iter().enumerate() {
         assert!(
             close(gpu.score(i), cpu.score(i)),
             "{what}: sample {i}: score gpu {} cpu {}",
@@ -105,45 +106,68 @@ fn compare(
             continue;
         }
         let err = rel_l2(g.iter().copied(), c.iter().copied());
-        // LRP relevance is linear in the seed y_t, so an f32 forward pass carries the score's
-        // absolute error (~1e-7) into every R_i; for a score near 0 that is a large relative
-        // error no f32 backward pass can avoid. Compare the backward pass itself on the GPU's
-        // seed, and the raw maps wherever the score is not near 0.
-        // Likewise a denominator z'_j near 0 amplifies f32 rounding of the activations: the
-        // amplification shows as |R|_1 far above |score| (relevance cancelling itself). Up to
-        // an amplification of AMPLIFIED the tolerance is REL_TOL; beyond, it grows with it.
-        let lrp = matches!(method, Method::Lrp { .. });
-        let seeded = if lrp && cpu.score(i) != 0.0 {
-            let k = gpu.score(i) / cpu.score(i);
-            rel_l2(g.iter().copied(), c.iter().map(|v| v * k))
-        } else {
-            err
-        };
-        let amplification = c.iter().map(|v| v.abs()).sum::<f64>() / cpu.score(i).abs().max(1e-300);
-        let tol = if lrp {
-            REL_TOL * (amplification / AMPLIFIED).max(1.0)
-        } else {
-            REL_TOL
-        };
-        let detail = format!(
-            "target {}, score {}, |R|_1 / |score| {amplification:.3e}",
-            cpu.targets[i],
-            cpu.score(i)
-        );
+        // Well-conditioned maps (sensitivity ~1e-7) get REL_TOL; on the rare ill-conditioned
+        // ones the GPU's error has stayed within 25 times the sensitivity.
+        let tol = REL_TOL.max(CONDITIONING * sensitivity);
         assert!(
-            seeded <= tol,
-            "{what}: sample {i}: relative L2 error {seeded:e} on the same seed, tolerance \
-             {tol:e} ({detail})"
+            err <= tol,
+            "{what}: sample {i}: relative L2 error {err:e}, tolerance {tol:e} (target {}, score \
+             {}, f32 sensitivity of the reference {:.2e})",
+            cpu.targets[i],
+            cpu.score(i),
+            sensitivity
         );
-        if !lrp || cpu.score(i).abs() >= WELL_CONDITIONED {
-            assert!(
-                err <= tol,
-                "{what}: sample {i}: relative L2 error {err:e}, tolerance {tol:e} ({detail})"
-            );
-        }
-        worst = worst.max(seeded);
+        worst = worst.max(err);
     }
     eprintln!("{what}: {n} samples in batches of {batch}, worst relative L2 error {worst:.2e}");
+}
+
+/// How much the reference itself moves under f32-sized rounding, per sample: the relative L2
+/// change of its relevance when every weight and bias moves by one f32 ulp and every input by
+/// about 1e-7, at random (same targets). An f32 backend cannot be expected to agree better than
+/// a small multiple of this; for a well-conditioned map it is ~1e-7, far below REL_TOL, but a
+/// target score near 0 or a denominator z' near 0 amplifies it.
+fn f32_sensitivity(
+    net: &Network,
+    method: &Method,
+    x64: &ArrayD<f64>,
+    cpu: &taylormap::BatchOutput,
+) -> Vec<f64> {
+    let mut rng = StdRng::seed_from_u64(0x5eed);
+    let mut ulp = |v: f32| {
+        if v == 0.0 {
+            v
+        } else if rng.random::<bool>() {
+            f32::from_bits(v.to_bits() + 1)
+        } else {
+            f32::from_bits(v.to_bits() - 1)
+        }
+    };
+    let mut perturbed = net.clone();
+    for layer in &mut perturbed.layers {
+        match layer {
+            Layer::Dense { weight, bias } => {
+                weight.mapv_inplace(&mut ulp);
+                bias.mapv_inplace(&mut ulp);
+            }
+            Layer::Conv2d { weight, bias, .. } => {
+                weight.mapv_inplace(&mut ulp);
+                bias.mapv_inplace(&mut ulp);
+            }
+            _ => {}
+        }
+    }
+    let mut rng = StdRng::seed_from_u64(0x5eed + 1);
+    let px = x64.mapv(|v| v * (1.0 + (rng.random::<f64>() - 0.5) * 2.4e-7));
+    let p = taylormap::cpu::explain(&perturbed, method, px.view(), Some(&cpu.targets)).unwrap();
+    (0..cpu.targets.len())
+        .map(|i| {
+            rel_l2(
+                p.relevance.index_axis(Axis(0), i).iter().copied(),
+                cpu.relevance.index_axis(Axis(0), i).iter().copied(),
+            )
+        })
+        .collect()
 }
 
 /// Draws cases with `draw` until the reference relevance of every sample is nonzero (random

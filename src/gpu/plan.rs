@@ -337,6 +337,9 @@ pub(crate) struct Plan {
     steps: Vec<Step>,
     /// (n, explicit targets) the uniforms hold now.
     written: Option<(usize, bool)>,
+    /// Every buffer of the plan (weights uploaded once, activations, scratch), kept with it; the
+    /// bind groups reference them.
+    _buffers: Vec<wgpu::Buffer>,
 }
 
 /// What one batch gives back.
@@ -487,7 +490,8 @@ impl Plan {
             })
         };
 
-        let mut weights = vec![];
+        // Weights and max-pool arg-max buffers, kept with the plan.
+        let mut owned = vec![];
         let mut backward_layers: Vec<Vec<(Kernel, usize, u64)>> = vec![];
         for (k, p) in plans.iter().enumerate() {
             let x = &act_buffers[acts[k]];
@@ -549,7 +553,7 @@ impl Plan {
                         &[x, &wbuf, y, &part, r_in, &s_buf, r_out],
                         &mut uniforms,
                     );
-                    weights.push(wbuf);
+                    owned.push(wbuf);
                     let (inl, outl) = (lens[k], lens[k + 1]);
                     step(
                         &mut forward,
@@ -615,6 +619,7 @@ impl Plan {
                         &[x, y, &arg, r_in, &s_buf, r_out],
                         &mut uniforms,
                     );
+                    owned.push(arg);
                     if is_max {
                         step(
                             &mut forward,
@@ -696,6 +701,9 @@ impl Plan {
         steps.extend(backward);
         let result = rel(result_ping).clone();
         let input = act_buffers[0].clone();
+        let mut buffers = owned;
+        buffers.extend(act_buffers);
+        buffers.extend([rel_a.clone(), rel_b.clone(), s_buf, part, dummy]);
         if let Some(err) = pollster::block_on(vscope.pop()) {
             return Err(Error::Gpu(format!("building the batch plan failed: {err}")));
         }
@@ -719,6 +727,7 @@ impl Plan {
             bind_groups,
             steps,
             written: Some((capacity, false)),
+            _buffers: buffers,
         })
     }
 
