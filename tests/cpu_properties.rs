@@ -464,3 +464,32 @@ fn bad_inputs_targets_and_methods_are_errors_not_panics() {
     assert!(backend.run(x32.view(), Some(&[classes; 3])).is_err());
     assert!(backend.run(x32.view(), None).is_ok());
 }
+
+/// A convolution whose receptive field is a single value (1 channel, 1x1 kernel): `dot` then
+/// returns column-major data, which the backend must handle.
+#[test]
+fn one_value_receptive_fields_work() {
+    let mut rng = common::rng("one_value_receptive_fields_work");
+    let conv = common::conv(&mut rng, 1, 3, 1, 1, 0, false);
+    let net = taylormap::Network::new(
+        vec![1, 4, 5],
+        vec![conv, taylormap::Layer::Relu, taylormap::Layer::Flatten],
+        vec![],
+    )
+    .unwrap();
+    let x = common::random_input(&mut rng, &net, 3, -1.0, 1.0).mapv(f64::from);
+    let logits = taylormap::cpu::logits(&net, x.view()).unwrap();
+    let taylormap::Layer::Conv2d { weight, bias, .. } = &net.layers[0] else {
+        unreachable!()
+    };
+    for ((i, j), v) in logits.indexed_iter() {
+        let (ch, p) = (j / 20, j % 20);
+        let want =
+            (x[[i, 0, p / 5, p % 5]] * weight[[ch, 0, 0, 0]] as f64 + bias[ch] as f64).max(0.0);
+        assert!((v - want).abs() < 1e-12, "{v} vs {want}");
+    }
+    let method = taylormap::Method::Lrp {
+        rules: vec![taylormap::Rule::Zero],
+    };
+    taylormap::cpu::explain(&net, &method, x.view(), None).unwrap();
+}

@@ -428,11 +428,6 @@ fn random_window_geometries() {
                 rng.random_range(4..11),
             );
             let cw = random_window(rng);
-            if c * cw.kernel[0] * cw.kernel[1] == 1 {
-                // The CPU reference (cpu::linear, LinearOp::apply) fails on a 1-value receptive
-                // field (ndarray's outer product comes back column-major); reported, skip it.
-                continue;
-            }
             let oc = rng.random_range(1..5);
             let s = (6.0 / (c * cw.kernel[0] * cw.kernel[1]) as f64).sqrt();
             let conv = Layer::Conv2d {

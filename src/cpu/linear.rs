@@ -97,7 +97,10 @@ impl LinearOp {
                 // (n * oh * ow, K) . (K, out_c) -> (n, oh, ow, out_c) -> (n, out_c, oh, ow)
                 let z = cols.dot(&w.t());
                 let oc = z.ncols();
+                // `dot` may return column-major data (e.g. for a one-value receptive field)
                 let z = z
+                    .as_standard_layout()
+                    .into_owned()
                     .into_shape_with_order((n, oh, ow, oc))
                     .map_err(|e| internal(format!("Conv2d output: {e}")))?
                     .permuted_axes([0, 3, 1, 2]);
