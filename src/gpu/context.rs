@@ -36,10 +36,11 @@ impl std::fmt::Display for AdapterSummary {
 const INSTALL_HINT: &str = "install a GPU driver with Vulkan support, or Mesa's software Vulkan \
      driver (Debian/Ubuntu: apt-get install mesa-vulkan-drivers libvulkan1), or use --backend cpu";
 
-fn instance() -> wgpu::Instance {
+/// An instance for `backends`, unless `WGPU_BACKEND` chooses.
+fn instance(backends: wgpu::Backends) -> wgpu::Instance {
     let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
     if std::env::var_os("WGPU_BACKEND").is_none() {
-        desc.backends = wgpu::Backends::PRIMARY | wgpu::Backends::GL;
+        desc.backends = backends;
     }
     wgpu::Instance::new(desc)
 }
@@ -99,18 +100,17 @@ fn rank_of(software: bool, device_type: wgpu::DeviceType, backend: wgpu::Backend
     (ty, api)
 }
 
-/// Every adapter, best first.
-fn ranked_adapters(instance: &wgpu::Instance) -> Vec<wgpu::Adapter> {
-    let mut all = pollster::block_on(
-        instance.enumerate_adapters(wgpu::Backends::PRIMARY | wgpu::Backends::GL),
-    );
+/// Every adapter of `backends`, best first.
+fn ranked_adapters(instance: &wgpu::Instance, backends: wgpu::Backends) -> Vec<wgpu::Adapter> {
+    let mut all = pollster::block_on(instance.enumerate_adapters(backends));
     all.sort_by_key(|a| rank(&a.get_info()));
     all
 }
 
 /// Every adapter wgpu finds (Vulkan, Metal, DX12 and GL), best first.
 pub fn adapters() -> Vec<AdapterSummary> {
-    ranked_adapters(&instance())
+    let all = wgpu::Backends::PRIMARY | wgpu::Backends::GL;
+    ranked_adapters(&instance(all), all)
         .iter()
         .map(|a| summarize(&a.get_info()))
         .collect()
@@ -143,8 +143,12 @@ impl GpuContext {
     /// Opens the best adapter: hardware (discrete > integrated > virtual) before software,
     /// Vulkan preferred over GL. Errors, saying what to install, when there is none.
     pub fn new() -> Result<GpuContext> {
-        let instance = instance();
-        let candidates = ranked_adapters(&instance);
+        // GL only when Vulkan/Metal/DX12 find nothing: it is slower, and probing EGL is noisy.
+        let mut candidates =
+            ranked_adapters(&instance(wgpu::Backends::PRIMARY), wgpu::Backends::PRIMARY);
+        if candidates.is_empty() {
+            candidates = ranked_adapters(&instance(wgpu::Backends::GL), wgpu::Backends::GL);
+        }
         if candidates.is_empty() {
             return Err(Error::Gpu(format!("no GPU adapter found; {INSTALL_HINT}")));
         }
