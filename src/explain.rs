@@ -289,6 +289,11 @@ pub fn run(cfg: &ExplainConfig) -> Result<ExplainReport> {
     if cfg.png {
         std::fs::create_dir_all(&staging).map_err(|e| Error::io(&staging, e))?;
     }
+    // relevance.npy is streamed batch by batch under a temporary name, renamed at the end
+    let mut shape = vec![dataset.len()];
+    shape.extend(&net.input_shape);
+    let mut relevance_file = data::AtomicFile::create(&cfg.out.join("relevance.npy"))?;
+    relevance_file.write_all(&data::npy_header_f32(&shape))?;
     let result = explain_all(
         cfg,
         &dataset,
@@ -296,8 +301,9 @@ pub fn run(cfg: &ExplainConfig) -> Result<ExplainReport> {
         backend.as_mut(),
         targets.as_deref(),
         &staging,
+        &mut relevance_file,
     );
-    let (rows, relevance, compute_seconds, png_seconds) = match result {
+    let (rows, grid_relevance, compute_seconds, png_seconds) = match result {
         Ok(v) => v,
         Err(e) => {
             let _ = std::fs::remove_dir_all(&staging);
@@ -306,15 +312,10 @@ pub fn run(cfg: &ExplainConfig) -> Result<ExplainReport> {
     };
 
     let t_write = Instant::now();
-    let mut shape = vec![dataset.len()];
-    shape.extend(&net.input_shape);
-    data::write_atomic(
-        &cfg.out.join("relevance.npy"),
-        &data::npy_bytes_f32(&shape, &relevance),
-    )?;
+    relevance_file.commit()?;
     data::write_atomic(&cfg.out.join("summary.csv"), summary_csv(&rows).as_bytes())?;
     if cfg.png && net.input_shape.len() == 3 {
-        let grid = grid_png(cfg, &dataset, &net, &rows, &relevance)?;
+        let grid = grid_png(cfg, &dataset, &net, &rows, &grid_relevance)?;
         data::write_atomic(&cfg.out.join("grid.png"), &grid)?;
     }
     if cfg.png {
@@ -338,9 +339,12 @@ pub fn run(cfg: &ExplainConfig) -> Result<ExplainReport> {
     Ok(report)
 }
 
+/// Rows of summary.csv, the relevance of the first [`GRID_SAMPLES`] samples, compute and PNG
+/// seconds.
 type Explained = (Vec<SampleRow>, Vec<f32>, f64, f64);
 
-/// The batch loop: explain, collect statistics and relevance, render PNGs into `staging`.
+/// The batch loop: explain, collect statistics, append relevance to `relevance_file`, render
+/// PNGs into `staging`.
 fn explain_all(
     cfg: &ExplainConfig,
     dataset: &Dataset,
@@ -348,6 +352,7 @@ fn explain_all(
     backend: &mut dyn Backend,
     targets: Option<&[usize]>,
     staging: &Path,
+    relevance_file: &mut data::AtomicFile,
 ) -> Result<Explained> {
     let n = dataset.len();
     let per_sample = net.input_len();
@@ -370,7 +375,8 @@ fn explain_all(
         _ => unreachable!("validated by Network::new"),
     };
     let mut rows = Vec::with_capacity(n);
-    let mut relevance = Vec::with_capacity(n * per_sample);
+    let mut grid_relevance = Vec::with_capacity(GRID_SAMPLES.min(n) * per_sample);
+    let mut batch_relevance = Vec::with_capacity(cfg.batch_size.min(n) * per_sample);
     let (mut compute, mut png) = (0.0, 0.0);
     let mut start = 0;
     while start < n {
@@ -380,10 +386,15 @@ fn explain_all(
         let out = backend.run(x, targets.map(|t| &t[start..end]))?;
         compute += t.elapsed().as_secs_f64();
         let t = Instant::now();
+        batch_relevance.clear();
+        batch_relevance.extend(out.relevance.iter().map(|&v| v as f32));
+        let grid_rows = GRID_SAMPLES.saturating_sub(start).min(end - start);
+        grid_relevance.extend_from_slice(&batch_relevance[..grid_rows * per_sample]);
+        let bytes: Vec<u8> = data::f32_le_bytes(&batch_relevance).collect();
+        relevance_file.write_all(&bytes)?;
         for i in 0..end - start {
             let index = start + i;
             let r = out.relevance.index_axis(Axis(0), i);
-            relevance.extend(r.iter().map(|&v| v as f32));
             rows.push(SampleRow {
                 index,
                 label: dataset.labels.as_ref().map(|l| l[index]),
@@ -410,7 +421,7 @@ fn explain_all(
         start = end;
     }
     bar.finish_and_clear();
-    Ok((rows, relevance, compute, png))
+    Ok((rows, grid_relevance, compute, png))
 }
 
 /// How many samples the contact sheet shows.

@@ -736,3 +736,40 @@ fn write_atomic_replaces_and_leaves_no_temp_file() {
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
     assert_eq!(std::fs::read_dir(&sub).unwrap().count(), 0);
 }
+
+#[test]
+fn atomic_file_appears_only_on_commit_and_vanishes_when_dropped() {
+    let mut rng = common::rng("atomic_file");
+    let dir = tmp();
+    let target = dir.path().join("r.npy");
+    std::fs::write(&target, b"old").unwrap();
+    let values = random_f32(&mut rng, 12);
+    let mut file = data::AtomicFile::create(&target).unwrap();
+    file.write_all(&data::npy_header_f32(&[3, 4])).unwrap();
+    for chunk in values.chunks(4) {
+        let bytes: Vec<u8> = data::f32_le_bytes(chunk).collect();
+        file.write_all(&bytes).unwrap();
+    }
+    assert_eq!(
+        std::fs::read(&target).unwrap(),
+        b"old",
+        "visible before commit"
+    );
+    file.commit().unwrap();
+    assert_eq!(
+        std::fs::read(&target).unwrap(),
+        data::npy_bytes_f32(&[3, 4], &values)
+    );
+    let mut dropped = data::AtomicFile::create(&target).unwrap();
+    dropped.write_all(b"partial").unwrap();
+    drop(dropped);
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        1,
+        "temp file left behind"
+    );
+    assert_eq!(
+        std::fs::read(&target).unwrap(),
+        data::npy_bytes_f32(&[3, 4], &values)
+    );
+}

@@ -402,6 +402,20 @@ pub fn npy_bytes_f32(shape: &[usize], data: &[f32]) -> Vec<u8> {
         "npy_bytes_f32: shape {shape:?} holds {count} elements, data has {}",
         data.len()
     );
+    let mut out = npy_header_f32(shape);
+    out.reserve(4 * data.len());
+    out.extend(f32_le_bytes(data));
+    out
+}
+
+/// Little-endian bytes of `data`, as they follow an NPY header.
+pub fn f32_le_bytes(data: &[f32]) -> impl Iterator<Item = u8> + '_ {
+    data.iter().flat_map(|v| v.to_le_bytes())
+}
+
+/// The NPY v1.0 header (magic, version, length, dictionary, padding) of a float32 C-order array
+/// of `shape`: the data follows it directly, for writers that stream the data.
+pub fn npy_header_f32(shape: &[usize]) -> Vec<u8> {
     let dims = match shape {
         [d] => format!("({d},)"),
         _ => format!(
@@ -421,14 +435,11 @@ pub fn npy_bytes_f32(shape: &[usize], data: &[f32]) -> Vec<u8> {
         unpadded.next_multiple_of(64) - unpadded,
     ));
     header.push('\n');
-    let mut out = Vec::with_capacity(10 + header.len() + 4 * data.len());
+    let mut out = Vec::with_capacity(10 + header.len());
     out.extend_from_slice(NPY_MAGIC);
     out.extend_from_slice(&[1, 0]);
     out.extend_from_slice(&(header.len() as u16).to_le_bytes());
     out.extend_from_slice(header.as_bytes());
-    for v in data {
-        out.extend_from_slice(&v.to_le_bytes());
-    }
     out
 }
 
