@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
+use ndarray::ArrayD;
 use taylormap::explain::{self, BackendChoice, ExplainConfig};
 use taylormap::lrp::{Bounds, Composite, TargetChoice};
 use taylormap::render::Colormap;
@@ -99,9 +100,21 @@ struct TrainArgs {
     #[arg(long)]
     arch: String,
     /// A folder with train-images/train-labels (and optionally t10k-images/t10k-labels) IDX
-    /// files, plain or gzipped; or one images file (IDX or NPY) whose labels sit beside it.
+    /// files, plain or gzipped; one images file (IDX or NPY) whose labels sit beside it; or a
+    /// CSV file with a header row (tabular-mlp; see --columns and --label).
     #[arg(long)]
     data: PathBuf,
+    /// CSV: the feature columns, NAME, NAME:num or NAME:cat (default: every column but the
+    /// label; kinds inferred). Numeric columns are standardised, categorical ones one-hot.
+    #[arg(long, value_delimiter = ',')]
+    columns: Vec<String>,
+    /// CSV: the label column (class indices, or text classes).
+    #[arg(long)]
+    label: Option<String>,
+    /// Hold out this share of the training samples (seeded) and report accuracy on them, when
+    /// the data has no test set of its own.
+    #[arg(long)]
+    validation_split: Option<f64>,
     /// Where to write the ONNX model.
     #[arg(long)]
     out: PathBuf,
@@ -144,8 +157,9 @@ fn find_idx(dir: &std::path::Path, stem: &str, idx: &str) -> Option<PathBuf> {
 }
 
 fn train(a: TrainArgs) -> taylormap::Result<()> {
-    use taylormap::train::{self, Progress, TrainConfig};
-    let mut cfg = TrainConfig::new(a.arch.parse()?);
+    use taylormap::train::{self, Arch, Progress, TrainConfig};
+    let arch: Arch = a.arch.parse()?;
+    let mut cfg = TrainConfig::new(arch);
     cfg.epochs = a.epochs;
     cfg.seed = a.seed;
     cfg.nonpositive_bias = a.nonpositive_bias;
@@ -154,34 +168,43 @@ fn train(a: TrainArgs) -> taylormap::Result<()> {
     cfg.lr_decay = a.lr_decay;
     cfg.hidden = a.hidden;
     cfg.detect_class = a.detect_class;
-    let (train_path, test_path) = if a.data.is_dir() {
-        let train = find_idx(&a.data, "train-images", "idx3").ok_or_else(|| {
-            taylormap::Error::input(
-                &a.data,
-                "holds no train-images.idx3-ubyte[.gz] (or train-images-idx3-ubyte[.gz])",
-            )
-        })?;
-        (train, find_idx(&a.data, "t10k-images", "idx3"))
-    } else {
-        (a.data.clone(), None)
-    };
-    let mut trainset = taylormap::data::load(&train_path, None, None)?;
-    if let Some(n) = a.limit {
-        trainset.limit(n);
+    if let Some(f) = a.validation_split {
+        if !(f > 0.0 && f < 1.0) {
+            return Err(taylormap::Error::usage(
+                "--validation-split",
+                format!("expected a share between 0 and 1 (exclusive), got {f}"),
+            ));
+        }
     }
-    let labels = trainset.labels.clone().ok_or_else(|| {
-        taylormap::Error::input(
-            &train_path,
-            "has no labels file beside it (train-labels...)",
-        )
-    })?;
-    let testset = match &test_path {
-        Some(p) => Some(taylormap::data::load(p, None, None)?),
-        None => None,
+    let is_csv = !a.data.is_dir()
+        && a.data
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("csv"));
+    let (train_x, labels, test_set, tabular) = if is_csv {
+        if arch != Arch::TabularMlp {
+            return Err(taylormap::Error::usage(
+                "--arch",
+                format!("CSV data trains tabular-mlp, not {arch}"),
+            ));
+        }
+        let ((x, labels, test), tab) = tabular_data(&a)?;
+        cfg.num_classes = tab.num_classes();
+        (x, labels, test, Some(tab))
+    } else {
+        if !a.columns.is_empty() || a.label.is_some() {
+            return Err(taylormap::Error::usage(
+                if a.label.is_some() {
+                    "--label"
+                } else {
+                    "--columns"
+                },
+                "only applies to CSV data (--data FILE.csv)",
+            ));
+        }
+        let (x, labels, test) = array_data(&a)?;
+        (x, labels, test, None)
     };
-    let test = testset
-        .as_ref()
-        .and_then(|t| t.labels.as_ref().map(|l| (t.x.view(), l.as_slice())));
+    let test = test_set.as_ref().map(|(x, l)| (x.view(), l.as_slice()));
     let bar = if a.quiet {
         indicatif::ProgressBar::hidden()
     } else {
@@ -194,7 +217,7 @@ fn train(a: TrainArgs) -> taylormap::Result<()> {
         .expect("valid template")
         .progress_chars("=> "),
     );
-    let (net, reports) = train::train(&cfg, trainset.x.view(), &labels, test, &mut |p| match p {
+    let (net, reports) = train::train(&cfg, train_x.view(), &labels, test, &mut |p| match p {
         Progress::Start {
             epochs,
             batches_per_epoch,
@@ -231,7 +254,14 @@ fn train(a: TrainArgs) -> taylormap::Result<()> {
         )),
     })?;
     bar.finish_and_clear();
-    taylormap::model::onnx::save(&net, &a.out)?;
+    match &tabular {
+        Some(tab) => taylormap::model::onnx::save_with_metadata(
+            &net,
+            &a.out,
+            &[(taylormap::data::csv::METADATA_KEY, &tab.to_json())],
+        )?,
+        None => taylormap::model::onnx::save(&net, &a.out)?,
+    }
     let last = reports.last();
     println!(
         "wrote {} ({} parameters{})",
@@ -242,6 +272,165 @@ fn train(a: TrainArgs) -> taylormap::Result<()> {
             .unwrap_or_default()
     );
     Ok(())
+}
+
+/// Training samples, labels and an optional test set as arrays.
+type TrainData = (ArrayD<f32>, Vec<usize>, Option<(ArrayD<f32>, Vec<usize>)>);
+
+/// IDX or NPY training data (and the t10k test set of an IDX folder, or a held-out share).
+fn array_data(a: &TrainArgs) -> taylormap::Result<TrainData> {
+    let (train_path, test_path) = if a.data.is_dir() {
+        let train = find_idx(&a.data, "train-images", "idx3").ok_or_else(|| {
+            taylormap::Error::input(
+                &a.data,
+                "holds no train-images.idx3-ubyte[.gz] (or train-images-idx3-ubyte[.gz])",
+            )
+        })?;
+        (train, find_idx(&a.data, "t10k-images", "idx3"))
+    } else {
+        (a.data.clone(), None)
+    };
+    let mut trainset = taylormap::data::load(&train_path, None, None)?;
+    if let Some(n) = a.limit {
+        trainset.limit(n);
+    }
+    let labels = trainset.labels.clone().ok_or_else(|| {
+        taylormap::Error::input(
+            &train_path,
+            "has no labels file beside it (train-labels...)",
+        )
+    })?;
+    if let Some(p) = &test_path {
+        if a.validation_split.is_some() {
+            return Err(taylormap::Error::usage(
+                "--validation-split",
+                format!(
+                    "{} has its own test set ({}); leave out --validation-split",
+                    a.data.display(),
+                    p.display()
+                ),
+            ));
+        }
+        let testset = taylormap::data::load(p, None, None)?;
+        let test = testset.labels.map(|l| (testset.x, l));
+        return Ok((trainset.x, labels, test));
+    }
+    match a.validation_split {
+        Some(f) => {
+            let (keep, held) = holdout(labels.len(), f, a.seed, &train_path)?;
+            let pick = |idx: &[usize]| {
+                (
+                    trainset.x.select(ndarray::Axis(0), idx),
+                    idx.iter().map(|&i| labels[i]).collect::<Vec<_>>(),
+                )
+            };
+            let (x, l) = pick(&keep);
+            Ok((x, l, Some(pick(&held))))
+        }
+        None => Ok((trainset.x, labels, None)),
+    }
+}
+
+/// CSV training data: fits the preprocessing on the training rows (after any held-out share is
+/// set aside) and applies it.
+fn tabular_data(a: &TrainArgs) -> taylormap::Result<(TrainData, taylormap::data::Tabular)> {
+    use taylormap::data::csv::{ColumnKind, ColumnSpec};
+    use taylormap::data::{CsvTable, Tabular};
+    let label = a.label.as_deref().ok_or_else(|| {
+        taylormap::Error::usage(
+            "--label",
+            "training on a CSV needs the label column, e.g. --label Survived",
+        )
+    })?;
+    let columns: Vec<ColumnSpec> = a
+        .columns
+        .iter()
+        .map(|c| c.parse())
+        .collect::<taylormap::Result<_>>()?;
+    let mut table = CsvTable::read(&a.data)?;
+    if let Some(n) = a.limit {
+        table.truncate(n);
+    }
+    let (fit_rows, held) = match a.validation_split {
+        Some(f) => {
+            let (keep, held) = holdout(table.len(), f, a.seed, &a.data)?;
+            (table.select(&keep), Some(table.select(&held)))
+        }
+        None => (table, None),
+    };
+    let tab = Tabular::fit(&fit_rows, &columns, Some(label))?;
+    for c in &tab.columns {
+        if let ColumnKind::Categorical { categories } = &c.kind {
+            if categories.len() > 20 && 2 * categories.len() > fit_rows.len() {
+                eprintln!(
+                    "note: column '{}' has {} categories in {} rows (an identifier?); \
+                     leave it out with --columns",
+                    c.name,
+                    categories.len(),
+                    fit_rows.len()
+                );
+            }
+        }
+    }
+    let names = tab.feature_names();
+    const SHOWN: usize = 24;
+    println!(
+        "{} features from {} columns: {}{}",
+        names.len(),
+        tab.columns.len(),
+        names[..names.len().min(SHOWN)].join(", "),
+        if names.len() > SHOWN {
+            format!(", ... ({} more)", names.len() - SHOWN)
+        } else {
+            String::new()
+        }
+    );
+    let dataset = |t: &CsvTable| -> taylormap::Result<(ArrayD<f32>, Vec<usize>)> {
+        let (x, l) = tab.transform(t)?;
+        let l = l.ok_or_else(|| {
+            taylormap::Error::input(&a.data, format!("has no label column '{label}'"))
+        })?;
+        Ok((x.into_dyn(), l))
+    };
+    let (x, labels) = dataset(&fit_rows)?;
+    let test = held.as_ref().map(dataset).transpose()?;
+    Ok(((x, labels, test), tab))
+}
+
+/// Splits `0..n` into training and held-out indices (each in ascending order): a seeded shuffle,
+/// then `round(n * fraction)` samples (at least one, and at least one left) held out.
+fn holdout(
+    n: usize,
+    fraction: f64,
+    seed: u64,
+    path: &std::path::Path,
+) -> taylormap::Result<(Vec<usize>, Vec<usize>)> {
+    if n < 2 {
+        return Err(taylormap::Error::input(
+            path,
+            format!("holds {n} sample(s); --validation-split needs at least 2"),
+        ));
+    }
+    let held_n = ((n as f64 * fraction).round() as usize).clamp(1, n - 1);
+    // SplitMix64, seeded apart from the trainer's streams.
+    let mut state = seed ^ 0x7461_796C_6F72_6D61;
+    let mut next = || {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    };
+    let mut order: Vec<usize> = (0..n).collect();
+    for i in (1..n).rev() {
+        let j = (next() % (i as u64 + 1)) as usize;
+        order.swap(i, j);
+    }
+    let mut held = order[..held_n].to_vec();
+    let mut keep = order[held_n..].to_vec();
+    held.sort_unstable();
+    keep.sort_unstable();
+    Ok((keep, held))
 }
 
 #[derive(Args)]

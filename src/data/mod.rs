@@ -1,4 +1,4 @@
-//! Input readers (IDX, NPY, PNG folders; SPEC section 5), the NPY writer and atomic file writes.
+//! Input readers (IDX, NPY, PNG folders, CSV; SPEC section 5), the NPY writer and atomic file writes.
 //!
 //! [`load`] detects the format, checks shapes, types and values before any work, scales integer
 //! pixels to [0, 1], applies `--normalize MEAN,STD` and works out the input [`Bounds`]:
@@ -14,8 +14,12 @@
 //! it is taken to hold pixels already scaled to [0, 1] (the common case), otherwise its bounds
 //! are the smallest and largest value present; pass `--bounds L,H` when the model's true input
 //! range differs.
+//!
+//! CSV needs the preprocessing its model was trained with, so [`load`] refuses it; load it with
+//! [`load_tabular`] and the description [`model_tabular`] reads from the model (see [`csv`]).
 
 mod atomic;
+pub mod csv;
 pub mod idx;
 pub mod npy;
 pub mod png_folder;
@@ -24,8 +28,9 @@ use std::path::{Path, PathBuf};
 
 use ndarray::{ArrayD, IxDyn};
 
-pub use atomic::write_atomic;
-pub use npy::{npy_bytes_f32, parse_npy, read_npy, NpyData};
+pub use atomic::{write_atomic, AtomicFile};
+pub use csv::{load_tabular, model_tabular, CsvTable, Tabular};
+pub use npy::{f32_le_bytes, npy_bytes_f32, npy_header_f32, parse_npy, read_npy, NpyData};
 
 use crate::{Bounds, Error, Result};
 
@@ -245,7 +250,9 @@ fn read_raw(path: &Path) -> Result<Raw> {
         if ext == "csv" {
             return Err(Error::input(
                 path,
-                format!("CSV input is not supported yet; accepted: {ACCEPTED_FORMATS}"),
+                "CSV input is not supported yet without the preprocessing of a tabular model: \
+                 use a model trained by `taylormap train --arch tabular-mlp --data FILE.csv`, \
+                 which carries it in its metadata",
             ));
         }
         let bytes = idx::read_maybe_gz(path)?;

@@ -47,7 +47,8 @@
 //! sum pooling as `AveragePool` + `Mul`), `Flatten(axis = 1)`; input `input` with a dynamic batch
 //! dimension `N`, output `logits`, weights as `raw_data`. Node names are the layer names, so
 //! `from_bytes(&to_bytes(net))` gives back the same network (a Flatten of an already flat
-//! activation excepted, which import drops).
+//! activation excepted, which import drops). [`save_with_metadata`] also writes the model's
+//! `metadata_props` (a tabular model's preprocessing, for one), and [`load_metadata`] reads them.
 
 use std::collections::{HashMap, HashSet};
 use std::io::Write;
@@ -93,13 +94,53 @@ pub fn from_bytes(bytes: &[u8], path_label: &str) -> Result<Network> {
 
 /// Serialises a network as an ONNX model (opset 13). Same network, same bytes.
 pub fn to_bytes(net: &Network) -> Vec<u8> {
-    model_proto(net).encode_to_vec()
+    to_bytes_with_metadata(net, &[])
+}
+
+/// [`to_bytes`] with `(key, value)` pairs in the model's `metadata_props`, in the given order.
+pub fn to_bytes_with_metadata(net: &Network, metadata: &[(&str, &str)]) -> Vec<u8> {
+    let mut model = model_proto(net);
+    model.metadata_props = metadata
+        .iter()
+        .map(|(k, v)| pb::StringStringEntryProto {
+            key: Some(k.to_string()),
+            value: Some(v.to_string()),
+        })
+        .collect();
+    model.encode_to_vec()
+}
+
+/// The model's `metadata_props` as `(key, value)` pairs, in file order (a missing key or value
+/// reads as empty). Reads only the protobuf envelope: the graph is not checked.
+pub fn metadata_from_bytes(bytes: &[u8], path_label: &str) -> Result<Vec<(String, String)>> {
+    let model = pb::ModelProto::decode(bytes).map_err(|e| Error::Model {
+        path: path_label.to_string(),
+        node: WHOLE_FILE.into(),
+        message: format!("not a valid ONNX protobuf file (corrupt or truncated?): {e}"),
+    })?;
+    Ok(model
+        .metadata_props
+        .into_iter()
+        .map(|p| (p.key.unwrap_or_default(), p.value.unwrap_or_default()))
+        .collect())
+}
+
+/// Reads an ONNX model file's `metadata_props` (see [`metadata_from_bytes`]).
+pub fn load_metadata(path: &Path) -> Result<Vec<(String, String)>> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    metadata_from_bytes(&bytes, &path.display().to_string())
 }
 
 /// Writes [`to_bytes`] to `path` through a temporary file in the same folder and a rename, so the
 /// file appears complete or not at all.
 pub fn save(net: &Network, path: &Path) -> Result<()> {
-    let bytes = to_bytes(net);
+    save_with_metadata(net, path, &[])
+}
+
+/// [`save`] with `(key, value)` pairs in the model's `metadata_props`
+/// (see [`to_bytes_with_metadata`]).
+pub fn save_with_metadata(net: &Network, path: &Path, metadata: &[(&str, &str)]) -> Result<()> {
+    let bytes = to_bytes_with_metadata(net, metadata);
     let file_name = path
         .file_name()
         .ok_or_else(|| {
