@@ -339,12 +339,51 @@ pub fn run(cfg: &ExplainConfig) -> Result<ExplainReport> {
     Ok(report)
 }
 
-/// Rows of summary.csv, the relevance of the first [`GRID_SAMPLES`] samples, compute and PNG
-/// seconds.
+/// Rows of summary.csv, the relevance of the first [`GRID_SAMPLES`] samples, compute seconds
+/// (inside the backend) and the rest of the loop's wall time (PNG encoding not hidden behind
+/// compute, relevance and file writes).
 type Explained = (Vec<SampleRow>, Vec<f32>, f64, f64);
 
-/// The batch loop: explain, collect statistics, append relevance to `relevance_file`, render
-/// PNGs into `staging`.
+/// Samples per PNG job handed to an encoder thread.
+const PNG_JOB: usize = 64;
+
+/// PNG heatmaps of samples `start..start + relevance.len() / per_sample`.
+struct PngJob {
+    start: usize,
+    relevance: Vec<f32>,
+}
+
+/// Renders and writes the PNGs of one job into `staging`.
+fn write_pngs(
+    cfg: &ExplainConfig,
+    dataset: &Dataset,
+    chw: [usize; 3],
+    staging: &Path,
+    job: &PngJob,
+) -> Result<()> {
+    let [c, h, w] = chw;
+    let per_sample = c * h * w;
+    for (i, r) in job.relevance.chunks_exact(per_sample).enumerate() {
+        let index = job.start + i;
+        let values: Vec<f64> = r.iter().map(|&v| v as f64).collect();
+        let rgb = if cfg.overlay {
+            let input = sample_slice(dataset, index);
+            let range = (dataset.bounds.low, dataset.bounds.high);
+            render::overlay_rgb(input, &values, h, w, c, range, cfg.cmap, cfg.scale)
+        } else {
+            render::heatmap_rgb(&values, h, w, c, cfg.cmap, cfg.scale)
+        };
+        let bytes = render::png_bytes(&rgb, w * cfg.scale, h * cfg.scale)?;
+        let path = staging.join(format!("{index:05}.png"));
+        std::fs::write(&path, bytes).map_err(|e| Error::io(&path, e))?;
+    }
+    Ok(())
+}
+
+/// The batch loop. The calling thread runs the backend batch after batch, collects the
+/// statistics and appends relevance to `relevance_file`, while encoder threads render and write
+/// the PNGs into `staging` from a bounded queue: the backend never waits on PNG encoding unless
+/// the queue is full, and memory stays bounded however many samples stream through.
 fn explain_all(
     cfg: &ExplainConfig,
     dataset: &Dataset,
@@ -369,59 +408,91 @@ fn explain_all(
     } else {
         indicatif::ProgressBar::hidden()
     };
-    let (c, h, w) = match net.input_shape.as_slice() {
-        [c, h, w] => (*c, *h, *w),
-        [d] => (1, 1, *d),
+    let chw = match net.input_shape.as_slice() {
+        [c, h, w] => [*c, *h, *w],
+        [d] => [1, 1, *d],
         _ => unreachable!("validated by Network::new"),
     };
-    let mut rows = Vec::with_capacity(n);
-    let mut grid_relevance = Vec::with_capacity(GRID_SAMPLES.min(n) * per_sample);
-    let mut batch_relevance = Vec::with_capacity(cfg.batch_size.min(n) * per_sample);
-    let (mut compute, mut png) = (0.0, 0.0);
-    let mut start = 0;
-    while start < n {
-        let end = (start + cfg.batch_size).min(n);
-        let x: ArrayViewD<f32> = dataset.x.slice_axis(Axis(0), (start..end).into());
-        let t = Instant::now();
-        let out = backend.run(x, targets.map(|t| &t[start..end]))?;
-        compute += t.elapsed().as_secs_f64();
-        let t = Instant::now();
-        batch_relevance.clear();
-        batch_relevance.extend(out.relevance.iter().map(|&v| v as f32));
-        let grid_rows = GRID_SAMPLES.saturating_sub(start).min(end - start);
-        grid_relevance.extend_from_slice(&batch_relevance[..grid_rows * per_sample]);
-        let bytes: Vec<u8> = data::f32_le_bytes(&batch_relevance).collect();
-        relevance_file.write_all(&bytes)?;
-        for i in 0..end - start {
-            let index = start + i;
-            let r = out.relevance.index_axis(Axis(0), i);
-            rows.push(SampleRow {
-                index,
-                label: dataset.labels.as_ref().map(|l| l[index]),
-                predicted: out.predicted(i),
-                target: out.targets[i],
-                stats: out.stats(i),
-            });
-            if cfg.png {
-                let values: Vec<f64> = r.iter().copied().collect();
-                let rgb = if cfg.overlay {
-                    let input = sample_slice(dataset, index);
-                    let range = (dataset.bounds.low, dataset.bounds.high);
-                    render::overlay_rgb(input, &values, h, w, c, range, cfg.cmap, cfg.scale)
-                } else {
-                    render::heatmap_rgb(&values, h, w, c, cfg.cmap, cfg.scale)
-                };
-                let bytes = render::png_bytes(&rgb, w * cfg.scale, h * cfg.scale)?;
-                let path = staging.join(format!("{index:05}.png"));
-                std::fs::write(&path, bytes).map_err(|e| Error::io(&path, e))?;
+    let threads = if cfg.png {
+        std::thread::available_parallelism()
+            .map_or(2, |p| p.get())
+            .clamp(1, 32)
+    } else {
+        0
+    };
+    let (jobs, queue) = std::sync::mpsc::sync_channel::<PngJob>(2 * threads.max(1));
+    let queue = std::sync::Mutex::new(queue);
+    let loop_start = Instant::now();
+    let mut compute = 0.0;
+    let (rows, grid_relevance) = std::thread::scope(|scope| -> Result<_> {
+        let encoders: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(|| -> Result<()> {
+                    // After a failure keep draining, so the producer never blocks on a full queue.
+                    let mut result = Ok(());
+                    loop {
+                        // the lock is held only while taking a job, not while encoding it
+                        let job = queue.lock().expect("queue lock").recv();
+                        let Ok(job) = job else { return result };
+                        if result.is_ok() {
+                            result = write_pngs(cfg, dataset, chw, staging, &job);
+                        }
+                    }
+                })
+            })
+            .collect();
+        let produced = (|| -> Result<_> {
+            let mut rows = Vec::with_capacity(n);
+            let mut grid_relevance = Vec::with_capacity(GRID_SAMPLES.min(n) * per_sample);
+            let mut start = 0;
+            while start < n {
+                let end = (start + cfg.batch_size).min(n);
+                let x: ArrayViewD<f32> = dataset.x.slice_axis(Axis(0), (start..end).into());
+                let t = Instant::now();
+                let out = backend.run(x, targets.map(|t| &t[start..end]))?;
+                compute += t.elapsed().as_secs_f64();
+                let relevance: Vec<f32> = out.relevance.iter().map(|&v| v as f32).collect();
+                let grid_rows = GRID_SAMPLES.saturating_sub(start).min(end - start);
+                grid_relevance.extend_from_slice(&relevance[..grid_rows * per_sample]);
+                let bytes: Vec<u8> = data::f32_le_bytes(&relevance).collect();
+                relevance_file.write_all(&bytes)?;
+                rows.extend((0..end - start).map(|i| SampleRow {
+                    index: start + i,
+                    label: dataset.labels.as_ref().map(|l| l[start + i]),
+                    predicted: out.predicted(i),
+                    target: out.targets[i],
+                    stats: out.stats(i),
+                }));
+                if cfg.png {
+                    for (k, chunk) in relevance.chunks(PNG_JOB * per_sample).enumerate() {
+                        let job = PngJob {
+                            start: start + k * PNG_JOB,
+                            relevance: chunk.to_vec(),
+                        };
+                        jobs.send(job)
+                            .expect("encoders drain the queue until it closes");
+                    }
+                }
+                bar.inc((end - start) as u64);
+                start = end;
+            }
+            Ok((rows, grid_relevance))
+        })();
+        drop(jobs);
+        let mut encoded = Ok(());
+        for encoder in encoders {
+            let result = encoder.join().expect("PNG encoder thread panicked");
+            if encoded.is_ok() {
+                encoded = result;
             }
         }
-        png += t.elapsed().as_secs_f64();
-        bar.inc((end - start) as u64);
-        start = end;
-    }
+        let produced = produced?;
+        encoded?;
+        Ok(produced)
+    })?;
     bar.finish_and_clear();
-    Ok((rows, grid_relevance, compute, png))
+    let rest = loop_start.elapsed().as_secs_f64() - compute;
+    Ok((rows, grid_relevance, compute, rest))
 }
 
 /// How many samples the contact sheet shows.
