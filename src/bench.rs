@@ -64,7 +64,7 @@ pub fn run(cfg: &BenchConfig, report: &mut dyn FnMut(&BenchResult)) -> Result<Ve
         ));
     }
     let net: Network = crate::model::onnx::load(&cfg.model)?;
-    let mut dataset = data::load(&cfg.input, None, None)?;
+    let mut dataset = data::load_for_model(&cfg.input, &cfg.model, None, None)?;
     dataset.check_against(&net.input_shape)?;
     if dataset.is_empty() {
         return Err(Error::input(&cfg.input, "holds no samples"));

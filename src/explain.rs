@@ -259,7 +259,8 @@ pub fn run(cfg: &ExplainConfig) -> Result<ExplainReport> {
     let model_bytes = std::fs::read(&cfg.model)
         .map_err(|e| Error::input(&cfg.model, format!("cannot read the model: {e}")))?;
     let net = crate::model::onnx::from_bytes(&model_bytes, &cfg.model.display().to_string())?;
-    let mut dataset = data::load(&cfg.input, cfg.labels.as_deref(), cfg.normalize)?;
+    let mut dataset =
+        data::load_for_model(&cfg.input, &cfg.model, cfg.labels.as_deref(), cfg.normalize)?;
     dataset.check_against(&net.input_shape)?;
     if let Some(limit) = cfg.limit {
         dataset.limit(limit);

@@ -496,6 +496,50 @@ fn train_writes_a_tabular_model_with_its_preprocessing() {
     assert_eq!(d.len(), 120);
     d.check_against(&net.input_shape).unwrap();
     assert!(d.labels.is_some());
+
+    // explain reads the CSV through the model's preprocessing: (N, D) relevance, labels
+    let explained = dir.path().join("explained");
+    let o = taylormap(&[
+        "explain",
+        "--model",
+        out.to_str().unwrap(),
+        "--input",
+        csv.to_str().unwrap(),
+        "--out",
+        explained.to_str().unwrap(),
+        "--backend",
+        "cpu",
+        "--target",
+        "label",
+        "--quiet",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let (shape, _) = taylormap::data::read_npy(&explained.join("relevance.npy")).unwrap();
+    assert_eq!(shape, [120, 5]);
+    let summary = std::fs::read_to_string(explained.join("summary.csv")).unwrap();
+    let labels = d.labels.unwrap();
+    for (row, label) in summary.lines().skip(1).zip(&labels) {
+        let fields: Vec<&str> = row.split(',').collect();
+        assert_eq!(fields[1], label.to_string());
+        assert_eq!(fields[3], label.to_string(), "target label");
+    }
+    assert!(
+        !explained.join("grid.png").exists(),
+        "no image grid for tabular data"
+    );
+    let o = taylormap(&[
+        "explain",
+        "--model",
+        out.to_str().unwrap(),
+        "--input",
+        csv.to_str().unwrap(),
+        "--out",
+        explained.to_str().unwrap(),
+        "--normalize",
+        "0,1",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("tabular model"));
 }
 
 #[test]

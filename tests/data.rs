@@ -609,7 +609,7 @@ fn unknown_and_csv_inputs_are_refused_with_the_accepted_list() {
     let mut rng = common::rng("formats");
     let dir = tmp();
     let p = write(dir.path(), "table.csv", b"a,b\n1,2\n");
-    assert!(err_naming(data::load(&p, None, None), &p).contains("not supported yet"));
+    assert!(err_naming(data::load(&p, None, None), &p).contains("tabular model"));
     let mut blob = b"#?".to_vec();
     blob.extend(random_bytes(&mut rng, 64));
     let p = write(dir.path(), "blob.bin", &blob);

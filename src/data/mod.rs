@@ -138,6 +138,38 @@ struct Raw {
     unit_range: bool,
 }
 
+/// Loads the inputs for the model at `model`: through the model's tabular preprocessing (column
+/// list, standardisation, one-hot encoding) when it carries one, else with [`load`].
+pub fn load_for_model(
+    path: &Path,
+    model: &Path,
+    labels: Option<&Path>,
+    normalize: Option<(f64, f64)>,
+) -> Result<Dataset> {
+    let Some(tabular) = model_tabular(model)? else {
+        return load(path, labels, normalize);
+    };
+    if normalize.is_some() {
+        return Err(Error::usage(
+            "--normalize",
+            format!(
+                "{} is a tabular model: its own preprocessing standardises the columns",
+                model.display()
+            ),
+        ));
+    }
+    if labels.is_some() {
+        return Err(Error::usage(
+            "--labels",
+            format!(
+                "{} is a tabular model: labels come from its label column in the CSV",
+                model.display()
+            ),
+        ));
+    }
+    load_tabular(path, &tabular)
+}
+
 /// Loads an input file or folder (format detected as described in SPEC section 5), its labels
 /// (`labels`, or for IDX the companion file by the MNIST naming convention) and applies
 /// `normalize = (MEAN, STD)` as `(x - MEAN) / STD` after scaling.
@@ -250,9 +282,9 @@ fn read_raw(path: &Path) -> Result<Raw> {
         if ext == "csv" {
             return Err(Error::input(
                 path,
-                "CSV input is not supported yet without the preprocessing of a tabular model: \
-                 use a model trained by `taylormap train --arch tabular-mlp --data FILE.csv`, \
-                 which carries it in its metadata",
+                "CSV input needs the column list and preprocessing of a tabular model, and this \
+                 model carries none: use a model trained by `taylormap train --arch tabular-mlp \
+                 --data FILE.csv`, which stores them in its metadata",
             ));
         }
         let bytes = idx::read_maybe_gz(path)?;
