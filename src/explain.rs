@@ -19,6 +19,11 @@ pub const DEFAULT_MODEL: &str = "assets/models/mnist-cnn.onnx";
 /// Where the bundled images live, relative to the crate root.
 pub const DEFAULT_INPUT: &str = "assets/mnist/t10k-images.idx3-ubyte.gz";
 
+/// Default batch size on the GPU: large enough to fill a hardware GPU.
+pub const DEFAULT_GPU_BATCH: usize = 1024;
+/// Default batch size on the CPU backend: small batches keep its working set in cache.
+pub const DEFAULT_CPU_BATCH: usize = 64;
+
 /// Which backend to run on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BackendChoice {
@@ -110,7 +115,8 @@ pub struct ExplainConfig {
     pub rules: Vec<String>,
     pub target: TargetChoice,
     pub backend: BackendChoice,
-    pub batch_size: usize,
+    /// Samples per batch; `None`: [`DEFAULT_GPU_BATCH`] on the GPU, [`DEFAULT_CPU_BATCH`] on the CPU.
+    pub batch_size: Option<usize>,
     pub limit: Option<usize>,
     pub cmap: Colormap,
     pub scale: usize,
@@ -137,6 +143,7 @@ pub struct SampleRow {
 #[derive(Clone, Debug)]
 pub struct ExplainReport {
     pub rows: Vec<SampleRow>,
+    pub batch_size: usize,
     pub backend: String,
     pub adapter: String,
     pub notes: Vec<String>,
@@ -249,7 +256,7 @@ fn resolve_targets(
 
 /// Runs the whole job and writes the outputs into `cfg.out`.
 pub fn run(cfg: &ExplainConfig) -> Result<ExplainReport> {
-    if cfg.batch_size == 0 {
+    if cfg.batch_size == Some(0) {
         return Err(Error::usage("--batch-size", "must be at least 1"));
     }
     if cfg.scale == 0 {
@@ -276,7 +283,16 @@ pub fn run(cfg: &ExplainConfig) -> Result<ExplainReport> {
         .collect::<Result<Vec<_>>>()?;
     let method = cfg.composite.resolve(&net, bounds, &overrides)?;
     let targets = resolve_targets(cfg.target, &dataset, net.num_outputs())?;
-    let (mut backend, notes) = select_backend(cfg.backend, &net, &method, cfg.batch_size)?;
+    let (mut backend, notes) = select_backend(
+        cfg.backend,
+        &net,
+        &method,
+        cfg.batch_size.unwrap_or(DEFAULT_GPU_BATCH),
+    )?;
+    let batch_size = cfg.batch_size.unwrap_or(match backend.kind() {
+        "gpu" => DEFAULT_GPU_BATCH,
+        _ => DEFAULT_CPU_BATCH,
+    });
     let load_seconds = t_load.elapsed().as_secs_f64();
     for note in &notes {
         eprintln!("{note}");
@@ -303,6 +319,7 @@ pub fn run(cfg: &ExplainConfig) -> Result<ExplainReport> {
         targets.as_deref(),
         &staging,
         &mut relevance_file,
+        batch_size,
     );
     let (rows, grid_relevance, compute_seconds, png_seconds) = match result {
         Ok(v) => v,
@@ -327,6 +344,7 @@ pub fn run(cfg: &ExplainConfig) -> Result<ExplainReport> {
     }
     let mut report = ExplainReport {
         rows,
+        batch_size,
         backend: backend.kind().to_string(),
         adapter: backend.adapter(),
         notes,
@@ -393,6 +411,7 @@ fn explain_all(
     targets: Option<&[usize]>,
     staging: &Path,
     relevance_file: &mut data::AtomicFile,
+    batch_size: usize,
 ) -> Result<Explained> {
     let n = dataset.len();
     let per_sample = net.input_len();
@@ -447,7 +466,7 @@ fn explain_all(
             let mut grid_relevance = Vec::with_capacity(GRID_SAMPLES.min(n) * per_sample);
             let mut start = 0;
             while start < n {
-                let end = (start + cfg.batch_size).min(n);
+                let end = (start + batch_size).min(n);
                 let x: ArrayViewD<f32> = dataset.x.slice_axis(Axis(0), (start..end).into());
                 let t = Instant::now();
                 let out = backend.run(x, targets.map(|t| &t[start..end]))?;
@@ -606,7 +625,7 @@ fn run_json(
         "backend": report.backend,
         "adapter": report.adapter,
         "notes": report.notes,
-        "batch_size": cfg.batch_size,
+        "batch_size": report.batch_size,
         "samples": report.rows.len(),
         "timings": {"load_seconds": report.load_seconds,
                     "compute_seconds": report.compute_seconds,

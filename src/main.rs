@@ -65,9 +65,9 @@ struct ExplainArgs {
     /// auto (hardware GPU if present, else CPU), gpu (any adapter, software included) or cpu.
     #[arg(long, default_value = "auto")]
     backend: String,
-    /// Samples per batch.
-    #[arg(long, default_value_t = 256)]
-    batch_size: usize,
+    /// Samples per batch (default: 1024 on the GPU, 64 on the CPU backend).
+    #[arg(long)]
+    batch_size: Option<usize>,
     /// Explain only the first N samples.
     #[arg(long)]
     limit: Option<usize>,
