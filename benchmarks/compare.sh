@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# One command, one machine: taylormap's GPU and CPU backends and Zennit on the same ONNX network,
+# composite and batch sizes; prints every JSON line, then the ratios.
+#   benchmarks/compare.sh [MODEL] [COMPOSITE] [BATCHES] [DEVICE]
+#   defaults: assets/models/mnist-cnn.onnx deep-taylor-bounded 64,1024 cuda-if-available
+# TAYLORMAP (default target/release/taylormap) and PYTHON (default python3) can be set.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+MODEL=${1:-assets/models/mnist-cnn.onnx}
+COMPOSITE=${2:-deep-taylor-bounded}
+BATCHES=${3:-64,1024}
+PYTHON=${PYTHON:-python3}
+TAYLORMAP=${TAYLORMAP:-target/release/taylormap}
+DEVICE=${4:-$($PYTHON -c 'import torch; print("cuda" if torch.cuda.is_available() else "cpu")')}
+OUT=$(mktemp -d)
+# the first 1,000 bundled test images as float32 NPY, for both tools
+$PYTHON - "$OUT/x.npy" <<'PY'
+import gzip, sys
+import numpy as np
+raw = gzip.open("assets/mnist/t10k-images.idx3-ubyte.gz").read()[16:16 + 1000 * 784]
+np.save(sys.argv[1], (np.frombuffer(raw, np.uint8).reshape(1000, 1, 28, 28) / 255.0).astype(np.float32))
+PY
+backends="--backend cpu"
+[ "$DEVICE" = cuda ] && backends="--backend gpu --backend cpu"
+$TAYLORMAP bench --model "$MODEL" --input "$OUT/x.npy" --composite "$COMPOSITE" $backends \
+  --batch-sizes "$BATCHES" --json | tee "$OUT/lines.jsonl"
+for dtype in float32 float64; do
+  $PYTHON benchmarks/zennit_peer.py --model "$MODEL" --input "$OUT/x.npy" --composite "$COMPOSITE" \
+    --bench --batch-sizes "$BATCHES" --device "$DEVICE" --dtype $dtype | tee -a "$OUT/lines.jsonl"
+done
+$PYTHON - "$OUT/lines.jsonl" <<'PY'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
+by = {}
+for r in rows:
+    by.setdefault(r["batch_size"], {})[f'{r["backend"]} ({r["adapter"]})'] = r["heatmaps_per_second"]
+for batch, runs in sorted(by.items()):
+    peers = {k: v for k, v in runs.items() if k.startswith("zennit")}
+    for name, v in runs.items():
+        if name.startswith("zennit"):
+            continue
+        for peer, p in peers.items():
+            print(f"batch {batch}: {name} / {peer} = {v / p:.2f}x")
+PY
