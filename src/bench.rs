@@ -40,6 +40,10 @@ pub struct BenchResult {
     pub samples: usize,
     pub seconds: f64,
     pub heatmaps_per_second: f64,
+    /// Forward-pass floating-point operations per sample (2 x multiply-accumulates).
+    pub forward_flops_per_sample: usize,
+    /// Bytes moved between host and device per sample: f32 input up, relevance and logits down.
+    pub transfer_bytes_per_sample: usize,
 }
 
 /// A batch of `batch` samples cycled from `x` (so any batch size can be measured).
@@ -95,6 +99,8 @@ pub fn run(cfg: &BenchConfig, report: &mut dyn FnMut(&BenchResult)) -> Result<Ve
                 samples,
                 seconds,
                 heatmaps_per_second: samples as f64 / seconds,
+                forward_flops_per_sample: 2 * net.forward_macs(),
+                transfer_bytes_per_sample: 4 * (2 * net.input_len() + net.num_outputs()),
             };
             report(&r);
             results.push(r);

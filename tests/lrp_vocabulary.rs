@@ -166,3 +166,14 @@ fn overrides_apply_in_order_and_bad_selectors_are_refused() {
         .resolve(&net, B, &[o("first=flat")])
         .is_err());
 }
+
+#[test]
+fn forward_macs_count_dense_and_conv_products() {
+    let mut rng = common::rng("forward_macs");
+    let net = common::random_mlp(&mut rng, &[7, 5, 3], false);
+    assert_eq!(net.forward_macs(), 7 * 5 + 5 * 3);
+    let conv = common::conv(&mut rng, 2, 3, 3, 1, 1, false);
+    let net = taylormap::Network::new(vec![2, 6, 6], vec![conv, taylormap::Layer::Flatten], vec![])
+        .unwrap();
+    assert_eq!(net.forward_macs(), 3 * 6 * 6 * 2 * 3 * 3);
+}

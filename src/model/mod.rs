@@ -288,6 +288,28 @@ impl Network {
             .collect()
     }
 
+    /// Multiply-accumulates of one sample's forward pass through the Dense and Conv2d layers
+    /// (a relevance pass costs a small multiple of it: one forward and one transposed product per
+    /// rule term).
+    pub fn forward_macs(&self) -> usize {
+        let shapes = match self.shapes() {
+            Ok(s) => s,
+            Err(_) => return 0,
+        };
+        self.layers
+            .iter()
+            .zip(&shapes[1..])
+            .map(|(layer, out)| match layer {
+                Layer::Dense { weight, .. } => weight.len(),
+                Layer::Conv2d { weight, .. } => {
+                    let (_, ic, kh, kw) = weight.dim();
+                    out.iter().product::<usize>() * ic * kh * kw
+                }
+                _ => 0,
+            })
+            .sum()
+    }
+
     /// Total trainable parameters.
     pub fn param_count(&self) -> usize {
         self.layers.iter().map(Layer::param_count).sum()
