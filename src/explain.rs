@@ -315,11 +315,15 @@ pub fn run(cfg: &ExplainConfig) -> Result<ExplainReport> {
         cfg,
         &dataset,
         &net,
-        backend.as_mut(),
-        targets.as_deref(),
-        &staging,
-        &mut relevance_file,
-        batch_size,
+        Run {
+            backend: backend.as_mut(),
+            targets: targets.as_deref(),
+            batch_size,
+        },
+        Sinks {
+            staging: &staging,
+            relevance: &mut relevance_file,
+        },
     );
     let (rows, grid_relevance, compute_seconds, png_seconds) = match result {
         Ok(v) => v,
@@ -403,16 +407,35 @@ fn write_pngs(
 /// statistics and appends relevance to `relevance_file`, while encoder threads render and write
 /// the PNGs into `staging` from a bounded queue: the backend never waits on PNG encoding unless
 /// the queue is full, and memory stays bounded however many samples stream through.
+/// The backend and what it runs on.
+struct Run<'a> {
+    backend: &'a mut dyn Backend,
+    targets: Option<&'a [usize]>,
+    batch_size: usize,
+}
+
+/// Where the batch loop's outputs go: PNGs into a staging folder, relevance into its file.
+struct Sinks<'a> {
+    staging: &'a Path,
+    relevance: &'a mut data::AtomicFile,
+}
+
 fn explain_all(
     cfg: &ExplainConfig,
     dataset: &Dataset,
     net: &Network,
-    backend: &mut dyn Backend,
-    targets: Option<&[usize]>,
-    staging: &Path,
-    relevance_file: &mut data::AtomicFile,
-    batch_size: usize,
+    run: Run,
+    sinks: Sinks,
 ) -> Result<Explained> {
+    let Run {
+        backend,
+        targets,
+        batch_size,
+    } = run;
+    let Sinks {
+        staging,
+        relevance: relevance_file,
+    } = sinks;
     let n = dataset.len();
     let per_sample = net.input_len();
     let bar = if cfg.progress {
