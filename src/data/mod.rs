@@ -24,8 +24,8 @@ use std::path::{Path, PathBuf};
 
 use ndarray::{ArrayD, IxDyn};
 
-pub use atomic::write_atomic;
-pub use npy::{npy_bytes_f32, parse_npy, read_npy, NpyData};
+pub use atomic::{write_atomic, AtomicFile};
+pub use npy::{f32_le_bytes, npy_bytes_f32, npy_header_f32, parse_npy, read_npy, NpyData};
 
 use crate::{Bounds, Error, Result};
 
