@@ -28,7 +28,10 @@
 // Rule terms: as in dense.wgsl (up to four (pass, f, g, sign) terms over up to two passes).
 // Modifiers are branch-free: linear combinations of v, max(0,v), min(0,v), v^2 and 1 with
 // per-term coefficients from the uniform (e.g. zplus: f = max(0,x), g = max(0,w); gamma:
-// g = w + G max(0,w)); an unused term has all coefficients 0.
+// g = w + G max(0,w)). The weight modifiers sign_k g_k(W) are precomputed by the host and
+// stored in wb after the bias, once per term; the kernels loop over the P.rule.term_layout.x terms in
+// use only. Split-K partials hold the per-pass sums (z_partial: (z'_0, z'_1)) or the partial R
+// (c_partial, in .x).
 // mode 0: LRP; mode 1: gradient (s = R, no division; the terms are set to (one, w)).
 
 struct RuleParams {
@@ -53,6 +56,9 @@ struct RuleParams {
     bias1: vec4<f32>,
     // x: bias constant of pass 0, y: of pass 1, z: eps, w: number of passes
     extra: vec4<f32>,
+    // x: number of terms in use; y: offset in wb of the precomputed sign_k g_k(W) of term 0
+    // (laid out like W, term k at y + k * z); z: values per term; w: unused
+    term_layout: vec4<u32>,
 }
 
 struct ConvParams {
@@ -98,16 +104,20 @@ fn stab(d: f32, eps: f32) -> f32 {
     return select(d - eps, d + eps, d >= 0.0);
 }
 
-// f_k(x) for the four terms.
-fn xmods(v: f32) -> vec4<f32> {
-    let r = P.rule;
-    return r.x_lin * v + r.x_pos * max(v, 0.0) + r.x_neg * min(v, 0.0) + r.x_one;
+// Number of terms the rule uses; the relevance kernels loop over exactly these.
+fn terms() -> u32 {
+    return min(P.rule.term_layout.x, 4u);
 }
 
-// sign_k g_k(w) for the four terms.
-fn wmods(v: f32) -> vec4<f32> {
+// f_t(v) of term t.
+fn xmod(v: f32, t: u32) -> f32 {
     let r = P.rule;
-    return r.w_lin * v + r.w_pos * max(v, 0.0) + r.w_neg * min(v, 0.0) + r.w_sq * (v * v) + r.w_one;
+    return r.x_lin[t] * v + r.x_pos[t] * max(v, 0.0) + r.x_neg[t] * min(v, 0.0) + r.x_one[t];
+}
+
+// Offset in wb of the precomputed sign_t g_t(W) of term t, laid out like W [oc, c, kh, kw].
+fn wmod_base(t: u32) -> u32 {
+    return P.rule.term_layout.y + t * P.rule.term_layout.z;
 }
 
 // h_p(b) for the two passes.
@@ -165,8 +175,8 @@ fn reach(n: i32, stride: u32, outs: u32, k: u32) -> Reach {
     return Reach(first, end, u32(max(n - i32(first), 0)) / stride);
 }
 
-// s from the per-term sums T_k of output unit j of sample n.
-fn finish_s(n: u32, j: u32, t: vec4<f32>) {
+// s from the per-pass sums z of output unit j of sample n.
+fn finish_s(n: u32, j: u32, z: vec2<f32>) {
     let r = P.rule;
     let nj = n * out_len() + j;
     let rj = r_in[nj];
@@ -175,17 +185,10 @@ fn finish_s(n: u32, j: u32, t: vec4<f32>) {
         return;
     }
     let b = wb[P.bias_offset + j / (P.oh * P.ow)];
-    let z = vec2<f32>(dot(t, vec4<f32>(1.0) - r.term_pass1), dot(t, r.term_pass1)) + bmods(b);
-    let s0 = rj / stab(z.x, r.extra.z);
-    let s1 = select(0.0, rj / stab(z.y, r.extra.z), r.extra.w > 1.5);
+    let zb = z + bmods(b);
+    let s0 = rj / stab(zb.x, r.extra.z);
+    let s1 = select(0.0, rj / stab(zb.y, r.extra.z), r.extra.w > 1.5);
     s[nj] = vec2<f32>(s0, s1);
-}
-
-// R from the per-term back-projections c_k of input unit i of sample n.
-fn finish_r(n: u32, i: u32, c: vec4<f32>) {
-    let r = P.rule;
-    let ni = n * in_len() + i;
-    r_out[ni] = dot(r.term_coef * xmods(x[ni]), c);
 }
 
 // Forward, split-K: one invocation per (sample, chunk of the receptive field, output pixel).
@@ -264,22 +267,31 @@ fn z_partial(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgro
     let c0 = k * P.c_per_chunk;
     let c1 = min(c0 + P.c_per_chunk, P.c);
     let xbase = n * in_len();
-    var acc = vec4<f32>(0.0);
-    for (var ch = c0; ch < c1; ch++) {
-        let xc = i32(xbase + ch * P.h * P.w) + f.x0;
-        let wc = (o * P.c + ch) * kk;
-        for (var ky = f.ky0; ky < f.ky1; ky++) {
-            let xr = xc + (f.y0 + i32(ky)) * i32(P.w);
-            let wr = wc + ky * P.kw;
-            for (var kx = f.kx0; kx < f.kx1; kx++) {
-                acc += xmods(x[u32(xr + i32(kx))]) * wmods(wb[wr + kx]);
+    var z = vec2<f32>(0.0);
+    for (var t = 0u; t < terms(); t++) {
+        let wt = wmod_base(t);
+        var acc = 0.0;
+        for (var ch = c0; ch < c1; ch++) {
+            let xc = i32(xbase + ch * P.h * P.w) + f.x0;
+            let wc = wt + (o * P.c + ch) * kk;
+            for (var ky = f.ky0; ky < f.ky1; ky++) {
+                let xr = xc + (f.y0 + i32(ky)) * i32(P.w);
+                let wr = wc + ky * P.kw;
+                for (var kx = f.kx0; kx < f.kx1; kx++) {
+                    acc += xmod(x[u32(xr + i32(kx))], t) * wb[wr + kx];
+                }
             }
+        }
+        if (P.rule.term_pass1[t] > 0.5) {
+            z.y += acc;
+        } else {
+            z.x += acc;
         }
     }
     if (P.chunks_in == 1u) {
-        finish_s(n, j, acc);
+        finish_s(n, j, z);
     } else {
-        part[idx] = acc;
+        part[idx] = vec4<f32>(z, 0.0, 0.0);
     }
 }
 
@@ -293,10 +305,10 @@ fn s_reduce(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgrou
     }
     let j = idx % olen;
     let n = idx / olen;
-    var acc = vec4<f32>(0.0);
+    var acc = vec2<f32>(0.0);
     if (P.mode == 0u) {
         for (var k = 0u; k < P.chunks_in; k++) {
-            acc += part[(n * P.chunks_in + k) * olen + j];
+            acc += part[(n * P.chunks_in + k) * olen + j].xy;
         }
     }
     finish_s(n, j, acc);
@@ -324,28 +336,34 @@ fn c_partial(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgro
     let o0 = k * P.oc_per_chunk;
     let o1 = min(o0 + P.oc_per_chunk, P.oc);
     let sbase = n * out_len();
-    let pass1 = P.rule.term_pass1 > vec4<f32>(0.5);
-    var acc = vec4<f32>(0.0);
-    for (var o = o0; o < o1; o++) {
-        let wo = (o * P.c + ch) * kk;
-        let so = sbase + o * P.oh * P.ow;
-        var oy = ry.out_first;
-        for (var ky = ry.first; ky < ry.end; ky += P.stride_y) {
-            let wr = wo + ky * P.kw;
-            let sr = so + oy * P.ow;
-            var ox = rx.out_first;
-            for (var kx = rx.first; kx < rx.end; kx += P.stride_x) {
-                let sj = s[sr + ox];
-                acc += wmods(wb[wr + kx]) * select(vec4<f32>(sj.x), vec4<f32>(sj.y), pass1);
-                ox -= 1u;
+    let v = x[n * ilen + i];
+    var r = 0.0;
+    for (var t = 0u; t < terms(); t++) {
+        let pass1 = P.rule.term_pass1[t] > 0.5;
+        let wt = wmod_base(t);
+        var acc = 0.0;
+        for (var o = o0; o < o1; o++) {
+            let wo = wt + (o * P.c + ch) * kk;
+            let so = sbase + o * P.oh * P.ow;
+            var oy = ry.out_first;
+            for (var ky = ry.first; ky < ry.end; ky += P.stride_y) {
+                let wr = wo + ky * P.kw;
+                let sr = so + oy * P.ow;
+                var ox = rx.out_first;
+                for (var kx = rx.first; kx < rx.end; kx += P.stride_x) {
+                    let sj = s[sr + ox];
+                    acc += wb[wr + kx] * select(sj.x, sj.y, pass1);
+                    ox -= 1u;
+                }
+                oy -= 1u;
             }
-            oy -= 1u;
         }
+        r += P.rule.term_coef[t] * xmod(v, t) * acc;
     }
     if (P.chunks_out == 1u) {
-        finish_r(n, i, acc);
+        r_out[n * ilen + i] = r;
     } else {
-        part[idx] = acc;
+        part[idx] = vec4<f32>(r, 0.0, 0.0, 0.0);
     }
 }
 
@@ -359,9 +377,9 @@ fn r_reduce(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgrou
     }
     let i = idx % ilen;
     let n = idx / ilen;
-    var acc = vec4<f32>(0.0);
+    var acc = 0.0;
     for (var k = 0u; k < P.chunks_out; k++) {
-        acc += part[(n * P.chunks_out + k) * ilen + i];
+        acc += part[(n * P.chunks_out + k) * ilen + i].x;
     }
-    finish_r(n, i, acc);
+    r_out[idx] = acc;
 }

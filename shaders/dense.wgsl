@@ -25,7 +25,11 @@
 // R_i = sum_k coef_{p(k)} sign_k f_k(x_i) sum_j g_k(w_ij) s_{p(k), j}.
 // Modifiers are branch-free: linear combinations of v, max(0,v), min(0,v), v^2 and 1 with
 // per-term coefficients from the uniform (e.g. zplus: f = max(0,x), g = max(0,w); gamma:
-// g = w + G max(0,w)); an unused term has all coefficients 0.
+// g = w + G max(0,w)). The weight modifiers sign_k g_k(W) are precomputed by the host (weights
+// are constant) and stored in wb after the bias, once per term and once more transposed, so the
+// back-projection reads them coalesced; the kernels loop over the P.rule.term_layout.x terms in use
+// only (one-term rules do a quarter of the work of four-term ones). Split-K partials hold the
+// per-pass sums (z_partial: (z'_0, z'_1)) or the partial R_i (c_partial, in .x).
 // mode 0: LRP; mode 1: gradient (s = R, no division; the terms are set to (one, w)).
 
 struct RuleParams {
@@ -50,6 +54,10 @@ struct RuleParams {
     bias1: vec4<f32>,
     // x: bias constant of pass 0, y: of pass 1, z: eps, w: number of passes
     extra: vec4<f32>,
+    // x: number of terms in use; y: offset in wb of the precomputed sign_k g_k(W) of term 0
+    // ([inputs, outputs], term k at y + k * z); z: values per term; w: offset of the transposed
+    // copies ([outputs, inputs] per term)
+    term_layout: vec4<u32>,
 }
 
 struct DenseParams {
@@ -81,16 +89,25 @@ fn stab(d: f32, eps: f32) -> f32 {
     return select(d - eps, d + eps, d >= 0.0);
 }
 
-// f_k(x) for the four terms.
-fn xmods(v: f32) -> vec4<f32> {
-    let r = P.rule;
-    return r.x_lin * v + r.x_pos * max(v, 0.0) + r.x_neg * min(v, 0.0) + r.x_one;
+// Number of terms the rule uses; the relevance kernels loop over exactly these.
+fn terms() -> u32 {
+    return min(P.rule.term_layout.x, 4u);
 }
 
-// sign_k g_k(w) for the four terms.
-fn wmods(v: f32) -> vec4<f32> {
+// f_t(v) of term t.
+fn xmod(v: f32, t: u32) -> f32 {
     let r = P.rule;
-    return r.w_lin * v + r.w_pos * max(v, 0.0) + r.w_neg * min(v, 0.0) + r.w_sq * (v * v) + r.w_one;
+    return r.x_lin[t] * v + r.x_pos[t] * max(v, 0.0) + r.x_neg[t] * min(v, 0.0) + r.x_one[t];
+}
+
+// Index in wb of sign_t g_t(w_ij), precomputed by the host: [inputs, outputs] per term, and the
+// transposed copy [outputs, inputs] per term for the back-projection.
+fn wmod_index(t: u32, i: u32, j: u32) -> u32 {
+    return P.rule.term_layout.y + t * P.rule.term_layout.z + i * P.outputs + j;
+}
+
+fn wmod_t_index(t: u32, i: u32, j: u32) -> u32 {
+    return P.rule.term_layout.w + t * P.rule.term_layout.z + j * P.inputs + i;
 }
 
 // h_p(b) for the two passes.
@@ -100,8 +117,8 @@ fn bmods(v: f32) -> vec2<f32> {
     return vec2<f32>(dot(r.bias0, m), dot(r.bias1, m)) + r.extra.xy;
 }
 
-// s_j from the per-term sums T_k of output unit j (flat index nj = n * outputs + j).
-fn finish_s(nj: u32, t: vec4<f32>) {
+// s_j from the per-pass sums z of output unit j (flat index nj = n * outputs + j).
+fn finish_s(nj: u32, z: vec2<f32>) {
     let r = P.rule;
     let rj = r_in[nj];
     if (P.mode == 1u) {
@@ -109,16 +126,10 @@ fn finish_s(nj: u32, t: vec4<f32>) {
         return;
     }
     let b = wb[P.bias_offset + nj % P.outputs];
-    let z = vec2<f32>(dot(t, vec4<f32>(1.0) - r.term_pass1), dot(t, r.term_pass1)) + bmods(b);
-    let s0 = rj / stab(z.x, r.extra.z);
-    let s1 = select(0.0, rj / stab(z.y, r.extra.z), r.extra.w > 1.5);
+    let zb = z + bmods(b);
+    let s0 = rj / stab(zb.x, r.extra.z);
+    let s1 = select(0.0, rj / stab(zb.y, r.extra.z), r.extra.w > 1.5);
     s[nj] = vec2<f32>(s0, s1);
-}
-
-// R_i from the per-term back-projections c_k of input unit i (flat index ni = n * inputs + i).
-fn finish_r(ni: u32, c: vec4<f32>) {
-    let r = P.rule;
-    r_out[ni] = dot(r.term_coef * xmods(x[ni]), c);
 }
 
 // Forward, split-K: one invocation per (sample, chunk of inputs, output).
@@ -174,14 +185,23 @@ fn z_partial(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgro
     let n = nk / P.chunks_in;
     let start = k * P.chunk;
     let end = min(start + P.chunk, P.inputs);
-    var acc = vec4<f32>(0.0);
-    for (var i = start; i < end; i++) {
-        acc += xmods(x[n * P.inputs + i]) * wmods(wb[i * P.outputs + j]);
+    var z = vec2<f32>(0.0);
+    let xb = n * P.inputs;
+    for (var t = 0u; t < terms(); t++) {
+        var acc = 0.0;
+        for (var i = start; i < end; i++) {
+            acc += xmod(x[xb + i], t) * wb[wmod_index(t, i, j)];
+        }
+        if (P.rule.term_pass1[t] > 0.5) {
+            z.y += acc;
+        } else {
+            z.x += acc;
+        }
     }
     if (P.chunks_in == 1u) {
-        finish_s(n * P.outputs + j, acc);
+        finish_s(n * P.outputs + j, z);
     } else {
-        part[idx] = acc;
+        part[idx] = vec4<f32>(z, 0.0, 0.0);
     }
 }
 
@@ -194,10 +214,10 @@ fn s_reduce(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgrou
     }
     let j = idx % P.outputs;
     let n = idx / P.outputs;
-    var acc = vec4<f32>(0.0);
+    var acc = vec2<f32>(0.0);
     if (P.mode == 0u) {
         for (var k = 0u; k < P.chunks_in; k++) {
-            acc += part[(n * P.chunks_in + k) * P.outputs + j];
+            acc += part[(n * P.chunks_in + k) * P.outputs + j].xy;
         }
     }
     finish_s(idx, acc);
@@ -216,16 +236,22 @@ fn c_partial(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgro
     let n = nk / P.chunks_out;
     let start = k * P.chunk;
     let end = min(start + P.chunk, P.outputs);
-    let pass1 = P.rule.term_pass1 > vec4<f32>(0.5);
-    var acc = vec4<f32>(0.0);
-    for (var j = start; j < end; j++) {
-        let sj = s[n * P.outputs + j];
-        acc += wmods(wb[i * P.outputs + j]) * select(vec4<f32>(sj.x), vec4<f32>(sj.y), pass1);
+    let sb = n * P.outputs;
+    let v = x[n * P.inputs + i];
+    var r = 0.0;
+    for (var t = 0u; t < terms(); t++) {
+        let pass1 = P.rule.term_pass1[t] > 0.5;
+        var acc = 0.0;
+        for (var j = start; j < end; j++) {
+            let sj = s[sb + j];
+            acc += wb[wmod_t_index(t, i, j)] * select(sj.x, sj.y, pass1);
+        }
+        r += P.rule.term_coef[t] * xmod(v, t) * acc;
     }
     if (P.chunks_out == 1u) {
-        finish_r(n * P.inputs + i, acc);
+        r_out[n * P.inputs + i] = r;
     } else {
-        part[idx] = acc;
+        part[idx] = vec4<f32>(r, 0.0, 0.0, 0.0);
     }
 }
 
@@ -238,9 +264,9 @@ fn r_reduce(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgrou
     }
     let i = idx % P.inputs;
     let n = idx / P.inputs;
-    var acc = vec4<f32>(0.0);
+    var acc = 0.0;
     for (var k = 0u; k < P.chunks_out; k++) {
-        acc += part[(n * P.chunks_out + k) * P.inputs + i];
+        acc += part[(n * P.chunks_out + k) * P.inputs + i].x;
     }
-    finish_r(idx, acc);
+    r_out[idx] = acc;
 }

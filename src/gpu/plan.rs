@@ -171,10 +171,14 @@ fn layer_plans(net: &Network, method: &Method) -> Result<(Vec<LayerPlan>, Footpr
             Layer::Conv2d { weight, window, .. } => {
                 let (oc, c, kh, kw) = weight.dim();
                 let kk = kh * kw;
-                if kk > MAX_WINDOW as usize {
+                let rule = rule()?;
+                // The relevance kernels loop over the kernel once per term of the rule.
+                let terms = (rule.term_layout[0] as usize).max(1);
+                if kk * terms > MAX_WINDOW as usize {
                     return Err(Error::Gpu(format!(
                         "layer {name}: a {kh}x{kw} kernel is larger than the GPU kernels handle \
-                         ({MAX_WINDOW} positions; use --backend cpu)"
+                         ({MAX_WINDOW} positions, over the {terms} term(s) of its rule; use \
+                         --backend cpu)"
                     )));
                 }
                 // Whole channels per chunk, about CHUNK kernel positions per invocation.
@@ -200,7 +204,7 @@ fn layer_plans(net: &Network, method: &Method) -> Result<(Vec<LayerPlan>, Footpr
                     bias_offset: u32_of(weight.len(), "weights", &name)?,
                     mode: mode.gradient() as u32,
                     pad0: 0,
-                    rule: rule()?,
+                    rule,
                 };
                 u32_of(in_len as usize, "input values per sample", &name)?;
                 u32_of(out_len as usize, "output values per sample", &name)?;
@@ -512,7 +516,35 @@ impl Plan {
                         }
                         _ => unreachable!("layer_plans keeps layer kinds"),
                     };
+                    let weights = data.len();
                     data.extend(bias.iter().copied());
+                    // The rule's weight modifiers sign_k g_k(W), precomputed once per term (the
+                    // kernels read them instead of evaluating them per multiply-add); Dense also
+                    // gets them transposed ([outputs, inputs]) for a coalesced back-projection.
+                    let mut rp = match p {
+                        LayerPlan::Dense(d) => d.rule,
+                        LayerPlan::Conv(c) => c.rule,
+                        _ => unreachable!(),
+                    };
+                    let terms = rp.term_layout[0] as usize;
+                    let offset = data.len();
+                    for t in 0..terms {
+                        for i in 0..weights {
+                            data.push(rp.weight_mod(t, data[i]));
+                        }
+                    }
+                    let mut transposed = 0;
+                    if let Layer::Dense { weight, .. } = &net.layers[k] {
+                        transposed = data.len();
+                        let (inputs, outputs) = weight.dim();
+                        for t in 0..terms {
+                            for j in 0..outputs {
+                                for i in 0..inputs {
+                                    data.push(rp.weight_mod(t, weight[[i, j]]));
+                                }
+                            }
+                        }
+                    }
                     if data.len() as u64 * F > max_binding {
                         return Err(Error::Gpu(format!(
                             "layer {} has {} bytes of weights, more than the adapter's \
@@ -526,6 +558,9 @@ impl Plan {
                         contents: bytemuck::cast_slice(&data),
                         usage: wgpu::BufferUsages::STORAGE,
                     });
+                    rp.term_layout[1] = offset as u32;
+                    rp.term_layout[2] = weights as u32;
+                    rp.term_layout[3] = transposed as u32;
                     let (uniform, chunks_in, chunks_out, kern): (
                         _,
                         u64,
@@ -533,13 +568,13 @@ impl Plan {
                         fn(LinearEntry) -> Kernel,
                     ) = match p {
                         LayerPlan::Dense(d) => (
-                            Uniform::Dense(*d),
+                            Uniform::Dense(DenseParams { rule: rp, ..*d }),
                             d.chunks_in as u64,
                             d.chunks_out as u64,
                             Kernel::Dense,
                         ),
                         LayerPlan::Conv(c) => (
-                            Uniform::Conv(*c),
+                            Uniform::Conv(ConvParams { rule: rp, ..*c }),
                             c.chunks_in as u64,
                             c.chunks_out as u64,
                             Kernel::Conv2d,

@@ -241,7 +241,8 @@ impl Kernel {
 
 /// The rule's modifier terms as the linear kernels read them (WGSL `RuleParams`): up to four
 /// terms (vector components) over up to two passes, each modifier a linear combination of v,
-/// max(0,v), min(0,v), v^2 and 1, so the kernels never branch on the rule.
+/// max(0,v), min(0,v), v^2 and 1, so the kernels never branch on the rule. The kernels loop over
+/// the `term_layout[0]` terms in use only, and read the weight modifiers precomputed at plan time.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Pod, Zeroable)]
 pub struct RuleParams {
@@ -265,6 +266,11 @@ pub struct RuleParams {
     pub bias1: [f32; 4],
     /// bias constant of pass 0 and 1, eps, number of passes
     pub extra: [f32; 4],
+    /// number of terms (the kernels loop over exactly these), then where the plan put the
+    /// precomputed modified weights sign_k g_k(W) in the weight buffer: offset of term 0, values
+    /// per term (term k starts at offset + k * stride), and offset of the transposed copies
+    /// (Dense only; 0 for Conv2d)
+    pub term_layout: [u32; 4],
 }
 
 /// Coefficients (v, max(0,v), min(0,v), 1) of an input modifier.
@@ -323,6 +329,7 @@ impl RuleParams {
         }
         p.extra[2] = rule.eps() as f32;
         p.extra[3] = passes.len() as f32;
+        p.term_layout[0] = k as u32;
         Ok(p)
     }
 
@@ -333,10 +340,20 @@ impl RuleParams {
         p.w_lin[0] = 1.0;
         p.term_coef[0] = 1.0;
         p.extra[3] = 1.0;
+        p.term_layout[0] = 1;
         p
     }
 
-    /// Number of terms in use.
+    /// sign_k g_k(w) of term k (the kernels read these precomputed, see `term_layout`).
+    pub fn weight_mod(&self, k: usize, w: f32) -> f32 {
+        self.w_lin[k] * w
+            + self.w_pos[k] * w.max(0.0)
+            + self.w_neg[k] * w.min(0.0)
+            + self.w_sq[k] * (w * w)
+            + self.w_one[k]
+    }
+
+    /// Number of terms with a nonzero weight modifier.
     pub fn terms(&self) -> usize {
         (0..4)
             .filter(|&k| {
@@ -456,6 +473,7 @@ mod tests {
             assert_eq!(p.extra[3] as usize, passes.len(), "{rule}");
             let terms: usize = passes.iter().map(|p| p.terms.len()).sum();
             assert_eq!(p.terms(), terms, "{rule}");
+            assert_eq!(p.term_layout[0] as usize, terms, "{rule}");
             assert_eq!(p.extra[2], rule.eps() as f32);
             // Evaluating the coefficients reproduces every term's modifiers and sign.
             let mut k = 0;
