@@ -12,13 +12,14 @@
 //   7 r_out   storage read_write  lower relevance (or gradient), [n, c, h, w]
 // Dispatch: 1-D over invocations, 64 per workgroup, folded into (x, y) workgroups when there are
 // more than the per-dimension limit; index = gid.x + gid.y * num_workgroups.x * 64.
-//   forward_partial, z_partial: n * chunks_in * (oc*oh*ow) invocations; each loops over the
-//       receptive field of c_per_chunk input channels; chunks_in = 1: writes the result directly
+//   forward_partial, z_partial: n * chunks_in * ceil(oc/4) * (oh*ow) invocations; each computes
+//       4 output channels of one pixel over the receptive field of c_per_chunk input channels;
+//       chunks_in = 1: writes the result directly
 //   forward_reduce, s_reduce:   n * (oc*oh*ow) invocations (only when chunks_in > 1; s_reduce
 //                               also for the gradient)
-//   c_partial:                  n * chunks_out * (c*h*w) invocations; each gathers over the
-//       kernel positions of oc_per_chunk output channels that reach its pixel; chunks_out = 1:
-//       writes R directly
+//   c_partial:                  n * chunks_out * ceil(c/4) * (h*w) invocations; each gathers, for
+//       4 input channels of one pixel, over the kernel positions of oc_per_chunk output channels
+//       that reach the pixel; chunks_out = 1: writes R directly
 //   r_reduce:                   n * (c*h*w) invocations (only when chunks_out > 1)
 // The host sizes the chunks so that every invocation loops over at most max(1024, kh*kw) kernel
 // positions (kh*kw <= 16,384), or over the chunks, so no invocation comes near llvmpipe's
@@ -191,42 +192,89 @@ fn finish_s(n: u32, j: u32, z: vec2<f32>) {
     s[nj] = vec2<f32>(s0, s1);
 }
 
-// Forward, split-K: one invocation per (sample, chunk of the receptive field, output pixel).
+// Channel blocking: forward_partial and z_partial compute BLOCK (4) output channels of one output
+// pixel per invocation, so each input value (and its modified value) is loaded once per block
+// rather than once per channel; c_partial computes BLOCK input channels of one input pixel, so
+// each s value is loaded once per block. Lanes past the last channel read a clamped channel and
+// write nothing.
+const BLOCK: u32 = 4u;
+
+fn blocks(channels: u32) -> u32 {
+    return (channels + BLOCK - 1u) / BLOCK;
+}
+
+// The flat offsets of channels first .. first + 3 (clamped to the last of `count`), times `step`.
+fn lane_offsets(first: u32, count: u32, step: u32) -> vec4<u32> {
+    let last = count - 1u;
+    return vec4<u32>(
+        min(first, last),
+        min(first + 1u, last),
+        min(first + 2u, last),
+        min(first + 3u, last),
+    ) * step;
+}
+
+fn weights4(base: u32, lanes: vec4<u32>) -> vec4<f32> {
+    return vec4<f32>(wb[base + lanes.x], wb[base + lanes.y], wb[base + lanes.z], wb[base + lanes.w]);
+}
+
+// A blocked invocation of forward_partial / z_partial: sample, chunk of the receptive field,
+// first output channel of the block, and output pixel.
+struct OutBlock {
+    n: u32,
+    k: u32,
+    o0: u32,
+    p: u32,
+}
+
+fn out_block(idx: u32) -> OutBlock {
+    let ohw = P.oh * P.ow;
+    let p = idx % ohw;
+    let rest = idx / ohw;
+    let nb = blocks(P.oc);
+    let nk = rest / nb;
+    return OutBlock(nk / P.chunks_in, nk % P.chunks_in, (rest % nb) * BLOCK, p);
+}
+
+// Forward, split-K: one invocation per (sample, chunk of the receptive field, block of output
+// channels, output pixel).
 @compute @workgroup_size(64)
 fn forward_partial(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let idx = flat_index(gid, nwg);
-    let olen = out_len();
-    if (idx >= P.n * P.chunks_in * olen) {
+    let ohw = P.oh * P.ow;
+    if (idx >= P.n * P.chunks_in * blocks(P.oc) * ohw) {
         return;
     }
-    let j = idx % olen;
-    let nk = idx / olen;
-    let k = nk % P.chunks_in;
-    let n = nk / P.chunks_in;
-    let o = j / (P.oh * P.ow);
-    let oy = (j / P.ow) % P.oh;
-    let ox = j % P.ow;
-    let f = field(oy, ox);
+    let b = out_block(idx);
+    let f = field(b.p / P.ow, b.p % P.ow);
     let kk = P.kh * P.kw;
-    let c0 = k * P.c_per_chunk;
+    let lanes = lane_offsets(b.o0, P.oc, P.c * kk);
+    let c0 = b.k * P.c_per_chunk;
     let c1 = min(c0 + P.c_per_chunk, P.c);
-    let xbase = n * in_len();
-    var acc = 0.0;
+    let xbase = b.n * in_len();
+    var acc = vec4<f32>(0.0);
     for (var ch = c0; ch < c1; ch++) {
         let xc = i32(xbase + ch * P.h * P.w) + f.x0;
-        let wc = (o * P.c + ch) * kk;
+        let wc = ch * kk;
         for (var ky = f.ky0; ky < f.ky1; ky++) {
             let xr = xc + (f.y0 + i32(ky)) * i32(P.w);
             let wr = wc + ky * P.kw;
             for (var kx = f.kx0; kx < f.kx1; kx++) {
-                acc += x[u32(xr + i32(kx))] * wb[wr + kx];
+                acc += x[u32(xr + i32(kx))] * weights4(wr + kx, lanes);
             }
         }
     }
-    if (P.chunks_in == 1u) {
-        y[n * olen + j] = acc + wb[P.bias_offset + o];
-    } else {
-        part[idx] = vec4<f32>(acc, 0.0, 0.0, 0.0);
+    let olen = out_len();
+    for (var l = 0u; l < BLOCK; l++) {
+        let o = b.o0 + l;
+        if (o < P.oc) {
+            let j = o * ohw + b.p;
+            if (P.chunks_in == 1u) {
+                y[b.n * olen + j] = acc[l] + wb[P.bias_offset + o];
+            } else {
+                part[(b.n * P.chunks_in + b.k) * olen + j] = vec4<f32>(acc[l], 0.0, 0.0, 0.0);
+            }
+        }
     }
 }
 
@@ -247,51 +295,57 @@ fn forward_reduce(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wo
     y[idx] = acc + wb[P.bias_offset + j / (P.oh * P.ow)];
 }
 
-// Relevance step 1, modified forward per term: one invocation per (sample, chunk, output value).
+// Relevance step 1, modified forward per term: one invocation per (sample, chunk of the receptive
+// field, block of output channels, output pixel); loops over the rule's terms, each input's
+// modified value computed once per term and block.
 @compute @workgroup_size(64)
 fn z_partial(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let idx = flat_index(gid, nwg);
-    let olen = out_len();
-    if (idx >= P.n * P.chunks_in * olen) {
+    let ohw = P.oh * P.ow;
+    if (idx >= P.n * P.chunks_in * blocks(P.oc) * ohw) {
         return;
     }
-    let j = idx % olen;
-    let nk = idx / olen;
-    let k = nk % P.chunks_in;
-    let n = nk / P.chunks_in;
-    let o = j / (P.oh * P.ow);
-    let oy = (j / P.ow) % P.oh;
-    let ox = j % P.ow;
-    let f = field(oy, ox);
+    let b = out_block(idx);
+    let f = field(b.p / P.ow, b.p % P.ow);
     let kk = P.kh * P.kw;
-    let c0 = k * P.c_per_chunk;
+    let lanes = lane_offsets(b.o0, P.oc, P.c * kk);
+    let c0 = b.k * P.c_per_chunk;
     let c1 = min(c0 + P.c_per_chunk, P.c);
-    let xbase = n * in_len();
-    var z = vec2<f32>(0.0);
+    let xbase = b.n * in_len();
+    var z0 = vec4<f32>(0.0);
+    var z1 = vec4<f32>(0.0);
     for (var t = 0u; t < terms(); t++) {
         let wt = wmod_base(t);
-        var acc = 0.0;
+        var acc = vec4<f32>(0.0);
         for (var ch = c0; ch < c1; ch++) {
             let xc = i32(xbase + ch * P.h * P.w) + f.x0;
-            let wc = wt + (o * P.c + ch) * kk;
+            let wc = wt + ch * kk;
             for (var ky = f.ky0; ky < f.ky1; ky++) {
                 let xr = xc + (f.y0 + i32(ky)) * i32(P.w);
                 let wr = wc + ky * P.kw;
                 for (var kx = f.kx0; kx < f.kx1; kx++) {
-                    acc += xmod(x[u32(xr + i32(kx))], t) * wb[wr + kx];
+                    acc += xmod(x[u32(xr + i32(kx))], t) * weights4(wr + kx, lanes);
                 }
             }
         }
         if (P.rule.term_pass1[t] > 0.5) {
-            z.y += acc;
+            z1 += acc;
         } else {
-            z.x += acc;
+            z0 += acc;
         }
     }
-    if (P.chunks_in == 1u) {
-        finish_s(n, j, z);
-    } else {
-        part[idx] = vec4<f32>(z, 0.0, 0.0);
+    let olen = out_len();
+    for (var l = 0u; l < BLOCK; l++) {
+        let o = b.o0 + l;
+        if (o < P.oc) {
+            let j = o * ohw + b.p;
+            let z = vec2<f32>(z0[l], z1[l]);
+            if (P.chunks_in == 1u) {
+                finish_s(b.n, j, z);
+            } else {
+                part[(b.n * P.chunks_in + b.k) * olen + j] = vec4<f32>(z, 0.0, 0.0);
+            }
+        }
     }
 }
 
@@ -315,35 +369,41 @@ fn s_reduce(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgrou
 }
 
 // Relevance step 3, gather of the back-projection per term: one invocation per (sample, chunk of
-// the transposed reduction, input value).
+// the transposed reduction, block of input channels, input pixel); each s value is loaded once
+// per block, and R = sum_t coef_t f_t(x) c_t is formed per channel (split-K partials hold R).
 @compute @workgroup_size(64)
 fn c_partial(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let idx = flat_index(gid, nwg);
-    let ilen = in_len();
-    if (idx >= P.n * P.chunks_out * ilen) {
+    let hw = P.h * P.w;
+    let nb = blocks(P.c);
+    if (idx >= P.n * P.chunks_out * nb * hw) {
         return;
     }
-    let i = idx % ilen;
-    let nk = idx / ilen;
+    let p = idx % hw;
+    let rest = idx / hw;
+    let ch0 = (rest % nb) * BLOCK;
+    let nk = rest / nb;
     let k = nk % P.chunks_out;
     let n = nk / P.chunks_out;
-    let ch = i / (P.h * P.w);
-    let iy = (i / P.w) % P.h;
-    let ix = i % P.w;
+    let iy = p / P.w;
+    let ix = p % P.w;
     let kk = P.kh * P.kw;
     let ry = reach(i32(iy + P.pad_top), P.stride_y, P.oh, P.kh);
     let rx = reach(i32(ix + P.pad_left), P.stride_x, P.ow, P.kw);
     let o0 = k * P.oc_per_chunk;
     let o1 = min(o0 + P.oc_per_chunk, P.oc);
     let sbase = n * out_len();
-    let v = x[n * ilen + i];
-    var r = 0.0;
+    let ilen = in_len();
+    let lanes = lane_offsets(ch0, P.c, kk);
+    let xl = lane_offsets(ch0, P.c, hw) + vec4<u32>(n * ilen + p);
+    let xv = vec4<f32>(x[xl.x], x[xl.y], x[xl.z], x[xl.w]);
+    var r = vec4<f32>(0.0);
     for (var t = 0u; t < terms(); t++) {
         let pass1 = P.rule.term_pass1[t] > 0.5;
         let wt = wmod_base(t);
-        var acc = 0.0;
+        var acc = vec4<f32>(0.0);
         for (var o = o0; o < o1; o++) {
-            let wo = wt + (o * P.c + ch) * kk;
+            let wo = wt + o * P.c * kk;
             let so = sbase + o * P.oh * P.ow;
             var oy = ry.out_first;
             for (var ky = ry.first; ky < ry.end; ky += P.stride_y) {
@@ -352,18 +412,27 @@ fn c_partial(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgro
                 var ox = rx.out_first;
                 for (var kx = rx.first; kx < rx.end; kx += P.stride_x) {
                     let sj = s[sr + ox];
-                    acc += wb[wr + kx] * select(sj.x, sj.y, pass1);
+                    acc += select(sj.x, sj.y, pass1) * weights4(wr + kx, lanes);
                     ox -= 1u;
                 }
                 oy -= 1u;
             }
         }
-        r += P.rule.term_coef[t] * xmod(v, t) * acc;
+        let rr = P.rule;
+        let fx = rr.x_lin[t] * xv + rr.x_pos[t] * max(xv, vec4<f32>(0.0))
+            + rr.x_neg[t] * min(xv, vec4<f32>(0.0)) + rr.x_one[t];
+        r += rr.term_coef[t] * fx * acc;
     }
-    if (P.chunks_out == 1u) {
-        r_out[n * ilen + i] = r;
-    } else {
-        part[idx] = vec4<f32>(r, 0.0, 0.0, 0.0);
+    for (var l = 0u; l < BLOCK; l++) {
+        let ch = ch0 + l;
+        if (ch < P.c) {
+            let i = ch * hw + p;
+            if (P.chunks_out == 1u) {
+                r_out[n * ilen + i] = r[l];
+            } else {
+                part[(nk * ilen) + i] = vec4<f32>(r[l], 0.0, 0.0, 0.0);
+            }
+        }
     }
 }
 

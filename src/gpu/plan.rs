@@ -9,7 +9,7 @@ use wgpu::util::DeviceExt;
 use super::context::GpuContext;
 use super::shader::{
     ConvParams, DenseParams, ElementwiseEntry, ElementwiseParams, Kernel, LinearEntry, PoolEntry,
-    PoolParams, RuleParams, Shader, CHUNK, MAX_CHUNKS, MAX_WINDOW, WORKGROUP,
+    PoolParams, RuleParams, Shader, CHUNK, CONV_BLOCK, MAX_CHUNKS, MAX_WINDOW, WORKGROUP,
 };
 use crate::{Error, Layer, Method, Network, Result};
 
@@ -590,11 +590,19 @@ impl Plan {
                     );
                     owned.push(wbuf);
                     let (inl, outl) = (lens[k], lens[k + 1]);
+                    // Conv2d partial kernels compute CONV_BLOCK channels per invocation.
+                    let (out_units, in_units) = match p {
+                        LayerPlan::Conv(c) => (
+                            (c.oc.div_ceil(CONV_BLOCK) * c.oh * c.ow) as u64,
+                            (c.c.div_ceil(CONV_BLOCK) * c.h * c.w) as u64,
+                        ),
+                        _ => (outl, inl),
+                    };
                     step(
                         &mut forward,
                         kern(LinearEntry::ForwardPartial),
                         bg,
-                        chunks_in * outl,
+                        chunks_in * out_units,
                     )?;
                     if chunks_in > 1 {
                         step(&mut forward, kern(LinearEntry::ForwardReduce), bg, outl)?;
@@ -602,12 +610,12 @@ impl Plan {
                     if mode.gradient() {
                         back.push((kern(LinearEntry::SReduce), bg, outl));
                     } else {
-                        back.push((kern(LinearEntry::ZPartial), bg, chunks_in * outl));
+                        back.push((kern(LinearEntry::ZPartial), bg, chunks_in * out_units));
                         if chunks_in > 1 {
                             back.push((kern(LinearEntry::SReduce), bg, outl));
                         }
                     }
-                    back.push((kern(LinearEntry::CPartial), bg, chunks_out * inl));
+                    back.push((kern(LinearEntry::CPartial), bg, chunks_out * in_units));
                     if chunks_out > 1 {
                         back.push((kern(LinearEntry::RReduce), bg, inl));
                     }

@@ -18,6 +18,10 @@ pub const MAX_CHUNKS: u32 = 16_384;
 /// Most positions in a pooling window, and most logits per sample (per-invocation loop bounds).
 pub const MAX_WINDOW: u32 = 16_384;
 
+/// Channels one invocation of the Conv2d partial kernels computes (`BLOCK` in conv2d.wgsl):
+/// forward_partial and z_partial take a block of output channels, c_partial of input channels.
+pub const CONV_BLOCK: u32 = 4;
+
 /// Invocations per workgroup of every kernel (the WGSL files hard-code 64 too).
 pub const WORKGROUP: u32 = 64;
 
