@@ -394,6 +394,39 @@ fn c_partial(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgro
     let o1 = min(o0 + P.oc_per_chunk, P.oc);
     let sbase = n * out_len();
     let ilen = in_len();
+    if (P.c == 1u) {
+        // One input channel (e.g. grayscale images): a scalar gather, no idle lanes.
+        let v = x[n * ilen + p];
+        var r1 = 0.0;
+        for (var t = 0u; t < terms(); t++) {
+            let pass1 = P.rule.term_pass1[t] > 0.5;
+            let wt = wmod_base(t);
+            var acc = 0.0;
+            for (var o = o0; o < o1; o++) {
+                let wo = wt + o * kk;
+                let so = sbase + o * P.oh * P.ow;
+                var oy = ry.out_first;
+                for (var ky = ry.first; ky < ry.end; ky += P.stride_y) {
+                    let wr = wo + ky * P.kw;
+                    let sr = so + oy * P.ow;
+                    var ox = rx.out_first;
+                    for (var kx = rx.first; kx < rx.end; kx += P.stride_x) {
+                        let sj = s[sr + ox];
+                        acc += select(sj.x, sj.y, pass1) * wb[wr + kx];
+                        ox -= 1u;
+                    }
+                    oy -= 1u;
+                }
+            }
+            r1 += P.rule.term_coef[t] * xmod(v, t) * acc;
+        }
+        if (P.chunks_out == 1u) {
+            r_out[n * ilen + p] = r1;
+        } else {
+            part[nk * ilen + p] = vec4<f32>(r1, 0.0, 0.0, 0.0);
+        }
+        return;
+    }
     let lanes = lane_offsets(ch0, P.c, kk);
     let xl = lane_offsets(ch0, P.c, hw) + vec4<u32>(n * ilen + p);
     let xv = vec4<f32>(x[xl.x], x[xl.y], x[xl.z], x[xl.w]);
