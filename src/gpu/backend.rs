@@ -144,12 +144,20 @@ impl Backend for GpuBackend {
         }
         let n = shape[0];
         let input_len: usize = self.input_shape.iter().product();
-        for (i, sample) in x.outer_iter().enumerate() {
-            if sample.iter().any(|v| !v.is_finite()) {
-                return Err(Error::NonFinite {
-                    what: format!("input sample {i}"),
-                });
-            }
+        // A contiguous batch is checked and uploaded in place; others are copied per batch.
+        let contiguous = x.as_slice();
+        let bad = match contiguous {
+            Some(flat) if input_len > 0 => flat
+                .chunks(input_len)
+                .position(|sample| !sample.iter().all(|v| v.is_finite())),
+            _ => x
+                .outer_iter()
+                .position(|sample| sample.iter().any(|v| !v.is_finite())),
+        };
+        if let Some(i) = bad {
+            return Err(Error::NonFinite {
+                what: format!("input sample {i}"),
+            });
         }
         let targets: Option<Vec<u32>> = match targets {
             None => None,
@@ -182,18 +190,28 @@ impl Backend for GpuBackend {
                 }
             }
         };
-        let mut relevance = vec![0f32; n * input_len];
-        let mut logits = vec![0f32; n * self.classes];
+        let mut relevance = vec![0f64; n * input_len];
+        let mut logits = vec![0f64; n * self.classes];
         let mut chosen = vec![0u32; n];
         let batch = self.plan.capacity();
         let mut start = 0;
-        let mut buf: Vec<f32> = Vec::with_capacity(batch * input_len);
+        let mut buf: Vec<f32> = Vec::with_capacity(if contiguous.is_some() {
+            0
+        } else {
+            batch * input_len
+        });
         while start < n {
             let m = batch.min(n - start);
-            buf.clear();
-            buf.extend(x.slice_axis(Axis(0), Slice::from(start..start + m)).iter());
+            let inputs = match contiguous {
+                Some(flat) => &flat[start * input_len..(start + m) * input_len],
+                None => {
+                    buf.clear();
+                    buf.extend(x.slice_axis(Axis(0), Slice::from(start..start + m)).iter());
+                    &buf[..]
+                }
+            };
             self.plan.run(
-                &buf,
+                inputs,
                 m,
                 targets.as_ref().map(|t| &t[start..start + m]),
                 BatchResult {
@@ -206,16 +224,10 @@ impl Backend for GpuBackend {
         }
         let mut rshape = vec![n];
         rshape.extend(&self.input_shape);
-        let relevance = ArrayD::from_shape_vec(
-            IxDyn(&rshape),
-            relevance.into_iter().map(f64::from).collect(),
-        )
-        .map_err(|e| Error::Gpu(format!("relevance shape: {e}")))?;
-        let logits = Array2::from_shape_vec(
-            (n, self.classes),
-            logits.into_iter().map(f64::from).collect(),
-        )
-        .map_err(|e| Error::Gpu(format!("logits shape: {e}")))?;
+        let relevance = ArrayD::from_shape_vec(IxDyn(&rshape), relevance)
+            .map_err(|e| Error::Gpu(format!("relevance shape: {e}")))?;
+        let logits = Array2::from_shape_vec((n, self.classes), logits)
+            .map_err(|e| Error::Gpu(format!("logits shape: {e}")))?;
         Ok(BatchOutput {
             relevance,
             logits,
