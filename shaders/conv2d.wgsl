@@ -10,6 +10,11 @@
 //   5 r_in    storage read        upper relevance (or gradient), [n, oc, oh, ow]
 //   6 s       storage read_write  s = R / stab(z') per pass (x: pass 0, y: pass 1), [n, oc, oh, ow]
 //   7 r_out   storage read_write  lower relevance (or gradient), [n, c, h, w]
+//   8 wv      storage read        the weights blocked by 4 channels (vec4, zero-padded), so each
+//                                 blocked multiply-add loads its 4 weights at once: per output-
+//                                 channel block ob [c, kh, kw] for the plain weights, then for
+//                                 each term's modified weights; from P.rule.term_layout.w, per
+//                                 term and input-channel block cb [oc, kh, kw] modified weights
 // Dispatch: 1-D over invocations, 64 per workgroup, folded into (x, y) workgroups when there are
 // more than the per-dimension limit; index = gid.x + gid.y * num_workgroups.x * 64.
 //   forward_partial, z_partial: n * chunks_in * ceil(oc/4) * (oh*ow) invocations; each computes
@@ -58,7 +63,8 @@ struct RuleParams {
     // x: bias constant of pass 0, y: of pass 1, z: eps, w: number of passes
     extra: vec4<f32>,
     // x: number of terms in use; y: offset in wb of the precomputed sign_k g_k(W) of term 0
-    // (laid out like W, term k at y + k * z); z: values per term; w: unused
+    // (laid out like W, term k at y + k * z; read by the single-channel gather); z: values per
+    // term; w: offset in wv (vec4s) of the input-channel-blocked modified weights
     term_layout: vec4<u32>,
 }
 
@@ -96,6 +102,7 @@ struct ConvParams {
 @group(0) @binding(5) var<storage, read> r_in: array<f32>;
 @group(0) @binding(6) var<storage, read_write> s: array<vec2<f32>>;
 @group(0) @binding(7) var<storage, read_write> r_out: array<f32>;
+@group(0) @binding(8) var<storage, read> wv: array<vec4<f32>>;
 
 fn flat_index(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
     return gid.x + gid.y * nwg.x * 64u;
@@ -214,8 +221,16 @@ fn lane_offsets(first: u32, count: u32, step: u32) -> vec4<u32> {
     ) * step;
 }
 
-fn weights4(base: u32, lanes: vec4<u32>) -> vec4<f32> {
-    return vec4<f32>(wb[base + lanes.x], wb[base + lanes.y], wb[base + lanes.z], wb[base + lanes.w]);
+// Start in wv of the weights of output-channel block ob, [c, kh, kw] vec4s: g = 0 the plain
+// weights (forward), g = 1 + t the modified weights of term t (z_partial).
+fn out_weights(g: u32, ob: u32) -> u32 {
+    return (g * blocks(P.oc) + ob) * P.c * P.kh * P.kw;
+}
+
+// Start in wv of the modified weights of term t for input-channel block cb, [oc, kh, kw] vec4s
+// (c_partial).
+fn in_weights(t: u32, cb: u32) -> u32 {
+    return P.rule.term_layout.w + (t * blocks(P.c) + cb) * P.oc * P.kh * P.kw;
 }
 
 // A blocked invocation of forward_partial / z_partial: sample, chunk of the receptive field,
@@ -248,19 +263,19 @@ fn forward_partial(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_w
     let b = out_block(idx);
     let f = field(b.p / P.ow, b.p % P.ow);
     let kk = P.kh * P.kw;
-    let lanes = lane_offsets(b.o0, P.oc, P.c * kk);
+    let wbase = out_weights(0u, b.o0 / BLOCK);
     let c0 = b.k * P.c_per_chunk;
     let c1 = min(c0 + P.c_per_chunk, P.c);
     let xbase = b.n * in_len();
     var acc = vec4<f32>(0.0);
     for (var ch = c0; ch < c1; ch++) {
         let xc = i32(xbase + ch * P.h * P.w) + f.x0;
-        let wc = ch * kk;
+        let wc = wbase + ch * kk;
         for (var ky = f.ky0; ky < f.ky1; ky++) {
             let xr = xc + (f.y0 + i32(ky)) * i32(P.w);
             let wr = wc + ky * P.kw;
             for (var kx = f.kx0; kx < f.kx1; kx++) {
-                acc += x[u32(xr + i32(kx))] * weights4(wr + kx, lanes);
+                acc += x[u32(xr + i32(kx))] * wv[wr + kx];
             }
         }
     }
@@ -308,14 +323,14 @@ fn z_partial(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgro
     let b = out_block(idx);
     let f = field(b.p / P.ow, b.p % P.ow);
     let kk = P.kh * P.kw;
-    let lanes = lane_offsets(b.o0, P.oc, P.c * kk);
+    let ob = b.o0 / BLOCK;
     let c0 = b.k * P.c_per_chunk;
     let c1 = min(c0 + P.c_per_chunk, P.c);
     let xbase = b.n * in_len();
     var z0 = vec4<f32>(0.0);
     var z1 = vec4<f32>(0.0);
     for (var t = 0u; t < terms(); t++) {
-        let wt = wmod_base(t);
+        let wt = out_weights(t + 1u, ob);
         var acc = vec4<f32>(0.0);
         for (var ch = c0; ch < c1; ch++) {
             let xc = i32(xbase + ch * P.h * P.w) + f.x0;
@@ -324,7 +339,7 @@ fn z_partial(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgro
                 let xr = xc + (f.y0 + i32(ky)) * i32(P.w);
                 let wr = wc + ky * P.kw;
                 for (var kx = f.kx0; kx < f.kx1; kx++) {
-                    acc += xmod(x[u32(xr + i32(kx))], t) * weights4(wr + kx, lanes);
+                    acc += xmod(x[u32(xr + i32(kx))], t) * wv[wr + kx];
                 }
             }
         }
@@ -427,16 +442,16 @@ fn c_partial(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgro
         }
         return;
     }
-    let lanes = lane_offsets(ch0, P.c, kk);
+    let cb = ch0 / BLOCK;
     let xl = lane_offsets(ch0, P.c, hw) + vec4<u32>(n * ilen + p);
     let xv = vec4<f32>(x[xl.x], x[xl.y], x[xl.z], x[xl.w]);
     var r = vec4<f32>(0.0);
     for (var t = 0u; t < terms(); t++) {
         let pass1 = P.rule.term_pass1[t] > 0.5;
-        let wt = wmod_base(t);
+        let wt = in_weights(t, cb);
         var acc = vec4<f32>(0.0);
         for (var o = o0; o < o1; o++) {
-            let wo = wt + o * P.c * kk;
+            let wo = wt + o * kk;
             let so = sbase + o * P.oh * P.ow;
             var oy = ry.out_first;
             for (var ky = ry.first; ky < ry.end; ky += P.stride_y) {
@@ -445,7 +460,7 @@ fn c_partial(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgro
                 var ox = rx.out_first;
                 for (var kx = rx.first; kx < rx.end; kx += P.stride_x) {
                     let sj = s[sr + ox];
-                    acc += select(sj.x, sj.y, pass1) * weights4(wr + kx, lanes);
+                    acc += select(sj.x, sj.y, pass1) * wv[wr + kx];
                     ox -= 1u;
                 }
                 oy -= 1u;

@@ -589,6 +589,64 @@ impl Plan {
                         contents: bytemuck::cast_slice(&data),
                         usage: wgpu::BufferUsages::STORAGE,
                     });
+                    // Conv2d: the plain and modified weights blocked by CONV_BLOCK channels
+                    // (zero-padded vec4s), so a blocked multiply-add loads its weights at once.
+                    let mut blocked: Vec<f32> = vec![];
+                    if let Layer::Conv2d { weight, .. } = &net.layers[k] {
+                        let (oc, c, kh, kw) = weight.dim();
+                        let cb = CONV_BLOCK as usize;
+                        let value =
+                            |g: Option<usize>, o: usize, ch: usize, ky: usize, kx: usize| {
+                                if o >= oc || ch >= c {
+                                    return 0.0;
+                                }
+                                let w = weight[[o, ch, ky, kx]];
+                                g.map_or(w, |t| rp.weight_mod(t, w))
+                            };
+                        // Per output-channel block: g = plain, then each term; [c, kh, kw].
+                        for g in std::iter::once(None).chain((0..terms).map(Some)) {
+                            for ob in 0..oc.div_ceil(cb) {
+                                for ch in 0..c {
+                                    for ky in 0..kh {
+                                        for kx in 0..kw {
+                                            for l in 0..cb {
+                                                blocked.push(value(g, ob * cb + l, ch, ky, kx));
+                                            }
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                        transposed = blocked.len() / cb;
+                        // Per term and input-channel block: [oc, kh, kw].
+                        for t in 0..terms {
+                            for ib in 0..c.div_ceil(cb) {
+                                for o in 0..oc {
+                                    for ky in 0..kh {
+                                        for kx in 0..kw {
+                                            for l in 0..cb {
+                                                blocked.push(value(
+                                                    Some(t),
+                                                    o,
+                                                    ib * cb + l,
+                                                    ky,
+                                                    kx,
+                                                ));
+                                            }
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                        if blocked.len() as u64 * F > max_binding {
+                            return Err(Error::Gpu(format!(
+                                "layer {} has {} bytes of blocked weights, more than the \
+                                 adapter's {max_binding}-byte storage binding limit",
+                                layer_name(net, k),
+                                blocked.len() as u64 * F
+                            )));
+                        }
+                    }
                     rp.term_layout[1] = offset as u32;
                     rp.term_layout[2] = weights as u32;
                     rp.term_layout[3] = transposed as u32;
@@ -612,14 +670,20 @@ impl Plan {
                         ),
                         _ => unreachable!(),
                     };
-                    let bg = bind(
-                        shader,
-                        label,
-                        uniform,
-                        &[x, &wbuf, y, &part, r_in, &s_buf, r_out],
-                        &mut uniforms,
-                    );
+                    let mut buffers = vec![x, &wbuf, y, &part, r_in, &s_buf, r_out];
+                    let wvbuf = (shader == Shader::Conv2d).then(|| {
+                        device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                            label: Some(&format!("{label}.weights_blocked")),
+                            contents: bytemuck::cast_slice(&blocked),
+                            usage: wgpu::BufferUsages::STORAGE,
+                        })
+                    });
+                    if let Some(wv) = &wvbuf {
+                        buffers.push(wv);
+                    }
+                    let bg = bind(shader, label, uniform, &buffers, &mut uniforms);
                     owned.push(wbuf);
+                    owned.extend(wvbuf);
                     let (inl, outl) = (lens[k], lens[k + 1]);
                     // Conv2d partial kernels compute CONV_BLOCK channels per invocation.
                     let (out_units, in_units) = match p {

@@ -86,7 +86,9 @@ impl Shader {
         use BindingKind::{StorageRead as R, StorageReadWrite as W, Uniform as U};
         match self {
             // P, x, wb, y, part, r_in, s, r_out
-            Shader::Dense | Shader::Conv2d => &[U, R, R, W, W, R, W, W],
+            Shader::Dense => &[U, R, R, W, W, R, W, W],
+            // P, x, wb, y, part, r_in, s, r_out, wv (the weights blocked by CONV_BLOCK channels)
+            Shader::Conv2d => &[U, R, R, W, W, R, W, W, R],
             // P, x, y, arg, r_in, s, r_out
             Shader::Pooling => &[U, R, W, W, R, W, W],
             // P, x, y, r_in, r_out, targets
