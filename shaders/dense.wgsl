@@ -12,10 +12,12 @@
 //   7 r_out   storage read_write  lower relevance (or gradient) R_i, [n, inputs]
 // Dispatch: 1-D over invocations, 64 per workgroup, folded into (x, y) workgroups when there are
 // more than the per-dimension limit; index = gid.x + gid.y * num_workgroups.x * 64.
-//   forward_partial, z_partial: n * chunks_in * outputs invocations (chunks_in = 1: writes the result)
+//   forward_partial, z_partial: ceil(n/4) * chunks_in * outputs invocations, 4 samples each
+//                               (chunks_in = 1: writes the result)
 //   forward_reduce, s_reduce:   n * outputs invocations (only when chunks_in > 1; s_reduce also
 //                               for the gradient)
-//   c_partial:                  n * chunks_out * inputs invocations (chunks_out = 1: writes R_i)
+//   c_partial:                  ceil(n/4) * chunks_out * inputs invocations, 4 samples each
+//                               (chunks_out = 1: writes R_i)
 //   r_reduce:                   n * inputs invocations (only when chunks_out > 1)
 // Every invocation loops over at most P.chunk inputs (or outputs), or over the chunks, so no
 // invocation comes near llvmpipe's 65,535-iteration cap.
@@ -94,12 +96,6 @@ fn terms() -> u32 {
     return min(P.rule.term_layout.x, 4u);
 }
 
-// f_t(v) of term t.
-fn xmod(v: f32, t: u32) -> f32 {
-    let r = P.rule;
-    return r.x_lin[t] * v + r.x_pos[t] * max(v, 0.0) + r.x_neg[t] * min(v, 0.0) + r.x_one[t];
-}
-
 // Index in wb of sign_t g_t(w_ij), precomputed by the host: [inputs, outputs] per term, and the
 // transposed copy [outputs, inputs] per term for the back-projection.
 fn wmod_index(t: u32, i: u32, j: u32) -> u32 {
@@ -132,27 +128,59 @@ fn finish_s(nj: u32, z: vec2<f32>) {
     s[nj] = vec2<f32>(s0, s1);
 }
 
-// Forward, split-K: one invocation per (sample, chunk of inputs, output).
+// Sample blocking: forward_partial, z_partial and c_partial compute 4 samples per invocation,
+// so each weight (plain, or modified per term) is loaded once per 4 samples. Lanes past the
+// last sample read a clamped sample and write nothing.
+const BLOCK: u32 = 4u;
+
+fn sample_blocks() -> u32 {
+    return (P.n + BLOCK - 1u) / BLOCK;
+}
+
+// The flat offsets of rows n0 .. n0 + 3 (clamped to the last sample) of a [n, len] array.
+fn rows(n0: u32, len: u32) -> vec4<u32> {
+    let last = P.n - 1u;
+    return vec4<u32>(min(n0, last), min(n0 + 1u, last), min(n0 + 2u, last), min(n0 + 3u, last)) * len;
+}
+
+fn x4(r: vec4<u32>, i: u32) -> vec4<f32> {
+    return vec4<f32>(x[r.x + i], x[r.y + i], x[r.z + i], x[r.w + i]);
+}
+
+// f_t(v) of term t for 4 values.
+fn xmod4(v: vec4<f32>, t: u32) -> vec4<f32> {
+    let r = P.rule;
+    return r.x_lin[t] * v + r.x_pos[t] * max(v, vec4<f32>(0.0)) + r.x_neg[t] * min(v, vec4<f32>(0.0))
+        + r.x_one[t];
+}
+
+// Forward, split-K: one invocation per (block of 4 samples, chunk of inputs, output).
 @compute @workgroup_size(64)
 fn forward_partial(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let idx = flat_index(gid, nwg);
-    if (idx >= P.n * P.chunks_in * P.outputs) {
+    if (idx >= sample_blocks() * P.chunks_in * P.outputs) {
         return;
     }
     let j = idx % P.outputs;
     let nk = idx / P.outputs;
     let k = nk % P.chunks_in;
-    let n = nk / P.chunks_in;
+    let n0 = (nk / P.chunks_in) * BLOCK;
     let start = k * P.chunk;
     let end = min(start + P.chunk, P.inputs);
-    var acc = 0.0;
+    let xr = rows(n0, P.inputs);
+    var acc = vec4<f32>(0.0);
     for (var i = start; i < end; i++) {
-        acc += x[n * P.inputs + i] * wb[i * P.outputs + j];
+        acc += x4(xr, i) * wb[i * P.outputs + j];
     }
-    if (P.chunks_in == 1u) {
-        y[n * P.outputs + j] = acc + wb[P.bias_offset + j];
-    } else {
-        part[idx] = vec4<f32>(acc, 0.0, 0.0, 0.0);
+    for (var l = 0u; l < BLOCK; l++) {
+        let n = n0 + l;
+        if (n < P.n) {
+            if (P.chunks_in == 1u) {
+                y[n * P.outputs + j] = acc[l] + wb[P.bias_offset + j];
+            } else {
+                part[(n * P.chunks_in + k) * P.outputs + j] = vec4<f32>(acc[l], 0.0, 0.0, 0.0);
+            }
+        }
     }
 }
 
@@ -172,36 +200,44 @@ fn forward_reduce(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wo
     y[idx] = acc + wb[P.bias_offset + j];
 }
 
-// Relevance step 1, modified forward per term: one invocation per (sample, chunk of inputs, output).
+// Relevance step 1, modified forward per term: one invocation per (block of 4 samples, chunk of
+// inputs, output).
 @compute @workgroup_size(64)
 fn z_partial(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let idx = flat_index(gid, nwg);
-    if (idx >= P.n * P.chunks_in * P.outputs) {
+    if (idx >= sample_blocks() * P.chunks_in * P.outputs) {
         return;
     }
     let j = idx % P.outputs;
     let nk = idx / P.outputs;
     let k = nk % P.chunks_in;
-    let n = nk / P.chunks_in;
+    let n0 = (nk / P.chunks_in) * BLOCK;
     let start = k * P.chunk;
     let end = min(start + P.chunk, P.inputs);
-    var z = vec2<f32>(0.0);
-    let xb = n * P.inputs;
+    let xr = rows(n0, P.inputs);
+    var z0 = vec4<f32>(0.0);
+    var z1 = vec4<f32>(0.0);
     for (var t = 0u; t < terms(); t++) {
-        var acc = 0.0;
+        var acc = vec4<f32>(0.0);
         for (var i = start; i < end; i++) {
-            acc += xmod(x[xb + i], t) * wb[wmod_index(t, i, j)];
+            acc += xmod4(x4(xr, i), t) * wb[wmod_index(t, i, j)];
         }
         if (P.rule.term_pass1[t] > 0.5) {
-            z.y += acc;
+            z1 += acc;
         } else {
-            z.x += acc;
+            z0 += acc;
         }
     }
-    if (P.chunks_in == 1u) {
-        finish_s(n * P.outputs + j, z);
-    } else {
-        part[idx] = vec4<f32>(z, 0.0, 0.0);
+    for (var l = 0u; l < BLOCK; l++) {
+        let n = n0 + l;
+        if (n < P.n) {
+            let z = vec2<f32>(z0[l], z1[l]);
+            if (P.chunks_in == 1u) {
+                finish_s(n * P.outputs + j, z);
+            } else {
+                part[(n * P.chunks_in + k) * P.outputs + j] = vec4<f32>(z, 0.0, 0.0);
+            }
+        }
     }
 }
 
@@ -223,35 +259,49 @@ fn s_reduce(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgrou
     finish_s(idx, acc);
 }
 
-// Relevance step 3, back-projection per term: one invocation per (sample, chunk of outputs, input).
+// Relevance step 3, back-projection per term: one invocation per (block of 4 samples, chunk of
+// outputs, input); reads the transposed modified weights, coalesced over inputs.
 @compute @workgroup_size(64)
 fn c_partial(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let idx = flat_index(gid, nwg);
-    if (idx >= P.n * P.chunks_out * P.inputs) {
+    if (idx >= sample_blocks() * P.chunks_out * P.inputs) {
         return;
     }
     let i = idx % P.inputs;
     let nk = idx / P.inputs;
     let k = nk % P.chunks_out;
-    let n = nk / P.chunks_out;
+    let n0 = (nk / P.chunks_out) * BLOCK;
     let start = k * P.chunk;
     let end = min(start + P.chunk, P.outputs);
-    let sb = n * P.outputs;
-    let v = x[n * P.inputs + i];
-    var r = 0.0;
+    let sr = rows(n0, P.outputs);
+    let v = x4(rows(n0, P.inputs), i);
+    var r = vec4<f32>(0.0);
     for (var t = 0u; t < terms(); t++) {
         let pass1 = P.rule.term_pass1[t] > 0.5;
-        var acc = 0.0;
+        var acc = vec4<f32>(0.0);
         for (var j = start; j < end; j++) {
-            let sj = s[sb + j];
-            acc += wb[wmod_t_index(t, i, j)] * select(sj.x, sj.y, pass1);
+            let s0 = s[sr.x + j];
+            let s1 = s[sr.y + j];
+            let s2 = s[sr.z + j];
+            let s3 = s[sr.w + j];
+            let sj = select(
+                vec4<f32>(s0.x, s1.x, s2.x, s3.x),
+                vec4<f32>(s0.y, s1.y, s2.y, s3.y),
+                pass1,
+            );
+            acc += sj * wb[wmod_t_index(t, i, j)];
         }
-        r += P.rule.term_coef[t] * xmod(v, t) * acc;
+        r += P.rule.term_coef[t] * xmod4(v, t) * acc;
     }
-    if (P.chunks_out == 1u) {
-        r_out[n * P.inputs + i] = r;
-    } else {
-        part[idx] = vec4<f32>(r, 0.0, 0.0, 0.0);
+    for (var l = 0u; l < BLOCK; l++) {
+        let n = n0 + l;
+        if (n < P.n) {
+            if (P.chunks_out == 1u) {
+                r_out[n * P.inputs + i] = r[l];
+            } else {
+                part[(n * P.chunks_out + k) * P.inputs + i] = vec4<f32>(r[l], 0.0, 0.0, 0.0);
+            }
+        }
     }
 }
 

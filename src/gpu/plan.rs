@@ -302,11 +302,13 @@ impl Uniform {
     }
 }
 
-/// One dispatch: a pipeline, its bind group and the invocations per sample.
+/// One dispatch: a pipeline, its bind group and the invocations per block of `sample_block`
+/// samples.
 struct Step {
     pipeline: wgpu::ComputePipeline,
     bind_group: usize,
     per_sample: u64,
+    sample_block: u64,
 }
 
 /// Which of the two relevance buffers.
@@ -521,6 +523,7 @@ impl Plan {
                     pipeline,
                     bind_group: bg,
                     per_sample,
+                    sample_block: kernel.sample_block() as u64,
                 })
             })
         };
@@ -927,7 +930,8 @@ impl Plan {
                 timestamp_writes: None,
             });
             for st in &self.steps {
-                let (gx, gy) = self.workgroups(st.per_sample * n as u64)?;
+                let blocks = (n as u64).div_ceil(st.sample_block);
+                let (gx, gy) = self.workgroups(st.per_sample * blocks)?;
                 pass.set_pipeline(&st.pipeline);
                 pass.set_bind_group(0, &self.bind_groups[st.bind_group], &[]);
                 pass.dispatch_workgroups(gx, gy, 1);

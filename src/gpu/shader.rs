@@ -22,6 +22,10 @@ pub const MAX_WINDOW: u32 = 16_384;
 /// forward_partial and z_partial take a block of output channels, c_partial of input channels.
 pub const CONV_BLOCK: u32 = 4;
 
+/// Samples one invocation of the Dense partial kernels computes (`BLOCK` in dense.wgsl), so
+/// each weight is loaded once per block of samples.
+pub const DENSE_BLOCK: u32 = 4;
+
 /// Invocations per workgroup of every kernel (the WGSL files hard-code 64 too).
 pub const WORKGROUP: u32 = 64;
 
@@ -236,6 +240,16 @@ impl Kernel {
                 ElementwiseEntry::Seed => "seed",
                 ElementwiseEntry::Finalize => "finalize",
             },
+        }
+    }
+
+    /// Samples one invocation handles (the dispatch covers ceil(n / this) blocks of samples).
+    pub fn sample_block(self) -> u32 {
+        match self {
+            Kernel::Dense(
+                LinearEntry::ForwardPartial | LinearEntry::ZPartial | LinearEntry::CPartial,
+            ) => DENSE_BLOCK,
+            _ => 1,
         }
     }
 
