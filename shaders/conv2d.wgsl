@@ -90,7 +90,8 @@ struct ConvParams {
     chunks_out: u32,
     bias_offset: u32,
     mode: u32,
-    pad0: u32,
+    // 1: the forward pass applies the following ReLU layer (fused; the plan skips that layer)
+    relu: u32,
     rule: RuleParams,
 }
 
@@ -106,6 +107,11 @@ struct ConvParams {
 
 fn flat_index(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
     return gid.x + gid.y * nwg.x * 64u;
+}
+
+// The forward output, with the fused ReLU when P.relu = 1.
+fn activation(v: f32) -> f32 {
+    return select(v, max(v, 0.0), P.relu == 1u);
 }
 
 fn stab(d: f32, eps: f32) -> f32 {
@@ -285,7 +291,7 @@ fn forward_partial(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_w
         if (o < P.oc) {
             let j = o * ohw + b.p;
             if (P.chunks_in == 1u) {
-                y[b.n * olen + j] = acc[l] + wb[P.bias_offset + o];
+                y[b.n * olen + j] = activation(acc[l] + wb[P.bias_offset + o]);
             } else {
                 part[(b.n * P.chunks_in + b.k) * olen + j] = vec4<f32>(acc[l], 0.0, 0.0, 0.0);
             }
@@ -307,7 +313,7 @@ fn forward_reduce(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wo
     for (var k = 0u; k < P.chunks_in; k++) {
         acc += part[(n * P.chunks_in + k) * olen + j].x;
     }
-    y[idx] = acc + wb[P.bias_offset + j / (P.oh * P.ow)];
+    y[idx] = activation(acc + wb[P.bias_offset + j / (P.oh * P.ow)]);
 }
 
 // Relevance step 1, modified forward per term: one invocation per (sample, chunk of the receptive

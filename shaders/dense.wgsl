@@ -71,6 +71,11 @@ struct DenseParams {
     chunks_out: u32,
     bias_offset: u32,
     mode: u32,
+    // 1: the forward pass applies the following ReLU layer (fused; the plan skips that layer)
+    relu: u32,
+    pad0: u32,
+    pad1: u32,
+    pad2: u32,
     rule: RuleParams,
 }
 
@@ -85,6 +90,11 @@ struct DenseParams {
 
 fn flat_index(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
     return gid.x + gid.y * nwg.x * 64u;
+}
+
+// The forward output, with the fused ReLU when P.relu = 1.
+fn activation(v: f32) -> f32 {
+    return select(v, max(v, 0.0), P.relu == 1u);
 }
 
 fn stab(d: f32, eps: f32) -> f32 {
@@ -176,7 +186,7 @@ fn forward_partial(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_w
         let n = n0 + l;
         if (n < P.n) {
             if (P.chunks_in == 1u) {
-                y[n * P.outputs + j] = acc[l] + wb[P.bias_offset + j];
+                y[n * P.outputs + j] = activation(acc[l] + wb[P.bias_offset + j]);
             } else {
                 part[(n * P.chunks_in + k) * P.outputs + j] = vec4<f32>(acc[l], 0.0, 0.0, 0.0);
             }
@@ -197,7 +207,7 @@ fn forward_reduce(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wo
     for (var k = 0u; k < P.chunks_in; k++) {
         acc += part[(n * P.chunks_in + k) * P.outputs + j].x;
     }
-    y[idx] = acc + wb[P.bias_offset + j];
+    y[idx] = activation(acc + wb[P.bias_offset + j]);
 }
 
 // Relevance step 1, modified forward per term: one invocation per (block of 4 samples, chunk of

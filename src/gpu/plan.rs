@@ -35,7 +35,12 @@ impl Mode {
 enum LayerPlan {
     Dense(DenseParams),
     Conv(ConvParams),
-    Relu { len: u32 },
+    /// `fused`: the preceding Dense/Conv2d applies it in its forward pass (no dispatch, its
+    /// output buffer is shared); the gradient still masks by it (output > 0 iff input > 0).
+    Relu {
+        len: u32,
+        fused: bool,
+    },
     MaxPool(PoolParams),
     AvgPool(PoolParams),
     Flatten,
@@ -157,6 +162,10 @@ fn layer_plans(net: &Network, method: &Method) -> Result<(Vec<LayerPlan>, Footpr
                     chunks_out: chunks(o, CHUNK as usize, "reduction over outputs")?,
                     bias_offset: u32_of(i * o, "weights", &name)?,
                     mode: mode.gradient() as u32,
+                    relu: 0,
+                    pad0: 0,
+                    pad1: 0,
+                    pad2: 0,
                     rule: rule()?,
                 };
                 fp.s = fp.s.max(2 * out_len);
@@ -203,7 +212,7 @@ fn layer_plans(net: &Network, method: &Method) -> Result<(Vec<LayerPlan>, Footpr
                     chunks_out: chunks(oc, per_chunk, "transposed reduction over output channels")?,
                     bias_offset: u32_of(weight.len(), "weights", &name)?,
                     mode: mode.gradient() as u32,
-                    pad0: 0,
+                    relu: 0,
                     rule,
                 };
                 u32_of(in_len as usize, "input values per sample", &name)?;
@@ -217,9 +226,23 @@ fn layer_plans(net: &Network, method: &Method) -> Result<(Vec<LayerPlan>, Footpr
                 }
                 LayerPlan::Conv(p)
             }
-            Layer::Relu => LayerPlan::Relu {
-                len: u32_of(in_len as usize, "values per sample", &name)?,
-            },
+            Layer::Relu => {
+                let fused = match plans.last_mut() {
+                    Some(LayerPlan::Dense(d)) => {
+                        d.relu = 1;
+                        true
+                    }
+                    Some(LayerPlan::Conv(c)) => {
+                        c.relu = 1;
+                        true
+                    }
+                    _ => false,
+                };
+                LayerPlan::Relu {
+                    len: u32_of(in_len as usize, "values per sample", &name)?,
+                    fused,
+                }
+            }
             Layer::Flatten => LayerPlan::Flatten,
             Layer::MaxPool2d { window } | Layer::AvgPool2d { window, .. } => {
                 let area = window.kernel[0] * window.kernel[1];
@@ -440,7 +463,7 @@ impl Plan {
         let mut act_buffers = vec![storage(device, "activation.input", lens[0] * b * F)];
         let mut acts = vec![0usize];
         for (k, p) in plans.iter().enumerate() {
-            if matches!(p, LayerPlan::Flatten) {
+            if matches!(p, LayerPlan::Flatten | LayerPlan::Relu { fused: true, .. }) {
                 acts.push(acts[k]);
             } else {
                 let label = format!("activation.{k}.{}", net.names[k]);
@@ -718,13 +741,16 @@ impl Plan {
                         back.push((kern(LinearEntry::RReduce), bg, inl));
                     }
                 }
-                LayerPlan::Relu { len } => {
+                LayerPlan::Relu { fused: true, .. } if !mode.gradient() => {}
+                LayerPlan::Relu { len, fused } => {
                     let params = ElementwiseParams {
                         n: 0,
                         len: *len,
                         mode: 0,
                         flag: 0,
                     };
+                    // Fused: x and y are the same buffer, which may not be bound twice.
+                    let y = if *fused { &dummy } else { y };
                     let bg = bind(
                         Shader::Elementwise,
                         label,
@@ -732,12 +758,14 @@ impl Plan {
                         &[x, y, r_in, r_out, &targets],
                         &mut uniforms,
                     );
-                    step(
-                        &mut forward,
-                        Kernel::Elementwise(ElementwiseEntry::ReluForward),
-                        bg,
-                        lens[k],
-                    )?;
+                    if !*fused {
+                        step(
+                            &mut forward,
+                            Kernel::Elementwise(ElementwiseEntry::ReluForward),
+                            bg,
+                            lens[k],
+                        )?;
+                    }
                     if mode.gradient() {
                         back.push((
                             Kernel::Elementwise(ElementwiseEntry::ReluGradient),

@@ -398,6 +398,11 @@ pub struct DenseParams {
     pub bias_offset: u32,
     /// 0 LRP, 1 gradient
     pub mode: u32,
+    /// 1: the forward pass applies the following ReLU layer (fused)
+    pub relu: u32,
+    pub pad0: u32,
+    pub pad1: u32,
+    pub pad2: u32,
     pub rule: RuleParams,
 }
 
@@ -427,7 +432,8 @@ pub struct ConvParams {
     pub bias_offset: u32,
     /// 0 LRP, 1 gradient
     pub mode: u32,
-    pub pad0: u32,
+    /// 1: the forward pass applies the following ReLU layer (fused)
+    pub relu: u32,
     pub rule: RuleParams,
 }
 
