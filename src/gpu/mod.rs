@@ -28,6 +28,9 @@
 //! - The batch size is clamped so that every per-batch buffer fits the adapter's storage
 //!   binding and buffer limits; [`GpuBackend::notes`] says so.
 //! - Device memory is allocated once per backend; streaming any number of samples reuses it.
+//! - Host and GPU work overlap: results are read back from one of two staging buffers while the
+//!   GPU runs the next submission, and a single batch of at least 512 samples is run as two
+//!   halves for that purpose.
 
 pub mod backend;
 pub mod context;

@@ -2,7 +2,8 @@
 //! activation buffer per layer kept for the backward pass, ping-pong relevance buffers, shared
 //! scratch, one uniform buffer and one bind group per layer, pipelines from the cache. Running a
 //! batch writes the inputs, encodes forward, seed and backward into one command encoder, copies
-//! relevance, logits and targets into one staging buffer, submits once and maps once.
+//! relevance, logits and targets into one of two staging buffers, submits once and maps once;
+//! the host reads one staging buffer back while the GPU runs the next batch.
 
 use wgpu::util::DeviceExt;
 
@@ -360,7 +361,7 @@ pub(crate) struct Plan {
     logits: wgpu::Buffer,
     result: wgpu::Buffer,
     targets: wgpu::Buffer,
-    staging: wgpu::Buffer,
+    staging: [wgpu::Buffer; 2],
     uniforms: Vec<(wgpu::Buffer, Uniform)>,
     bind_groups: Vec<wgpu::BindGroup>,
     steps: Vec<Step>,
@@ -477,11 +478,14 @@ impl Plan {
         let part = storage(device, "scratch.partial", fp.partial * 4 * b * F);
         let targets = storage(device, "targets", b * F);
         let dummy = storage(device, "unused", 16);
-        let staging = device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("staging"),
-            size: (fp.staging * b).next_multiple_of(16),
-            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
+        // Two staging buffers, so one batch can be read back while the next one runs.
+        let staging = ["staging.0", "staging.1"].map(|label| {
+            device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(label),
+                size: (fp.staging * b).next_multiple_of(16),
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            })
         });
         let rel = |p: Ping| match p {
             Ping::A => &rel_a,
@@ -924,21 +928,25 @@ impl Plan {
         Ok((x as u32, y as u32))
     }
 
-    /// Runs one batch of `n <= capacity` samples: `x` holds n * input_len values, `targets` one
-    /// index per sample (None: the arg-max). Fills `out` (first n samples of each part).
-    pub(crate) fn run(
+    /// Queues one batch of `n <= capacity` samples: `x` holds n * input_len values, `targets` one
+    /// index per sample (None: the arg-max). Its relevance, logits and targets land in staging
+    /// buffer `slot` (0 or 1), which must not be pending; collect them with [`Plan::finish`].
+    /// Returns without waiting for the GPU, so the host can finish the other slot meanwhile.
+    pub(crate) fn submit(
         &mut self,
         x: &[f32],
         n: usize,
         targets: Option<&[u32]>,
-        out: BatchResult<'_>,
-    ) -> Result<()> {
+        slot: usize,
+    ) -> Result<Pending> {
         assert!(n >= 1 && n <= self.capacity && x.len() == n * self.input_len);
         let device = self.ctx.device();
         let queue = self.ctx.queue();
         let explicit = targets.is_some();
         let scope = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         let vscope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+        // Queue writes take effect after the work submitted before them, so rewriting the
+        // uniforms, inputs or targets never disturbs a batch still running.
         if self.written != Some((n, explicit)) {
             for (buf, u) in &self.uniforms {
                 queue.write_buffer(buf, 0, &u.bytes(n as u32, explicit));
@@ -965,14 +973,11 @@ impl Plan {
                 pass.dispatch_workgroups(gx, gy, 1);
             }
         }
-        let cap = self.capacity as u64;
-        let rel_bytes = (n * self.input_len) as u64 * F;
-        let logit_off = cap * self.input_len as u64 * F;
-        let logit_bytes = (n * self.classes) as u64 * F;
-        let target_off = logit_off + cap * self.classes as u64 * F;
-        enc.copy_buffer_to_buffer(&self.result, 0, &self.staging, 0, rel_bytes);
-        enc.copy_buffer_to_buffer(&self.logits, 0, &self.staging, logit_off, logit_bytes);
-        enc.copy_buffer_to_buffer(&self.targets, 0, &self.staging, target_off, n as u64 * F);
+        let lay = self.staging_layout(n);
+        let staging = &self.staging[slot];
+        enc.copy_buffer_to_buffer(&self.result, 0, staging, 0, lay.rel_bytes);
+        enc.copy_buffer_to_buffer(&self.logits, 0, staging, lay.logit_off, lay.logit_bytes);
+        enc.copy_buffer_to_buffer(&self.targets, 0, staging, lay.target_off, n as u64 * F);
         let index = queue.submit([enc.finish()]);
         if let Some(err) = pollster::block_on(vscope.pop()) {
             return Err(Error::Gpu(format!("encoding the batch failed: {err}")));
@@ -983,40 +988,94 @@ impl Plan {
             )));
         }
         let (tx, rx) = std::sync::mpsc::channel();
-        self.staging.map_async(wgpu::MapMode::Read, .., move |r| {
+        staging.map_async(wgpu::MapMode::Read, .., move |r| {
             let _ = tx.send(r);
         });
+        Ok(Pending {
+            slot,
+            n,
+            index,
+            mapped: rx,
+        })
+    }
+
+    /// Waits for a submitted batch and fills `out` (first n samples of each part).
+    pub(crate) fn finish(&mut self, pending: Pending, out: BatchResult<'_>) -> Result<()> {
+        let device = self.ctx.device();
+        let n = pending.n;
         device
             .poll(wgpu::PollType::Wait {
-                submission_index: Some(index),
+                submission_index: Some(pending.index),
                 timeout: None,
             })
             .map_err(|e| Error::Gpu(format!("waiting for the batch failed: {e}")))?;
-        rx.recv()
+        pending
+            .mapped
+            .recv()
             .map_err(|e| Error::Gpu(format!("reading the batch back failed: {e}")))?
             .map_err(|e| Error::Gpu(format!("reading the batch back failed: {e}")))?;
+        let lay = self.staging_layout(n);
+        let staging = &self.staging[pending.slot];
         {
-            let view = self
-                .staging
+            let view = staging
                 .get_mapped_range(..)
                 .map_err(|e| Error::Gpu(format!("reading the batch back failed: {e}")))?;
             let bytes: &[u8] = &view;
-            let rel = &bytes[..rel_bytes as usize];
+            let rel = &bytes[..lay.rel_bytes as usize];
             widen(
                 bytemuck::cast_slice(rel),
                 &mut out.relevance[..n * self.input_len],
             );
-            let lg = &bytes[logit_off as usize..(logit_off + logit_bytes) as usize];
+            let lg = &bytes[lay.logit_off as usize..(lay.logit_off + lay.logit_bytes) as usize];
             widen(
                 bytemuck::cast_slice(lg),
                 &mut out.logits[..n * self.classes],
             );
-            let tg = &bytes[target_off as usize..target_off as usize + n * 4];
+            let tg = &bytes[lay.target_off as usize..lay.target_off as usize + n * 4];
             out.targets[..n].copy_from_slice(bytemuck::cast_slice(tg));
         }
-        self.staging.unmap();
+        staging.unmap();
         Ok(())
     }
+
+    /// Waits for a submitted batch and drops its results (after an error elsewhere), so that
+    /// its staging buffer is free again.
+    pub(crate) fn abandon(&mut self, pending: Pending) {
+        let _ = self.ctx.device().poll(wgpu::PollType::Wait {
+            submission_index: Some(pending.index),
+            timeout: None,
+        });
+        if let Ok(Ok(())) = pending.mapped.recv() {
+            self.staging[pending.slot].unmap();
+        }
+    }
+
+    /// Where the parts of a batch of n lie in a staging buffer (bytes).
+    fn staging_layout(&self, n: usize) -> StagingLayout {
+        let cap = self.capacity as u64;
+        let logit_off = cap * self.input_len as u64 * F;
+        StagingLayout {
+            rel_bytes: (n * self.input_len) as u64 * F,
+            logit_off,
+            logit_bytes: (n * self.classes) as u64 * F,
+            target_off: logit_off + cap * self.classes as u64 * F,
+        }
+    }
+}
+
+struct StagingLayout {
+    rel_bytes: u64,
+    logit_off: u64,
+    logit_bytes: u64,
+    target_off: u64,
+}
+
+/// A submitted batch whose results are not collected yet (see [`Plan::submit`]).
+pub(crate) struct Pending {
+    slot: usize,
+    n: usize,
+    index: wgpu::SubmissionIndex,
+    mapped: std::sync::mpsc::Receiver<std::result::Result<(), wgpu::BufferAsyncError>>,
 }
 
 #[cfg(test)]
