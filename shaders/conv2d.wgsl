@@ -4,7 +4,8 @@
 // Bindings (group 0):
 //   0 P       uniform ConvParams: shapes, window, chunking, mode and the rule's modifier terms
 //   1 x       storage read        layer input, [n, c, h, w]
-//   2 wb      storage read        W [oc, c, kh, kw] row-major, then b [oc] at P.bias_offset
+//   2 wb      storage read        W [oc, c, kh, kw] row-major, b [oc] at P.bias_offset, then the
+//                                 modified weights per term (P.rule.term_layout)
 //   3 y       storage read_write  layer output, [n, oc, oh, ow]                   (forward)
 //   4 part    storage read_write  split-K partial sums, vec4 per (n, chunk, unit)  (long reductions)
 //   5 r_in    storage read        upper relevance (or gradient), [n, oc, oh, ow]
@@ -27,17 +28,18 @@
 //       that reach the pixel; chunks_out = 1: writes R directly
 //   r_reduce:                   n * (c*h*w) invocations (only when chunks_out > 1)
 // The host sizes the chunks so that every invocation loops over at most max(1024, kh*kw) kernel
-// positions (kh*kw <= 16,384), or over the chunks, so no invocation comes near llvmpipe's
-// 65,535-iteration cap. Padding positions are skipped: f(x) = 0 there for
+// positions per term of the rule (kh*kw times the terms <= 16,384), or over the chunks, so no
+// invocation comes near llvmpipe's 65,535-iteration cap. Padding positions are skipped: f(x) = 0 there for
 // every modifier, so they take no part in z' and receive no relevance.
 //
 // Rule terms: as in dense.wgsl (up to four (pass, f, g, sign) terms over up to two passes).
 // Modifiers are branch-free: linear combinations of v, max(0,v), min(0,v), v^2 and 1 with
 // per-term coefficients from the uniform (e.g. zplus: f = max(0,x), g = max(0,w); gamma:
-// g = w + G max(0,w)). The weight modifiers sign_k g_k(W) are precomputed by the host and
-// stored in wb after the bias, once per term; the kernels loop over the P.rule.term_layout.x terms in
-// use only. Split-K partials hold the per-pass sums (z_partial: (z'_0, z'_1)) or the partial R
-// (c_partial, in .x).
+// g = w + G max(0,w)). The weight modifiers sign_k g_k(W) are precomputed by the host (in wb
+// after the bias, once per term, for the single-channel gather; blocked in wv for the rest); the
+// kernels loop over the P.rule.term_layout.x terms in use only. Split-K partials hold the
+// per-pass sums (z_partial: (z'_0, z'_1)) or the partial R (c_partial, in .x). A ReLU right
+// after the layer is applied by the forward pass when P.relu = 1.
 // mode 0: LRP; mode 1: gradient (s = R, no division; the terms are set to (one, w)).
 
 struct RuleParams {

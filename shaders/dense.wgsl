@@ -4,7 +4,8 @@
 // Bindings (group 0):
 //   0 P       uniform DenseParams: shapes, chunking, mode and the rule's modifier terms
 //   1 x       storage read        layer input, [n, inputs]
-//   2 wb      storage read        W [inputs, outputs] row-major, then b [outputs] at P.bias_offset
+//   2 wb      storage read        W [inputs, outputs] row-major, b [outputs] at P.bias_offset, then
+//                                 the modified weights per term (P.rule.term_layout)
 //   3 y       storage read_write  layer output, [n, outputs]                      (forward)
 //   4 part    storage read_write  split-K partial sums, vec4 per (n, chunk, unit)  (long reductions)
 //   5 r_in    storage read        upper relevance (or gradient) R_j, [n, outputs]
@@ -29,8 +30,9 @@
 // per-term coefficients from the uniform (e.g. zplus: f = max(0,x), g = max(0,w); gamma:
 // g = w + G max(0,w)). The weight modifiers sign_k g_k(W) are precomputed by the host (weights
 // are constant) and stored in wb after the bias, once per term and once more transposed, so the
-// back-projection reads them coalesced; the kernels loop over the P.rule.term_layout.x terms in use
-// only (one-term rules do a quarter of the work of four-term ones). Split-K partials hold the
+// back-projection reads them coalesced; the kernels loop over the P.rule.term_layout.x terms
+// in use only (one-term rules do a quarter of the work of four-term ones). A ReLU right after
+// the layer is applied by the forward pass when P.relu = 1. Split-K partials hold the
 // per-pass sums (z_partial: (z'_0, z'_1)) or the partial R_i (c_partial, in .x).
 // mode 0: LRP; mode 1: gradient (s = R, no division; the terms are set to (one, w)).
 
