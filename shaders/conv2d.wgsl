@@ -4,31 +4,42 @@
 // Bindings (group 0):
 //   0 P       uniform ConvParams: shapes, window, chunking, mode and the rule's modifier terms
 //   1 x       storage read        layer input, [n, c, h, w]
-//   2 wb      storage read        W [oc, c, kh, kw] row-major, then b [oc] at P.bias_offset
+//   2 wb      storage read        W [oc, c, kh, kw] row-major, b [oc] at P.bias_offset, then the
+//                                 modified weights per term (P.rule.term_layout)
 //   3 y       storage read_write  layer output, [n, oc, oh, ow]                   (forward)
 //   4 part    storage read_write  split-K partial sums, vec4 per (n, chunk, unit)  (long reductions)
 //   5 r_in    storage read        upper relevance (or gradient), [n, oc, oh, ow]
 //   6 s       storage read_write  s = R / stab(z') per pass (x: pass 0, y: pass 1), [n, oc, oh, ow]
 //   7 r_out   storage read_write  lower relevance (or gradient), [n, c, h, w]
+//   8 wv      storage read        the weights blocked by 4 channels (vec4, zero-padded), so each
+//                                 blocked multiply-add loads its 4 weights at once: per output-
+//                                 channel block ob [c, kh, kw] for the plain weights, then for
+//                                 each term's modified weights; from P.rule.term_layout.w, per
+//                                 term and input-channel block cb [oc, kh, kw] modified weights
 // Dispatch: 1-D over invocations, 64 per workgroup, folded into (x, y) workgroups when there are
 // more than the per-dimension limit; index = gid.x + gid.y * num_workgroups.x * 64.
-//   forward_partial, z_partial: n * chunks_in * (oc*oh*ow) invocations; each loops over the
-//       receptive field of c_per_chunk input channels; chunks_in = 1: writes the result directly
+//   forward_partial, z_partial: n * chunks_in * ceil(oc/4) * (oh*ow) invocations; each computes
+//       4 output channels of one pixel over the receptive field of c_per_chunk input channels;
+//       chunks_in = 1: writes the result directly
 //   forward_reduce, s_reduce:   n * (oc*oh*ow) invocations (only when chunks_in > 1; s_reduce
 //                               also for the gradient)
-//   c_partial:                  n * chunks_out * (c*h*w) invocations; each gathers over the
-//       kernel positions of oc_per_chunk output channels that reach its pixel; chunks_out = 1:
-//       writes R directly
+//   c_partial:                  n * chunks_out * ceil(c/4) * (h*w) invocations; each gathers, for
+//       4 input channels of one pixel, over the kernel positions of oc_per_chunk output channels
+//       that reach the pixel; chunks_out = 1: writes R directly
 //   r_reduce:                   n * (c*h*w) invocations (only when chunks_out > 1)
 // The host sizes the chunks so that every invocation loops over at most max(1024, kh*kw) kernel
-// positions (kh*kw <= 16,384), or over the chunks, so no invocation comes near llvmpipe's
-// 65,535-iteration cap. Padding positions are skipped: f(x) = 0 there for
+// positions per term of the rule (kh*kw times the terms <= 16,384), or over the chunks, so no
+// invocation comes near llvmpipe's 65,535-iteration cap. Padding positions are skipped: f(x) = 0 there for
 // every modifier, so they take no part in z' and receive no relevance.
 //
 // Rule terms: as in dense.wgsl (up to four (pass, f, g, sign) terms over up to two passes).
 // Modifiers are branch-free: linear combinations of v, max(0,v), min(0,v), v^2 and 1 with
 // per-term coefficients from the uniform (e.g. zplus: f = max(0,x), g = max(0,w); gamma:
-// g = w + G max(0,w)); an unused term has all coefficients 0.
+// g = w + G max(0,w)). The weight modifiers sign_k g_k(W) are precomputed by the host (in wb
+// after the bias, once per term, for the single-channel gather; blocked in wv for the rest); the
+// kernels loop over the P.rule.term_layout.x terms in use only. Split-K partials hold the
+// per-pass sums (z_partial: (z'_0, z'_1)) or the partial R (c_partial, in .x). A ReLU right
+// after the layer is applied by the forward pass when P.relu = 1.
 // mode 0: LRP; mode 1: gradient (s = R, no division; the terms are set to (one, w)).
 
 struct RuleParams {
@@ -53,6 +64,10 @@ struct RuleParams {
     bias1: vec4<f32>,
     // x: bias constant of pass 0, y: of pass 1, z: eps, w: number of passes
     extra: vec4<f32>,
+    // x: number of terms in use; y: offset in wb of the precomputed sign_k g_k(W) of term 0
+    // (laid out like W, term k at y + k * z; read by the single-channel gather); z: values per
+    // term; w: offset in wv (vec4s) of the input-channel-blocked modified weights
+    term_layout: vec4<u32>,
 }
 
 struct ConvParams {
@@ -77,7 +92,8 @@ struct ConvParams {
     chunks_out: u32,
     bias_offset: u32,
     mode: u32,
-    pad0: u32,
+    // 1: the forward pass applies the following ReLU layer (fused; the plan skips that layer)
+    relu: u32,
     rule: RuleParams,
 }
 
@@ -89,25 +105,35 @@ struct ConvParams {
 @group(0) @binding(5) var<storage, read> r_in: array<f32>;
 @group(0) @binding(6) var<storage, read_write> s: array<vec2<f32>>;
 @group(0) @binding(7) var<storage, read_write> r_out: array<f32>;
+@group(0) @binding(8) var<storage, read> wv: array<vec4<f32>>;
 
 fn flat_index(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
     return gid.x + gid.y * nwg.x * 64u;
+}
+
+// The forward output, with the fused ReLU when P.relu = 1.
+fn activation(v: f32) -> f32 {
+    return select(v, max(v, 0.0), P.relu == 1u);
 }
 
 fn stab(d: f32, eps: f32) -> f32 {
     return select(d - eps, d + eps, d >= 0.0);
 }
 
-// f_k(x) for the four terms.
-fn xmods(v: f32) -> vec4<f32> {
-    let r = P.rule;
-    return r.x_lin * v + r.x_pos * max(v, 0.0) + r.x_neg * min(v, 0.0) + r.x_one;
+// Number of terms the rule uses; the relevance kernels loop over exactly these.
+fn terms() -> u32 {
+    return min(P.rule.term_layout.x, 4u);
 }
 
-// sign_k g_k(w) for the four terms.
-fn wmods(v: f32) -> vec4<f32> {
+// f_t(v) of term t.
+fn xmod(v: f32, t: u32) -> f32 {
     let r = P.rule;
-    return r.w_lin * v + r.w_pos * max(v, 0.0) + r.w_neg * min(v, 0.0) + r.w_sq * (v * v) + r.w_one;
+    return r.x_lin[t] * v + r.x_pos[t] * max(v, 0.0) + r.x_neg[t] * min(v, 0.0) + r.x_one[t];
+}
+
+// Offset in wb of the precomputed sign_t g_t(W) of term t, laid out like W [oc, c, kh, kw].
+fn wmod_base(t: u32) -> u32 {
+    return P.rule.term_layout.y + t * P.rule.term_layout.z;
 }
 
 // h_p(b) for the two passes.
@@ -165,8 +191,8 @@ fn reach(n: i32, stride: u32, outs: u32, k: u32) -> Reach {
     return Reach(first, end, u32(max(n - i32(first), 0)) / stride);
 }
 
-// s from the per-term sums T_k of output unit j of sample n.
-fn finish_s(n: u32, j: u32, t: vec4<f32>) {
+// s from the per-pass sums z of output unit j of sample n.
+fn finish_s(n: u32, j: u32, z: vec2<f32>) {
     let r = P.rule;
     let nj = n * out_len() + j;
     let rj = r_in[nj];
@@ -175,55 +201,103 @@ fn finish_s(n: u32, j: u32, t: vec4<f32>) {
         return;
     }
     let b = wb[P.bias_offset + j / (P.oh * P.ow)];
-    let z = vec2<f32>(dot(t, vec4<f32>(1.0) - r.term_pass1), dot(t, r.term_pass1)) + bmods(b);
-    let s0 = rj / stab(z.x, r.extra.z);
-    let s1 = select(0.0, rj / stab(z.y, r.extra.z), r.extra.w > 1.5);
+    let zb = z + bmods(b);
+    let s0 = rj / stab(zb.x, r.extra.z);
+    let s1 = select(0.0, rj / stab(zb.y, r.extra.z), r.extra.w > 1.5);
     s[nj] = vec2<f32>(s0, s1);
 }
 
-// R from the per-term back-projections c_k of input unit i of sample n.
-fn finish_r(n: u32, i: u32, c: vec4<f32>) {
-    let r = P.rule;
-    let ni = n * in_len() + i;
-    r_out[ni] = dot(r.term_coef * xmods(x[ni]), c);
+// Channel blocking: forward_partial and z_partial compute BLOCK (4) output channels of one output
+// pixel per invocation, so each input value (and its modified value) is loaded once per block
+// rather than once per channel; c_partial computes BLOCK input channels of one input pixel, so
+// each s value is loaded once per block. Lanes past the last channel read a clamped channel and
+// write nothing.
+const BLOCK: u32 = 4u;
+
+fn blocks(channels: u32) -> u32 {
+    return (channels + BLOCK - 1u) / BLOCK;
 }
 
-// Forward, split-K: one invocation per (sample, chunk of the receptive field, output pixel).
+// The flat offsets of channels first .. first + 3 (clamped to the last of `count`), times `step`.
+fn lane_offsets(first: u32, count: u32, step: u32) -> vec4<u32> {
+    let last = count - 1u;
+    return vec4<u32>(
+        min(first, last),
+        min(first + 1u, last),
+        min(first + 2u, last),
+        min(first + 3u, last),
+    ) * step;
+}
+
+// Start in wv of the weights of output-channel block ob, [c, kh, kw] vec4s: g = 0 the plain
+// weights (forward), g = 1 + t the modified weights of term t (z_partial).
+fn out_weights(g: u32, ob: u32) -> u32 {
+    return (g * blocks(P.oc) + ob) * P.c * P.kh * P.kw;
+}
+
+// Start in wv of the modified weights of term t for input-channel block cb, [oc, kh, kw] vec4s
+// (c_partial).
+fn in_weights(t: u32, cb: u32) -> u32 {
+    return P.rule.term_layout.w + (t * blocks(P.c) + cb) * P.oc * P.kh * P.kw;
+}
+
+// A blocked invocation of forward_partial / z_partial: sample, chunk of the receptive field,
+// first output channel of the block, and output pixel.
+struct OutBlock {
+    n: u32,
+    k: u32,
+    o0: u32,
+    p: u32,
+}
+
+fn out_block(idx: u32) -> OutBlock {
+    let ohw = P.oh * P.ow;
+    let p = idx % ohw;
+    let rest = idx / ohw;
+    let nb = blocks(P.oc);
+    let nk = rest / nb;
+    return OutBlock(nk / P.chunks_in, nk % P.chunks_in, (rest % nb) * BLOCK, p);
+}
+
+// Forward, split-K: one invocation per (sample, chunk of the receptive field, block of output
+// channels, output pixel).
 @compute @workgroup_size(64)
 fn forward_partial(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let idx = flat_index(gid, nwg);
-    let olen = out_len();
-    if (idx >= P.n * P.chunks_in * olen) {
+    let ohw = P.oh * P.ow;
+    if (idx >= P.n * P.chunks_in * blocks(P.oc) * ohw) {
         return;
     }
-    let j = idx % olen;
-    let nk = idx / olen;
-    let k = nk % P.chunks_in;
-    let n = nk / P.chunks_in;
-    let o = j / (P.oh * P.ow);
-    let oy = (j / P.ow) % P.oh;
-    let ox = j % P.ow;
-    let f = field(oy, ox);
+    let b = out_block(idx);
+    let f = field(b.p / P.ow, b.p % P.ow);
     let kk = P.kh * P.kw;
-    let c0 = k * P.c_per_chunk;
+    let wbase = out_weights(0u, b.o0 / BLOCK);
+    let c0 = b.k * P.c_per_chunk;
     let c1 = min(c0 + P.c_per_chunk, P.c);
-    let xbase = n * in_len();
-    var acc = 0.0;
+    let xbase = b.n * in_len();
+    var acc = vec4<f32>(0.0);
     for (var ch = c0; ch < c1; ch++) {
         let xc = i32(xbase + ch * P.h * P.w) + f.x0;
-        let wc = (o * P.c + ch) * kk;
+        let wc = wbase + ch * kk;
         for (var ky = f.ky0; ky < f.ky1; ky++) {
             let xr = xc + (f.y0 + i32(ky)) * i32(P.w);
             let wr = wc + ky * P.kw;
             for (var kx = f.kx0; kx < f.kx1; kx++) {
-                acc += x[u32(xr + i32(kx))] * wb[wr + kx];
+                acc += x[u32(xr + i32(kx))] * wv[wr + kx];
             }
         }
     }
-    if (P.chunks_in == 1u) {
-        y[n * olen + j] = acc + wb[P.bias_offset + o];
-    } else {
-        part[idx] = vec4<f32>(acc, 0.0, 0.0, 0.0);
+    let olen = out_len();
+    for (var l = 0u; l < BLOCK; l++) {
+        let o = b.o0 + l;
+        if (o < P.oc) {
+            let j = o * ohw + b.p;
+            if (P.chunks_in == 1u) {
+                y[b.n * olen + j] = activation(acc[l] + wb[P.bias_offset + o]);
+            } else {
+                part[(b.n * P.chunks_in + b.k) * olen + j] = vec4<f32>(acc[l], 0.0, 0.0, 0.0);
+            }
+        }
     }
 }
 
@@ -241,45 +315,60 @@ fn forward_reduce(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wo
     for (var k = 0u; k < P.chunks_in; k++) {
         acc += part[(n * P.chunks_in + k) * olen + j].x;
     }
-    y[idx] = acc + wb[P.bias_offset + j / (P.oh * P.ow)];
+    y[idx] = activation(acc + wb[P.bias_offset + j / (P.oh * P.ow)]);
 }
 
-// Relevance step 1, modified forward per term: one invocation per (sample, chunk, output value).
+// Relevance step 1, modified forward per term: one invocation per (sample, chunk of the receptive
+// field, block of output channels, output pixel); loops over the rule's terms, each input's
+// modified value computed once per term and block.
 @compute @workgroup_size(64)
 fn z_partial(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let idx = flat_index(gid, nwg);
-    let olen = out_len();
-    if (idx >= P.n * P.chunks_in * olen) {
+    let ohw = P.oh * P.ow;
+    if (idx >= P.n * P.chunks_in * blocks(P.oc) * ohw) {
         return;
     }
-    let j = idx % olen;
-    let nk = idx / olen;
-    let k = nk % P.chunks_in;
-    let n = nk / P.chunks_in;
-    let o = j / (P.oh * P.ow);
-    let oy = (j / P.ow) % P.oh;
-    let ox = j % P.ow;
-    let f = field(oy, ox);
+    let b = out_block(idx);
+    let f = field(b.p / P.ow, b.p % P.ow);
     let kk = P.kh * P.kw;
-    let c0 = k * P.c_per_chunk;
+    let ob = b.o0 / BLOCK;
+    let c0 = b.k * P.c_per_chunk;
     let c1 = min(c0 + P.c_per_chunk, P.c);
-    let xbase = n * in_len();
-    var acc = vec4<f32>(0.0);
-    for (var ch = c0; ch < c1; ch++) {
-        let xc = i32(xbase + ch * P.h * P.w) + f.x0;
-        let wc = (o * P.c + ch) * kk;
-        for (var ky = f.ky0; ky < f.ky1; ky++) {
-            let xr = xc + (f.y0 + i32(ky)) * i32(P.w);
-            let wr = wc + ky * P.kw;
-            for (var kx = f.kx0; kx < f.kx1; kx++) {
-                acc += xmods(x[u32(xr + i32(kx))]) * wmods(wb[wr + kx]);
+    let xbase = b.n * in_len();
+    var z0 = vec4<f32>(0.0);
+    var z1 = vec4<f32>(0.0);
+    for (var t = 0u; t < terms(); t++) {
+        let wt = out_weights(t + 1u, ob);
+        var acc = vec4<f32>(0.0);
+        for (var ch = c0; ch < c1; ch++) {
+            let xc = i32(xbase + ch * P.h * P.w) + f.x0;
+            let wc = wt + ch * kk;
+            for (var ky = f.ky0; ky < f.ky1; ky++) {
+                let xr = xc + (f.y0 + i32(ky)) * i32(P.w);
+                let wr = wc + ky * P.kw;
+                for (var kx = f.kx0; kx < f.kx1; kx++) {
+                    acc += xmod(x[u32(xr + i32(kx))], t) * wv[wr + kx];
+                }
             }
         }
+        if (P.rule.term_pass1[t] > 0.5) {
+            z1 += acc;
+        } else {
+            z0 += acc;
+        }
     }
-    if (P.chunks_in == 1u) {
-        finish_s(n, j, acc);
-    } else {
-        part[idx] = acc;
+    let olen = out_len();
+    for (var l = 0u; l < BLOCK; l++) {
+        let o = b.o0 + l;
+        if (o < P.oc) {
+            let j = o * ohw + b.p;
+            let z = vec2<f32>(z0[l], z1[l]);
+            if (P.chunks_in == 1u) {
+                finish_s(b.n, j, z);
+            } else {
+                part[(b.n * P.chunks_in + b.k) * olen + j] = vec4<f32>(z, 0.0, 0.0);
+            }
+        }
     }
 }
 
@@ -293,59 +382,113 @@ fn s_reduce(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgrou
     }
     let j = idx % olen;
     let n = idx / olen;
-    var acc = vec4<f32>(0.0);
+    var acc = vec2<f32>(0.0);
     if (P.mode == 0u) {
         for (var k = 0u; k < P.chunks_in; k++) {
-            acc += part[(n * P.chunks_in + k) * olen + j];
+            acc += part[(n * P.chunks_in + k) * olen + j].xy;
         }
     }
     finish_s(n, j, acc);
 }
 
 // Relevance step 3, gather of the back-projection per term: one invocation per (sample, chunk of
-// the transposed reduction, input value).
+// the transposed reduction, block of input channels, input pixel); each s value is loaded once
+// per block, and R = sum_t coef_t f_t(x) c_t is formed per channel (split-K partials hold R).
 @compute @workgroup_size(64)
 fn c_partial(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let idx = flat_index(gid, nwg);
-    let ilen = in_len();
-    if (idx >= P.n * P.chunks_out * ilen) {
+    let hw = P.h * P.w;
+    let nb = blocks(P.c);
+    if (idx >= P.n * P.chunks_out * nb * hw) {
         return;
     }
-    let i = idx % ilen;
-    let nk = idx / ilen;
+    let p = idx % hw;
+    let rest = idx / hw;
+    let ch0 = (rest % nb) * BLOCK;
+    let nk = rest / nb;
     let k = nk % P.chunks_out;
     let n = nk / P.chunks_out;
-    let ch = i / (P.h * P.w);
-    let iy = (i / P.w) % P.h;
-    let ix = i % P.w;
+    let iy = p / P.w;
+    let ix = p % P.w;
     let kk = P.kh * P.kw;
     let ry = reach(i32(iy + P.pad_top), P.stride_y, P.oh, P.kh);
     let rx = reach(i32(ix + P.pad_left), P.stride_x, P.ow, P.kw);
     let o0 = k * P.oc_per_chunk;
     let o1 = min(o0 + P.oc_per_chunk, P.oc);
     let sbase = n * out_len();
-    let pass1 = P.rule.term_pass1 > vec4<f32>(0.5);
-    var acc = vec4<f32>(0.0);
-    for (var o = o0; o < o1; o++) {
-        let wo = (o * P.c + ch) * kk;
-        let so = sbase + o * P.oh * P.ow;
-        var oy = ry.out_first;
-        for (var ky = ry.first; ky < ry.end; ky += P.stride_y) {
-            let wr = wo + ky * P.kw;
-            let sr = so + oy * P.ow;
-            var ox = rx.out_first;
-            for (var kx = rx.first; kx < rx.end; kx += P.stride_x) {
-                let sj = s[sr + ox];
-                acc += wmods(wb[wr + kx]) * select(vec4<f32>(sj.x), vec4<f32>(sj.y), pass1);
-                ox -= 1u;
+    let ilen = in_len();
+    if (P.c == 1u) {
+        // One input channel (e.g. grayscale images): a scalar gather, no idle lanes.
+        let v = x[n * ilen + p];
+        var r1 = 0.0;
+        for (var t = 0u; t < terms(); t++) {
+            let pass1 = P.rule.term_pass1[t] > 0.5;
+            let wt = wmod_base(t);
+            var acc = 0.0;
+            for (var o = o0; o < o1; o++) {
+                let wo = wt + o * kk;
+                let so = sbase + o * P.oh * P.ow;
+                var oy = ry.out_first;
+                for (var ky = ry.first; ky < ry.end; ky += P.stride_y) {
+                    let wr = wo + ky * P.kw;
+                    let sr = so + oy * P.ow;
+                    var ox = rx.out_first;
+                    for (var kx = rx.first; kx < rx.end; kx += P.stride_x) {
+                        let sj = s[sr + ox];
+                        acc += select(sj.x, sj.y, pass1) * wb[wr + kx];
+                        ox -= 1u;
+                    }
+                    oy -= 1u;
+                }
             }
-            oy -= 1u;
+            r1 += P.rule.term_coef[t] * xmod(v, t) * acc;
         }
+        if (P.chunks_out == 1u) {
+            r_out[n * ilen + p] = r1;
+        } else {
+            part[nk * ilen + p] = vec4<f32>(r1, 0.0, 0.0, 0.0);
+        }
+        return;
     }
-    if (P.chunks_out == 1u) {
-        finish_r(n, i, acc);
-    } else {
-        part[idx] = acc;
+    let cb = ch0 / BLOCK;
+    let xl = lane_offsets(ch0, P.c, hw) + vec4<u32>(n * ilen + p);
+    let xv = vec4<f32>(x[xl.x], x[xl.y], x[xl.z], x[xl.w]);
+    var r = vec4<f32>(0.0);
+    for (var t = 0u; t < terms(); t++) {
+        let pass1 = P.rule.term_pass1[t] > 0.5;
+        let wt = in_weights(t, cb);
+        var acc = vec4<f32>(0.0);
+        for (var o = o0; o < o1; o++) {
+            let wo = wt + o * kk;
+            let so = sbase + o * P.oh * P.ow;
+            var oy = ry.out_first;
+            for (var ky = ry.first; ky < ry.end; ky += P.stride_y) {
+                let wr = wo + ky * P.kw;
+                let sr = so + oy * P.ow;
+                var ox = rx.out_first;
+                for (var kx = rx.first; kx < rx.end; kx += P.stride_x) {
+                    let sj = s[sr + ox];
+                    acc += select(sj.x, sj.y, pass1) * wv[wr + kx];
+                    ox -= 1u;
+                }
+                oy -= 1u;
+            }
+        }
+        let rr = P.rule;
+        let fx = rr.x_lin[t] * xv + rr.x_pos[t] * max(xv, vec4<f32>(0.0))
+            + rr.x_neg[t] * min(xv, vec4<f32>(0.0)) + rr.x_one[t];
+        r += rr.term_coef[t] * fx * acc;
+    }
+    for (var l = 0u; l < BLOCK; l++) {
+        let ch = ch0 + l;
+        if (ch < P.c) {
+            let i = ch * hw + p;
+            if (P.chunks_out == 1u) {
+                r_out[n * ilen + i] = r[l];
+            } else {
+                part[(nk * ilen) + i] = vec4<f32>(r[l], 0.0, 0.0, 0.0);
+            }
+        }
     }
 }
 
@@ -359,9 +502,9 @@ fn r_reduce(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgrou
     }
     let i = idx % ilen;
     let n = idx / ilen;
-    var acc = vec4<f32>(0.0);
+    var acc = 0.0;
     for (var k = 0u; k < P.chunks_out; k++) {
-        acc += part[(n * P.chunks_out + k) * ilen + i];
+        acc += part[(n * P.chunks_out + k) * ilen + i].x;
     }
-    finish_r(n, i, acc);
+    r_out[idx] = acc;
 }

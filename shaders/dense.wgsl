@@ -4,7 +4,8 @@
 // Bindings (group 0):
 //   0 P       uniform DenseParams: shapes, chunking, mode and the rule's modifier terms
 //   1 x       storage read        layer input, [n, inputs]
-//   2 wb      storage read        W [inputs, outputs] row-major, then b [outputs] at P.bias_offset
+//   2 wb      storage read        W [inputs, outputs] row-major, b [outputs] at P.bias_offset, then
+//                                 the modified weights per term (P.rule.term_layout)
 //   3 y       storage read_write  layer output, [n, outputs]                      (forward)
 //   4 part    storage read_write  split-K partial sums, vec4 per (n, chunk, unit)  (long reductions)
 //   5 r_in    storage read        upper relevance (or gradient) R_j, [n, outputs]
@@ -12,10 +13,12 @@
 //   7 r_out   storage read_write  lower relevance (or gradient) R_i, [n, inputs]
 // Dispatch: 1-D over invocations, 64 per workgroup, folded into (x, y) workgroups when there are
 // more than the per-dimension limit; index = gid.x + gid.y * num_workgroups.x * 64.
-//   forward_partial, z_partial: n * chunks_in * outputs invocations (chunks_in = 1: writes the result)
+//   forward_partial, z_partial: ceil(n/4) * chunks_in * outputs invocations, 4 samples each
+//                               (chunks_in = 1: writes the result)
 //   forward_reduce, s_reduce:   n * outputs invocations (only when chunks_in > 1; s_reduce also
 //                               for the gradient)
-//   c_partial:                  n * chunks_out * inputs invocations (chunks_out = 1: writes R_i)
+//   c_partial:                  ceil(n/4) * chunks_out * inputs invocations, 4 samples each
+//                               (chunks_out = 1: writes R_i)
 //   r_reduce:                   n * inputs invocations (only when chunks_out > 1)
 // Every invocation loops over at most P.chunk inputs (or outputs), or over the chunks, so no
 // invocation comes near llvmpipe's 65,535-iteration cap.
@@ -25,7 +28,12 @@
 // R_i = sum_k coef_{p(k)} sign_k f_k(x_i) sum_j g_k(w_ij) s_{p(k), j}.
 // Modifiers are branch-free: linear combinations of v, max(0,v), min(0,v), v^2 and 1 with
 // per-term coefficients from the uniform (e.g. zplus: f = max(0,x), g = max(0,w); gamma:
-// g = w + G max(0,w)); an unused term has all coefficients 0.
+// g = w + G max(0,w)). The weight modifiers sign_k g_k(W) are precomputed by the host (weights
+// are constant) and stored in wb after the bias, once per term and once more transposed, so the
+// back-projection reads them coalesced; the kernels loop over the P.rule.term_layout.x terms
+// in use only (one-term rules do a quarter of the work of four-term ones). A ReLU right after
+// the layer is applied by the forward pass when P.relu = 1. Split-K partials hold the
+// per-pass sums (z_partial: (z'_0, z'_1)) or the partial R_i (c_partial, in .x).
 // mode 0: LRP; mode 1: gradient (s = R, no division; the terms are set to (one, w)).
 
 struct RuleParams {
@@ -50,6 +58,10 @@ struct RuleParams {
     bias1: vec4<f32>,
     // x: bias constant of pass 0, y: of pass 1, z: eps, w: number of passes
     extra: vec4<f32>,
+    // x: number of terms in use; y: offset in wb of the precomputed sign_k g_k(W) of term 0
+    // ([inputs, outputs], term k at y + k * z); z: values per term; w: offset of the transposed
+    // copies ([outputs, inputs] per term)
+    term_layout: vec4<u32>,
 }
 
 struct DenseParams {
@@ -61,6 +73,11 @@ struct DenseParams {
     chunks_out: u32,
     bias_offset: u32,
     mode: u32,
+    // 1: the forward pass applies the following ReLU layer (fused; the plan skips that layer)
+    relu: u32,
+    pad0: u32,
+    pad1: u32,
+    pad2: u32,
     rule: RuleParams,
 }
 
@@ -77,20 +94,28 @@ fn flat_index(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
     return gid.x + gid.y * nwg.x * 64u;
 }
 
+// The forward output, with the fused ReLU when P.relu = 1.
+fn activation(v: f32) -> f32 {
+    return select(v, max(v, 0.0), P.relu == 1u);
+}
+
 fn stab(d: f32, eps: f32) -> f32 {
     return select(d - eps, d + eps, d >= 0.0);
 }
 
-// f_k(x) for the four terms.
-fn xmods(v: f32) -> vec4<f32> {
-    let r = P.rule;
-    return r.x_lin * v + r.x_pos * max(v, 0.0) + r.x_neg * min(v, 0.0) + r.x_one;
+// Number of terms the rule uses; the relevance kernels loop over exactly these.
+fn terms() -> u32 {
+    return min(P.rule.term_layout.x, 4u);
 }
 
-// sign_k g_k(w) for the four terms.
-fn wmods(v: f32) -> vec4<f32> {
-    let r = P.rule;
-    return r.w_lin * v + r.w_pos * max(v, 0.0) + r.w_neg * min(v, 0.0) + r.w_sq * (v * v) + r.w_one;
+// Index in wb of sign_t g_t(w_ij), precomputed by the host: [inputs, outputs] per term, and the
+// transposed copy [outputs, inputs] per term for the back-projection.
+fn wmod_index(t: u32, i: u32, j: u32) -> u32 {
+    return P.rule.term_layout.y + t * P.rule.term_layout.z + i * P.outputs + j;
+}
+
+fn wmod_t_index(t: u32, i: u32, j: u32) -> u32 {
+    return P.rule.term_layout.w + t * P.rule.term_layout.z + j * P.inputs + i;
 }
 
 // h_p(b) for the two passes.
@@ -100,8 +125,8 @@ fn bmods(v: f32) -> vec2<f32> {
     return vec2<f32>(dot(r.bias0, m), dot(r.bias1, m)) + r.extra.xy;
 }
 
-// s_j from the per-term sums T_k of output unit j (flat index nj = n * outputs + j).
-fn finish_s(nj: u32, t: vec4<f32>) {
+// s_j from the per-pass sums z of output unit j (flat index nj = n * outputs + j).
+fn finish_s(nj: u32, z: vec2<f32>) {
     let r = P.rule;
     let rj = r_in[nj];
     if (P.mode == 1u) {
@@ -109,39 +134,65 @@ fn finish_s(nj: u32, t: vec4<f32>) {
         return;
     }
     let b = wb[P.bias_offset + nj % P.outputs];
-    let z = vec2<f32>(dot(t, vec4<f32>(1.0) - r.term_pass1), dot(t, r.term_pass1)) + bmods(b);
-    let s0 = rj / stab(z.x, r.extra.z);
-    let s1 = select(0.0, rj / stab(z.y, r.extra.z), r.extra.w > 1.5);
+    let zb = z + bmods(b);
+    let s0 = rj / stab(zb.x, r.extra.z);
+    let s1 = select(0.0, rj / stab(zb.y, r.extra.z), r.extra.w > 1.5);
     s[nj] = vec2<f32>(s0, s1);
 }
 
-// R_i from the per-term back-projections c_k of input unit i (flat index ni = n * inputs + i).
-fn finish_r(ni: u32, c: vec4<f32>) {
-    let r = P.rule;
-    r_out[ni] = dot(r.term_coef * xmods(x[ni]), c);
+// Sample blocking: forward_partial, z_partial and c_partial compute 4 samples per invocation,
+// so each weight (plain, or modified per term) is loaded once per 4 samples. Lanes past the
+// last sample read a clamped sample and write nothing.
+const BLOCK: u32 = 4u;
+
+fn sample_blocks() -> u32 {
+    return (P.n + BLOCK - 1u) / BLOCK;
 }
 
-// Forward, split-K: one invocation per (sample, chunk of inputs, output).
+// The flat offsets of rows n0 .. n0 + 3 (clamped to the last sample) of a [n, len] array.
+fn rows(n0: u32, len: u32) -> vec4<u32> {
+    let last = P.n - 1u;
+    return vec4<u32>(min(n0, last), min(n0 + 1u, last), min(n0 + 2u, last), min(n0 + 3u, last)) * len;
+}
+
+fn x4(r: vec4<u32>, i: u32) -> vec4<f32> {
+    return vec4<f32>(x[r.x + i], x[r.y + i], x[r.z + i], x[r.w + i]);
+}
+
+// f_t(v) of term t for 4 values.
+fn xmod4(v: vec4<f32>, t: u32) -> vec4<f32> {
+    let r = P.rule;
+    return r.x_lin[t] * v + r.x_pos[t] * max(v, vec4<f32>(0.0)) + r.x_neg[t] * min(v, vec4<f32>(0.0))
+        + r.x_one[t];
+}
+
+// Forward, split-K: one invocation per (block of 4 samples, chunk of inputs, output).
 @compute @workgroup_size(64)
 fn forward_partial(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let idx = flat_index(gid, nwg);
-    if (idx >= P.n * P.chunks_in * P.outputs) {
+    if (idx >= sample_blocks() * P.chunks_in * P.outputs) {
         return;
     }
     let j = idx % P.outputs;
     let nk = idx / P.outputs;
     let k = nk % P.chunks_in;
-    let n = nk / P.chunks_in;
+    let n0 = (nk / P.chunks_in) * BLOCK;
     let start = k * P.chunk;
     let end = min(start + P.chunk, P.inputs);
-    var acc = 0.0;
+    let xr = rows(n0, P.inputs);
+    var acc = vec4<f32>(0.0);
     for (var i = start; i < end; i++) {
-        acc += x[n * P.inputs + i] * wb[i * P.outputs + j];
+        acc += x4(xr, i) * wb[i * P.outputs + j];
     }
-    if (P.chunks_in == 1u) {
-        y[n * P.outputs + j] = acc + wb[P.bias_offset + j];
-    } else {
-        part[idx] = vec4<f32>(acc, 0.0, 0.0, 0.0);
+    for (var l = 0u; l < BLOCK; l++) {
+        let n = n0 + l;
+        if (n < P.n) {
+            if (P.chunks_in == 1u) {
+                y[n * P.outputs + j] = activation(acc[l] + wb[P.bias_offset + j]);
+            } else {
+                part[(n * P.chunks_in + k) * P.outputs + j] = vec4<f32>(acc[l], 0.0, 0.0, 0.0);
+            }
+        }
     }
 }
 
@@ -158,30 +209,47 @@ fn forward_reduce(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wo
     for (var k = 0u; k < P.chunks_in; k++) {
         acc += part[(n * P.chunks_in + k) * P.outputs + j].x;
     }
-    y[idx] = acc + wb[P.bias_offset + j];
+    y[idx] = activation(acc + wb[P.bias_offset + j]);
 }
 
-// Relevance step 1, modified forward per term: one invocation per (sample, chunk of inputs, output).
+// Relevance step 1, modified forward per term: one invocation per (block of 4 samples, chunk of
+// inputs, output).
 @compute @workgroup_size(64)
 fn z_partial(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let idx = flat_index(gid, nwg);
-    if (idx >= P.n * P.chunks_in * P.outputs) {
+    if (idx >= sample_blocks() * P.chunks_in * P.outputs) {
         return;
     }
     let j = idx % P.outputs;
     let nk = idx / P.outputs;
     let k = nk % P.chunks_in;
-    let n = nk / P.chunks_in;
+    let n0 = (nk / P.chunks_in) * BLOCK;
     let start = k * P.chunk;
     let end = min(start + P.chunk, P.inputs);
-    var acc = vec4<f32>(0.0);
-    for (var i = start; i < end; i++) {
-        acc += xmods(x[n * P.inputs + i]) * wmods(wb[i * P.outputs + j]);
+    let xr = rows(n0, P.inputs);
+    var z0 = vec4<f32>(0.0);
+    var z1 = vec4<f32>(0.0);
+    for (var t = 0u; t < terms(); t++) {
+        var acc = vec4<f32>(0.0);
+        for (var i = start; i < end; i++) {
+            acc += xmod4(x4(xr, i), t) * wb[wmod_index(t, i, j)];
+        }
+        if (P.rule.term_pass1[t] > 0.5) {
+            z1 += acc;
+        } else {
+            z0 += acc;
+        }
     }
-    if (P.chunks_in == 1u) {
-        finish_s(n * P.outputs + j, acc);
-    } else {
-        part[idx] = acc;
+    for (var l = 0u; l < BLOCK; l++) {
+        let n = n0 + l;
+        if (n < P.n) {
+            let z = vec2<f32>(z0[l], z1[l]);
+            if (P.chunks_in == 1u) {
+                finish_s(n * P.outputs + j, z);
+            } else {
+                part[(n * P.chunks_in + k) * P.outputs + j] = vec4<f32>(z, 0.0, 0.0);
+            }
+        }
     }
 }
 
@@ -194,38 +262,58 @@ fn s_reduce(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgrou
     }
     let j = idx % P.outputs;
     let n = idx / P.outputs;
-    var acc = vec4<f32>(0.0);
+    var acc = vec2<f32>(0.0);
     if (P.mode == 0u) {
         for (var k = 0u; k < P.chunks_in; k++) {
-            acc += part[(n * P.chunks_in + k) * P.outputs + j];
+            acc += part[(n * P.chunks_in + k) * P.outputs + j].xy;
         }
     }
     finish_s(idx, acc);
 }
 
-// Relevance step 3, back-projection per term: one invocation per (sample, chunk of outputs, input).
+// Relevance step 3, back-projection per term: one invocation per (block of 4 samples, chunk of
+// outputs, input); reads the transposed modified weights, coalesced over inputs.
 @compute @workgroup_size(64)
 fn c_partial(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let idx = flat_index(gid, nwg);
-    if (idx >= P.n * P.chunks_out * P.inputs) {
+    if (idx >= sample_blocks() * P.chunks_out * P.inputs) {
         return;
     }
     let i = idx % P.inputs;
     let nk = idx / P.inputs;
     let k = nk % P.chunks_out;
-    let n = nk / P.chunks_out;
+    let n0 = (nk / P.chunks_out) * BLOCK;
     let start = k * P.chunk;
     let end = min(start + P.chunk, P.outputs);
-    let pass1 = P.rule.term_pass1 > vec4<f32>(0.5);
-    var acc = vec4<f32>(0.0);
-    for (var j = start; j < end; j++) {
-        let sj = s[n * P.outputs + j];
-        acc += wmods(wb[i * P.outputs + j]) * select(vec4<f32>(sj.x), vec4<f32>(sj.y), pass1);
+    let sr = rows(n0, P.outputs);
+    let v = x4(rows(n0, P.inputs), i);
+    var r = vec4<f32>(0.0);
+    for (var t = 0u; t < terms(); t++) {
+        let pass1 = P.rule.term_pass1[t] > 0.5;
+        var acc = vec4<f32>(0.0);
+        for (var j = start; j < end; j++) {
+            let s0 = s[sr.x + j];
+            let s1 = s[sr.y + j];
+            let s2 = s[sr.z + j];
+            let s3 = s[sr.w + j];
+            let sj = select(
+                vec4<f32>(s0.x, s1.x, s2.x, s3.x),
+                vec4<f32>(s0.y, s1.y, s2.y, s3.y),
+                pass1,
+            );
+            acc += sj * wb[wmod_t_index(t, i, j)];
+        }
+        r += P.rule.term_coef[t] * xmod4(v, t) * acc;
     }
-    if (P.chunks_out == 1u) {
-        finish_r(n * P.inputs + i, acc);
-    } else {
-        part[idx] = acc;
+    for (var l = 0u; l < BLOCK; l++) {
+        let n = n0 + l;
+        if (n < P.n) {
+            if (P.chunks_out == 1u) {
+                r_out[n * P.inputs + i] = r[l];
+            } else {
+                part[(n * P.chunks_out + k) * P.inputs + i] = vec4<f32>(r[l], 0.0, 0.0, 0.0);
+            }
+        }
     }
 }
 
@@ -238,9 +326,9 @@ fn r_reduce(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgrou
     }
     let i = idx % P.inputs;
     let n = idx / P.inputs;
-    var acc = vec4<f32>(0.0);
+    var acc = 0.0;
     for (var k = 0u; k < P.chunks_out; k++) {
-        acc += part[(n * P.chunks_out + k) * P.inputs + i];
+        acc += part[(n * P.chunks_out + k) * P.inputs + i].x;
     }
-    finish_r(idx, acc);
+    r_out[idx] = acc;
 }

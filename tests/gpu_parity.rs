@@ -588,6 +588,17 @@ fn batch_sizes_streaming_and_reuse() {
             &format!("batch {batch} of 11"),
         );
     }
+    // A batch large enough to run as two overlapped submissions (halves of 258 and 257).
+    let x_big = random_input(&mut rng, &net, 515, 0.0, 1.0);
+    compare(
+        &ctx,
+        &net,
+        &method,
+        &x_big,
+        None,
+        1024,
+        "515 samples, batch 1024 (two halves)",
+    );
     // One backend, runs of different lengths and target modes: uniforms follow each run.
     let mut backend = GpuBackend::new(&ctx, &net, &method, 4).unwrap();
     let classes = net.num_outputs();

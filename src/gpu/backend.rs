@@ -5,8 +5,11 @@
 use ndarray::{Array2, ArrayD, ArrayViewD, Axis, IxDyn, Slice};
 
 use super::context::GpuContext;
-use super::plan::{footprint, BatchResult, Footprint, Plan};
+use super::plan::{footprint, BatchResult, Footprint, Pending, Plan};
 use crate::{Backend, BatchOutput, Error, Method, Network, Result};
+
+/// Batches of at least twice this many samples run as two submissions (see `run`).
+const OVERLAP_MIN: usize = 256;
 
 /// The GPU explainer for one (network, method), planned for one batch size.
 pub struct GpuBackend {
@@ -144,12 +147,20 @@ impl Backend for GpuBackend {
         }
         let n = shape[0];
         let input_len: usize = self.input_shape.iter().product();
-        for (i, sample) in x.outer_iter().enumerate() {
-            if sample.iter().any(|v| !v.is_finite()) {
-                return Err(Error::NonFinite {
-                    what: format!("input sample {i}"),
-                });
-            }
+        // A contiguous batch is checked and uploaded in place; others are copied per batch.
+        let contiguous = x.as_slice();
+        let bad = match contiguous {
+            Some(flat) if input_len > 0 => flat
+                .chunks(input_len)
+                .position(|sample| !sample.iter().all(|v| v.is_finite())),
+            _ => x
+                .outer_iter()
+                .position(|sample| sample.iter().any(|v| !v.is_finite())),
+        };
+        if let Some(i) = bad {
+            return Err(Error::NonFinite {
+                what: format!("input sample {i}"),
+            });
         }
         let targets: Option<Vec<u32>> = match targets {
             None => None,
@@ -182,40 +193,81 @@ impl Backend for GpuBackend {
                 }
             }
         };
-        let mut relevance = vec![0f32; n * input_len];
-        let mut logits = vec![0f32; n * self.classes];
+        let mut relevance = vec![0f64; n * input_len];
+        let mut logits = vec![0f64; n * self.classes];
         let mut chosen = vec![0u32; n];
         let batch = self.plan.capacity();
-        let mut start = 0;
-        let mut buf: Vec<f32> = Vec::with_capacity(batch * input_len);
+        // A large batch that fits the plan goes as two submissions, so that the host uploads
+        // the second half while the GPU runs the first and reads the first back while the GPU
+        // runs the second; longer inputs overlap likewise batch by batch.
+        let chunk = if n <= batch && n >= 2 * OVERLAP_MIN {
+            n.div_ceil(2)
+        } else {
+            batch
+        };
+        let mut buf: Vec<f32> = Vec::with_capacity(if contiguous.is_some() {
+            0
+        } else {
+            chunk * input_len
+        });
+        let mut pending: Option<(Pending, usize, usize)> = None;
+        let (mut start, mut slot) = (0, 0);
         while start < n {
-            let m = batch.min(n - start);
-            buf.clear();
-            buf.extend(x.slice_axis(Axis(0), Slice::from(start..start + m)).iter());
-            self.plan.run(
-                &buf,
+            let m = chunk.min(n - start);
+            let inputs = match contiguous {
+                Some(flat) => &flat[start * input_len..(start + m) * input_len],
+                None => {
+                    buf.clear();
+                    buf.extend(x.slice_axis(Axis(0), Slice::from(start..start + m)).iter());
+                    &buf[..]
+                }
+            };
+            let submitted = self.plan.submit(
+                inputs,
                 m,
                 targets.as_ref().map(|t| &t[start..start + m]),
+                slot,
+            );
+            let done = match (&submitted, pending.take()) {
+                (Ok(_), Some((p, s0, m0))) => self.plan.finish(
+                    p,
+                    BatchResult {
+                        relevance: &mut relevance[s0 * input_len..(s0 + m0) * input_len],
+                        logits: &mut logits[s0 * self.classes..(s0 + m0) * self.classes],
+                        targets: &mut chosen[s0..s0 + m0],
+                    },
+                ),
+                (Err(_), Some((p, _, _))) => {
+                    self.plan.abandon(p);
+                    Ok(())
+                }
+                (_, None) => Ok(()),
+            };
+            let submitted = submitted?;
+            if let Err(e) = done {
+                self.plan.abandon(submitted);
+                return Err(e);
+            }
+            pending = Some((submitted, start, m));
+            slot ^= 1;
+            start += m;
+        }
+        if let Some((p, s0, m0)) = pending {
+            self.plan.finish(
+                p,
                 BatchResult {
-                    relevance: &mut relevance[start * input_len..(start + m) * input_len],
-                    logits: &mut logits[start * self.classes..(start + m) * self.classes],
-                    targets: &mut chosen[start..start + m],
+                    relevance: &mut relevance[s0 * input_len..(s0 + m0) * input_len],
+                    logits: &mut logits[s0 * self.classes..(s0 + m0) * self.classes],
+                    targets: &mut chosen[s0..s0 + m0],
                 },
             )?;
-            start += m;
         }
         let mut rshape = vec![n];
         rshape.extend(&self.input_shape);
-        let relevance = ArrayD::from_shape_vec(
-            IxDyn(&rshape),
-            relevance.into_iter().map(f64::from).collect(),
-        )
-        .map_err(|e| Error::Gpu(format!("relevance shape: {e}")))?;
-        let logits = Array2::from_shape_vec(
-            (n, self.classes),
-            logits.into_iter().map(f64::from).collect(),
-        )
-        .map_err(|e| Error::Gpu(format!("logits shape: {e}")))?;
+        let relevance = ArrayD::from_shape_vec(IxDyn(&rshape), relevance)
+            .map_err(|e| Error::Gpu(format!("relevance shape: {e}")))?;
+        let logits = Array2::from_shape_vec((n, self.classes), logits)
+            .map_err(|e| Error::Gpu(format!("logits shape: {e}")))?;
         Ok(BatchOutput {
             relevance,
             logits,

@@ -11,7 +11,8 @@
 //!
 //! Rules are the modifier passes of [`crate::Rule::passes`], flattened into at most four terms
 //! over two passes and passed in uniforms as branch-free modifier coefficients; no shader text
-//! is generated.
+//! is generated. The weight modifiers are precomputed once per plan (weights are constant) and
+//! the kernels loop over the terms a rule uses only.
 //!
 //! Behaviour worth knowing:
 //! - Everything runs in f32; results are converted to f64. Against the f64 reference the
@@ -21,11 +22,15 @@
 //! - No invocation loops more than a few thousand times (llvmpipe silently stops an invocation
 //!   after 65,535 loop iterations): long reductions are split into chunks (split-K) and summed by
 //!   a reduce kernel. The GPU backend refuses, with an error naming the layer, pooling windows
-//!   or convolution kernels of more than 16,384 positions, more than 16,384 logits, and
+//!   of more than 16,384 positions, convolution kernels of more than 16,384 positions over the
+//!   terms of their rule (e.g. 8,192 for the two-term z+), more than 16,384 logits, and
 //!   reductions longer than 16,384 chunks; the CPU backend takes those.
 //! - The batch size is clamped so that every per-batch buffer fits the adapter's storage
 //!   binding and buffer limits; [`GpuBackend::notes`] says so.
 //! - Device memory is allocated once per backend; streaming any number of samples reuses it.
+//! - Host and GPU work overlap: results are read back from one of two staging buffers while the
+//!   GPU runs the next submission, and a single batch of at least 512 samples is run as two
+//!   halves for that purpose.
 
 pub mod backend;
 pub mod context;

@@ -2,14 +2,15 @@
 //! activation buffer per layer kept for the backward pass, ping-pong relevance buffers, shared
 //! scratch, one uniform buffer and one bind group per layer, pipelines from the cache. Running a
 //! batch writes the inputs, encodes forward, seed and backward into one command encoder, copies
-//! relevance, logits and targets into one staging buffer, submits once and maps once.
+//! relevance, logits and targets into one of two staging buffers, submits once and maps once;
+//! the host reads one staging buffer back while the GPU runs the next batch.
 
 use wgpu::util::DeviceExt;
 
 use super::context::GpuContext;
 use super::shader::{
     ConvParams, DenseParams, ElementwiseEntry, ElementwiseParams, Kernel, LinearEntry, PoolEntry,
-    PoolParams, RuleParams, Shader, CHUNK, MAX_CHUNKS, MAX_WINDOW, WORKGROUP,
+    PoolParams, RuleParams, Shader, CHUNK, CONV_BLOCK, MAX_CHUNKS, MAX_WINDOW, WORKGROUP,
 };
 use crate::{Error, Layer, Method, Network, Result};
 
@@ -35,7 +36,12 @@ impl Mode {
 enum LayerPlan {
     Dense(DenseParams),
     Conv(ConvParams),
-    Relu { len: u32 },
+    /// `fused`: the preceding Dense/Conv2d applies it in its forward pass (no dispatch, its
+    /// output buffer is shared); the gradient still masks by it (output > 0 iff input > 0).
+    Relu {
+        len: u32,
+        fused: bool,
+    },
     MaxPool(PoolParams),
     AvgPool(PoolParams),
     Flatten,
@@ -157,6 +163,10 @@ fn layer_plans(net: &Network, method: &Method) -> Result<(Vec<LayerPlan>, Footpr
                     chunks_out: chunks(o, CHUNK as usize, "reduction over outputs")?,
                     bias_offset: u32_of(i * o, "weights", &name)?,
                     mode: mode.gradient() as u32,
+                    relu: 0,
+                    pad0: 0,
+                    pad1: 0,
+                    pad2: 0,
                     rule: rule()?,
                 };
                 fp.s = fp.s.max(2 * out_len);
@@ -171,10 +181,14 @@ fn layer_plans(net: &Network, method: &Method) -> Result<(Vec<LayerPlan>, Footpr
             Layer::Conv2d { weight, window, .. } => {
                 let (oc, c, kh, kw) = weight.dim();
                 let kk = kh * kw;
-                if kk > MAX_WINDOW as usize {
+                let rule = rule()?;
+                // The relevance kernels loop over the kernel once per term of the rule.
+                let terms = (rule.term_layout[0] as usize).max(1);
+                if kk * terms > MAX_WINDOW as usize {
                     return Err(Error::Gpu(format!(
                         "layer {name}: a {kh}x{kw} kernel is larger than the GPU kernels handle \
-                         ({MAX_WINDOW} positions; use --backend cpu)"
+                         ({MAX_WINDOW} positions, over the {terms} term(s) of its rule; use \
+                         --backend cpu)"
                     )));
                 }
                 // Whole channels per chunk, about CHUNK kernel positions per invocation.
@@ -199,8 +213,8 @@ fn layer_plans(net: &Network, method: &Method) -> Result<(Vec<LayerPlan>, Footpr
                     chunks_out: chunks(oc, per_chunk, "transposed reduction over output channels")?,
                     bias_offset: u32_of(weight.len(), "weights", &name)?,
                     mode: mode.gradient() as u32,
-                    pad0: 0,
-                    rule: rule()?,
+                    relu: 0,
+                    rule,
                 };
                 u32_of(in_len as usize, "input values per sample", &name)?;
                 u32_of(out_len as usize, "output values per sample", &name)?;
@@ -213,9 +227,23 @@ fn layer_plans(net: &Network, method: &Method) -> Result<(Vec<LayerPlan>, Footpr
                 }
                 LayerPlan::Conv(p)
             }
-            Layer::Relu => LayerPlan::Relu {
-                len: u32_of(in_len as usize, "values per sample", &name)?,
-            },
+            Layer::Relu => {
+                let fused = match plans.last_mut() {
+                    Some(LayerPlan::Dense(d)) => {
+                        d.relu = 1;
+                        true
+                    }
+                    Some(LayerPlan::Conv(c)) => {
+                        c.relu = 1;
+                        true
+                    }
+                    _ => false,
+                };
+                LayerPlan::Relu {
+                    len: u32_of(in_len as usize, "values per sample", &name)?,
+                    fused,
+                }
+            }
             Layer::Flatten => LayerPlan::Flatten,
             Layer::MaxPool2d { window } | Layer::AvgPool2d { window, .. } => {
                 let area = window.kernel[0] * window.kernel[1];
@@ -298,11 +326,13 @@ impl Uniform {
     }
 }
 
-/// One dispatch: a pipeline, its bind group and the invocations per sample.
+/// One dispatch: a pipeline, its bind group and the invocations per block of `sample_block`
+/// samples.
 struct Step {
     pipeline: wgpu::ComputePipeline,
     bind_group: usize,
     per_sample: u64,
+    sample_block: u64,
 }
 
 /// Which of the two relevance buffers.
@@ -331,7 +361,7 @@ pub(crate) struct Plan {
     logits: wgpu::Buffer,
     result: wgpu::Buffer,
     targets: wgpu::Buffer,
-    staging: wgpu::Buffer,
+    staging: [wgpu::Buffer; 2],
     uniforms: Vec<(wgpu::Buffer, Uniform)>,
     bind_groups: Vec<wgpu::BindGroup>,
     steps: Vec<Step>,
@@ -342,11 +372,42 @@ pub(crate) struct Plan {
     _buffers: Vec<wgpu::Buffer>,
 }
 
-/// What one batch gives back.
+/// What one batch gives back (relevance and logits widened to f64 straight from the mapped
+/// staging buffer).
 pub(crate) struct BatchResult<'a> {
-    pub relevance: &'a mut [f32],
-    pub logits: &'a mut [f32],
+    pub relevance: &'a mut [f64],
+    pub logits: &'a mut [f64],
     pub targets: &'a mut [u32],
+}
+
+/// Values below which widening f32 to f64 stays on the calling thread.
+const PARALLEL_WIDEN: usize = 1 << 18;
+
+/// `dst[i] = src[i] as f64`, split over a few scoped threads for large batches (the host side
+/// otherwise spends about as long on this as the GPU on the batch).
+fn widen(src: &[f32], dst: &mut [f64]) {
+    debug_assert_eq!(src.len(), dst.len());
+    let threads = std::thread::available_parallelism()
+        .map(|t| t.get())
+        .unwrap_or(1)
+        .min(src.len() / PARALLEL_WIDEN)
+        .min(8);
+    if threads <= 1 {
+        for (d, s) in dst.iter_mut().zip(src) {
+            *d = f64::from(*s);
+        }
+        return;
+    }
+    let per = src.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        for (d, s) in dst.chunks_mut(per).zip(src.chunks(per)) {
+            scope.spawn(move || {
+                for (d, s) in d.iter_mut().zip(s) {
+                    *d = f64::from(*s);
+                }
+            });
+        }
+    });
 }
 
 fn storage(device: &wgpu::Device, label: &str, bytes: u64) -> wgpu::Buffer {
@@ -403,7 +464,7 @@ impl Plan {
         let mut act_buffers = vec![storage(device, "activation.input", lens[0] * b * F)];
         let mut acts = vec![0usize];
         for (k, p) in plans.iter().enumerate() {
-            if matches!(p, LayerPlan::Flatten) {
+            if matches!(p, LayerPlan::Flatten | LayerPlan::Relu { fused: true, .. }) {
                 acts.push(acts[k]);
             } else {
                 let label = format!("activation.{k}.{}", net.names[k]);
@@ -417,11 +478,14 @@ impl Plan {
         let part = storage(device, "scratch.partial", fp.partial * 4 * b * F);
         let targets = storage(device, "targets", b * F);
         let dummy = storage(device, "unused", 16);
-        let staging = device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("staging"),
-            size: (fp.staging * b).next_multiple_of(16),
-            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
+        // Two staging buffers, so one batch can be read back while the next one runs.
+        let staging = ["staging.0", "staging.1"].map(|label| {
+            device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(label),
+                size: (fp.staging * b).next_multiple_of(16),
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            })
         });
         let rel = |p: Ping| match p {
             Ping::A => &rel_a,
@@ -486,6 +550,7 @@ impl Plan {
                     pipeline,
                     bind_group: bg,
                     per_sample,
+                    sample_block: kernel.sample_block() as u64,
                 })
             })
         };
@@ -512,7 +577,35 @@ impl Plan {
                         }
                         _ => unreachable!("layer_plans keeps layer kinds"),
                     };
+                    let weights = data.len();
                     data.extend(bias.iter().copied());
+                    // The rule's weight modifiers sign_k g_k(W), precomputed once per term (the
+                    // kernels read them instead of evaluating them per multiply-add); Dense also
+                    // gets them transposed ([outputs, inputs]) for a coalesced back-projection.
+                    let mut rp = match p {
+                        LayerPlan::Dense(d) => d.rule,
+                        LayerPlan::Conv(c) => c.rule,
+                        _ => unreachable!(),
+                    };
+                    let terms = rp.term_layout[0] as usize;
+                    let offset = data.len();
+                    for t in 0..terms {
+                        for i in 0..weights {
+                            data.push(rp.weight_mod(t, data[i]));
+                        }
+                    }
+                    let mut transposed = 0;
+                    if let Layer::Dense { weight, .. } = &net.layers[k] {
+                        transposed = data.len();
+                        let (inputs, outputs) = weight.dim();
+                        for t in 0..terms {
+                            for j in 0..outputs {
+                                for i in 0..inputs {
+                                    data.push(rp.weight_mod(t, weight[[i, j]]));
+                                }
+                            }
+                        }
+                    }
                     if data.len() as u64 * F > max_binding {
                         return Err(Error::Gpu(format!(
                             "layer {} has {} bytes of weights, more than the adapter's \
@@ -526,6 +619,67 @@ impl Plan {
                         contents: bytemuck::cast_slice(&data),
                         usage: wgpu::BufferUsages::STORAGE,
                     });
+                    // Conv2d: the plain and modified weights blocked by CONV_BLOCK channels
+                    // (zero-padded vec4s), so a blocked multiply-add loads its weights at once.
+                    let mut blocked: Vec<f32> = vec![];
+                    if let Layer::Conv2d { weight, .. } = &net.layers[k] {
+                        let (oc, c, kh, kw) = weight.dim();
+                        let cb = CONV_BLOCK as usize;
+                        let value =
+                            |g: Option<usize>, o: usize, ch: usize, ky: usize, kx: usize| {
+                                if o >= oc || ch >= c {
+                                    return 0.0;
+                                }
+                                let w = weight[[o, ch, ky, kx]];
+                                g.map_or(w, |t| rp.weight_mod(t, w))
+                            };
+                        // Per output-channel block: g = plain, then each term; [c, kh, kw].
+                        for g in std::iter::once(None).chain((0..terms).map(Some)) {
+                            for ob in 0..oc.div_ceil(cb) {
+                                for ch in 0..c {
+                                    for ky in 0..kh {
+                                        for kx in 0..kw {
+                                            for l in 0..cb {
+                                                blocked.push(value(g, ob * cb + l, ch, ky, kx));
+                                            }
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                        transposed = blocked.len() / cb;
+                        // Per term and input-channel block: [oc, kh, kw].
+                        for t in 0..terms {
+                            for ib in 0..c.div_ceil(cb) {
+                                for o in 0..oc {
+                                    for ky in 0..kh {
+                                        for kx in 0..kw {
+                                            for l in 0..cb {
+                                                blocked.push(value(
+                                                    Some(t),
+                                                    o,
+                                                    ib * cb + l,
+                                                    ky,
+                                                    kx,
+                                                ));
+                                            }
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                        if blocked.len() as u64 * F > max_binding {
+                            return Err(Error::Gpu(format!(
+                                "layer {} has {} bytes of blocked weights, more than the \
+                                 adapter's {max_binding}-byte storage binding limit",
+                                layer_name(net, k),
+                                blocked.len() as u64 * F
+                            )));
+                        }
+                    }
+                    rp.term_layout[1] = offset as u32;
+                    rp.term_layout[2] = weights as u32;
+                    rp.term_layout[3] = transposed as u32;
                     let (uniform, chunks_in, chunks_out, kern): (
                         _,
                         u64,
@@ -533,33 +687,47 @@ impl Plan {
                         fn(LinearEntry) -> Kernel,
                     ) = match p {
                         LayerPlan::Dense(d) => (
-                            Uniform::Dense(*d),
+                            Uniform::Dense(DenseParams { rule: rp, ..*d }),
                             d.chunks_in as u64,
                             d.chunks_out as u64,
                             Kernel::Dense,
                         ),
                         LayerPlan::Conv(c) => (
-                            Uniform::Conv(*c),
+                            Uniform::Conv(ConvParams { rule: rp, ..*c }),
                             c.chunks_in as u64,
                             c.chunks_out as u64,
                             Kernel::Conv2d,
                         ),
                         _ => unreachable!(),
                     };
-                    let bg = bind(
-                        shader,
-                        label,
-                        uniform,
-                        &[x, &wbuf, y, &part, r_in, &s_buf, r_out],
-                        &mut uniforms,
-                    );
+                    let mut buffers = vec![x, &wbuf, y, &part, r_in, &s_buf, r_out];
+                    let wvbuf = (shader == Shader::Conv2d).then(|| {
+                        device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                            label: Some(&format!("{label}.weights_blocked")),
+                            contents: bytemuck::cast_slice(&blocked),
+                            usage: wgpu::BufferUsages::STORAGE,
+                        })
+                    });
+                    if let Some(wv) = &wvbuf {
+                        buffers.push(wv);
+                    }
+                    let bg = bind(shader, label, uniform, &buffers, &mut uniforms);
                     owned.push(wbuf);
+                    owned.extend(wvbuf);
                     let (inl, outl) = (lens[k], lens[k + 1]);
+                    // Conv2d partial kernels compute CONV_BLOCK channels per invocation.
+                    let (out_units, in_units) = match p {
+                        LayerPlan::Conv(c) => (
+                            (c.oc.div_ceil(CONV_BLOCK) * c.oh * c.ow) as u64,
+                            (c.c.div_ceil(CONV_BLOCK) * c.h * c.w) as u64,
+                        ),
+                        _ => (outl, inl),
+                    };
                     step(
                         &mut forward,
                         kern(LinearEntry::ForwardPartial),
                         bg,
-                        chunks_in * outl,
+                        chunks_in * out_units,
                     )?;
                     if chunks_in > 1 {
                         step(&mut forward, kern(LinearEntry::ForwardReduce), bg, outl)?;
@@ -567,23 +735,26 @@ impl Plan {
                     if mode.gradient() {
                         back.push((kern(LinearEntry::SReduce), bg, outl));
                     } else {
-                        back.push((kern(LinearEntry::ZPartial), bg, chunks_in * outl));
+                        back.push((kern(LinearEntry::ZPartial), bg, chunks_in * out_units));
                         if chunks_in > 1 {
                             back.push((kern(LinearEntry::SReduce), bg, outl));
                         }
                     }
-                    back.push((kern(LinearEntry::CPartial), bg, chunks_out * inl));
+                    back.push((kern(LinearEntry::CPartial), bg, chunks_out * in_units));
                     if chunks_out > 1 {
                         back.push((kern(LinearEntry::RReduce), bg, inl));
                     }
                 }
-                LayerPlan::Relu { len } => {
+                LayerPlan::Relu { fused: true, .. } if !mode.gradient() => {}
+                LayerPlan::Relu { len, fused } => {
                     let params = ElementwiseParams {
                         n: 0,
                         len: *len,
                         mode: 0,
                         flag: 0,
                     };
+                    // Fused: x and y are the same buffer, which may not be bound twice.
+                    let y = if *fused { &dummy } else { y };
                     let bg = bind(
                         Shader::Elementwise,
                         label,
@@ -591,12 +762,14 @@ impl Plan {
                         &[x, y, r_in, r_out, &targets],
                         &mut uniforms,
                     );
-                    step(
-                        &mut forward,
-                        Kernel::Elementwise(ElementwiseEntry::ReluForward),
-                        bg,
-                        lens[k],
-                    )?;
+                    if !*fused {
+                        step(
+                            &mut forward,
+                            Kernel::Elementwise(ElementwiseEntry::ReluForward),
+                            bg,
+                            lens[k],
+                        )?;
+                    }
                     if mode.gradient() {
                         back.push((
                             Kernel::Elementwise(ElementwiseEntry::ReluGradient),
@@ -755,21 +928,25 @@ impl Plan {
         Ok((x as u32, y as u32))
     }
 
-    /// Runs one batch of `n <= capacity` samples: `x` holds n * input_len values, `targets` one
-    /// index per sample (None: the arg-max). Fills `out` (first n samples of each part).
-    pub(crate) fn run(
+    /// Queues one batch of `n <= capacity` samples: `x` holds n * input_len values, `targets` one
+    /// index per sample (None: the arg-max). Its relevance, logits and targets land in staging
+    /// buffer `slot` (0 or 1), which must not be pending; collect them with [`Plan::finish`].
+    /// Returns without waiting for the GPU, so the host can finish the other slot meanwhile.
+    pub(crate) fn submit(
         &mut self,
         x: &[f32],
         n: usize,
         targets: Option<&[u32]>,
-        out: BatchResult<'_>,
-    ) -> Result<()> {
+        slot: usize,
+    ) -> Result<Pending> {
         assert!(n >= 1 && n <= self.capacity && x.len() == n * self.input_len);
         let device = self.ctx.device();
         let queue = self.ctx.queue();
         let explicit = targets.is_some();
         let scope = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         let vscope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+        // Queue writes take effect after the work submitted before them, so rewriting the
+        // uniforms, inputs or targets never disturbs a batch still running.
         if self.written != Some((n, explicit)) {
             for (buf, u) in &self.uniforms {
                 queue.write_buffer(buf, 0, &u.bytes(n as u32, explicit));
@@ -789,20 +966,18 @@ impl Plan {
                 timestamp_writes: None,
             });
             for st in &self.steps {
-                let (gx, gy) = self.workgroups(st.per_sample * n as u64)?;
+                let blocks = (n as u64).div_ceil(st.sample_block);
+                let (gx, gy) = self.workgroups(st.per_sample * blocks)?;
                 pass.set_pipeline(&st.pipeline);
                 pass.set_bind_group(0, &self.bind_groups[st.bind_group], &[]);
                 pass.dispatch_workgroups(gx, gy, 1);
             }
         }
-        let cap = self.capacity as u64;
-        let rel_bytes = (n * self.input_len) as u64 * F;
-        let logit_off = cap * self.input_len as u64 * F;
-        let logit_bytes = (n * self.classes) as u64 * F;
-        let target_off = logit_off + cap * self.classes as u64 * F;
-        enc.copy_buffer_to_buffer(&self.result, 0, &self.staging, 0, rel_bytes);
-        enc.copy_buffer_to_buffer(&self.logits, 0, &self.staging, logit_off, logit_bytes);
-        enc.copy_buffer_to_buffer(&self.targets, 0, &self.staging, target_off, n as u64 * F);
+        let lay = self.staging_layout(n);
+        let staging = &self.staging[slot];
+        enc.copy_buffer_to_buffer(&self.result, 0, staging, 0, lay.rel_bytes);
+        enc.copy_buffer_to_buffer(&self.logits, 0, staging, lay.logit_off, lay.logit_bytes);
+        enc.copy_buffer_to_buffer(&self.targets, 0, staging, lay.target_off, n as u64 * F);
         let index = queue.submit([enc.finish()]);
         if let Some(err) = pollster::block_on(vscope.pop()) {
             return Err(Error::Gpu(format!("encoding the batch failed: {err}")));
@@ -813,32 +988,117 @@ impl Plan {
             )));
         }
         let (tx, rx) = std::sync::mpsc::channel();
-        self.staging.map_async(wgpu::MapMode::Read, .., move |r| {
+        staging.map_async(wgpu::MapMode::Read, .., move |r| {
             let _ = tx.send(r);
         });
+        Ok(Pending {
+            slot,
+            n,
+            index,
+            mapped: rx,
+        })
+    }
+
+    /// Waits for a submitted batch and fills `out` (first n samples of each part).
+    pub(crate) fn finish(&mut self, pending: Pending, out: BatchResult<'_>) -> Result<()> {
+        let device = self.ctx.device();
+        let n = pending.n;
         device
             .poll(wgpu::PollType::Wait {
-                submission_index: Some(index),
+                submission_index: Some(pending.index),
                 timeout: None,
             })
             .map_err(|e| Error::Gpu(format!("waiting for the batch failed: {e}")))?;
-        rx.recv()
+        pending
+            .mapped
+            .recv()
             .map_err(|e| Error::Gpu(format!("reading the batch back failed: {e}")))?
             .map_err(|e| Error::Gpu(format!("reading the batch back failed: {e}")))?;
+        let lay = self.staging_layout(n);
+        let staging = &self.staging[pending.slot];
         {
-            let view = self
-                .staging
+            let view = staging
                 .get_mapped_range(..)
                 .map_err(|e| Error::Gpu(format!("reading the batch back failed: {e}")))?;
             let bytes: &[u8] = &view;
-            let rel = &bytes[..rel_bytes as usize];
-            out.relevance[..n * self.input_len].copy_from_slice(bytemuck::cast_slice(rel));
-            let lg = &bytes[logit_off as usize..(logit_off + logit_bytes) as usize];
-            out.logits[..n * self.classes].copy_from_slice(bytemuck::cast_slice(lg));
-            let tg = &bytes[target_off as usize..target_off as usize + n * 4];
+            let rel = &bytes[..lay.rel_bytes as usize];
+            widen(
+                bytemuck::cast_slice(rel),
+                &mut out.relevance[..n * self.input_len],
+            );
+            let lg = &bytes[lay.logit_off as usize..(lay.logit_off + lay.logit_bytes) as usize];
+            widen(
+                bytemuck::cast_slice(lg),
+                &mut out.logits[..n * self.classes],
+            );
+            let tg = &bytes[lay.target_off as usize..lay.target_off as usize + n * 4];
             out.targets[..n].copy_from_slice(bytemuck::cast_slice(tg));
         }
-        self.staging.unmap();
+        staging.unmap();
         Ok(())
+    }
+
+    /// Waits for a submitted batch and drops its results (after an error elsewhere), so that
+    /// its staging buffer is free again.
+    pub(crate) fn abandon(&mut self, pending: Pending) {
+        let _ = self.ctx.device().poll(wgpu::PollType::Wait {
+            submission_index: Some(pending.index),
+            timeout: None,
+        });
+        if let Ok(Ok(())) = pending.mapped.recv() {
+            self.staging[pending.slot].unmap();
+        }
+    }
+
+    /// Where the parts of a batch of n lie in a staging buffer (bytes).
+    fn staging_layout(&self, n: usize) -> StagingLayout {
+        let cap = self.capacity as u64;
+        let logit_off = cap * self.input_len as u64 * F;
+        StagingLayout {
+            rel_bytes: (n * self.input_len) as u64 * F,
+            logit_off,
+            logit_bytes: (n * self.classes) as u64 * F,
+            target_off: logit_off + cap * self.classes as u64 * F,
+        }
+    }
+}
+
+struct StagingLayout {
+    rel_bytes: u64,
+    logit_off: u64,
+    logit_bytes: u64,
+    target_off: u64,
+}
+
+/// A submitted batch whose results are not collected yet (see [`Plan::submit`]).
+pub(crate) struct Pending {
+    slot: usize,
+    n: usize,
+    index: wgpu::SubmissionIndex,
+    mapped: std::sync::mpsc::Receiver<std::result::Result<(), wgpu::BufferAsyncError>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn widen_matches_a_plain_conversion_at_every_size() {
+        for len in [
+            0,
+            1,
+            7,
+            PARALLEL_WIDEN - 1,
+            2 * PARALLEL_WIDEN + 13,
+            9 * PARALLEL_WIDEN,
+        ] {
+            let src: Vec<f32> = (0..len).map(|i| i as f32 * 0.37 - 11.0).collect();
+            let mut dst = vec![f64::NAN; len];
+            widen(&src, &mut dst);
+            assert!(
+                src.iter().zip(&dst).all(|(s, d)| f64::from(*s) == *d),
+                "{len}"
+            );
+        }
     }
 }

@@ -18,6 +18,14 @@ pub const MAX_CHUNKS: u32 = 16_384;
 /// Most positions in a pooling window, and most logits per sample (per-invocation loop bounds).
 pub const MAX_WINDOW: u32 = 16_384;
 
+/// Channels one invocation of the Conv2d partial kernels computes (`BLOCK` in conv2d.wgsl):
+/// forward_partial and z_partial take a block of output channels, c_partial of input channels.
+pub const CONV_BLOCK: u32 = 4;
+
+/// Samples one invocation of the Dense partial kernels computes (`BLOCK` in dense.wgsl), so
+/// each weight is loaded once per block of samples.
+pub const DENSE_BLOCK: u32 = 4;
+
 /// Invocations per workgroup of every kernel (the WGSL files hard-code 64 too).
 pub const WORKGROUP: u32 = 64;
 
@@ -82,7 +90,9 @@ impl Shader {
         use BindingKind::{StorageRead as R, StorageReadWrite as W, Uniform as U};
         match self {
             // P, x, wb, y, part, r_in, s, r_out
-            Shader::Dense | Shader::Conv2d => &[U, R, R, W, W, R, W, W],
+            Shader::Dense => &[U, R, R, W, W, R, W, W],
+            // P, x, wb, y, part, r_in, s, r_out, wv (the weights blocked by CONV_BLOCK channels)
+            Shader::Conv2d => &[U, R, R, W, W, R, W, W, R],
             // P, x, y, arg, r_in, s, r_out
             Shader::Pooling => &[U, R, W, W, R, W, W],
             // P, x, y, r_in, r_out, targets
@@ -233,6 +243,16 @@ impl Kernel {
         }
     }
 
+    /// Samples one invocation handles (the dispatch covers ceil(n / this) blocks of samples).
+    pub fn sample_block(self) -> u32 {
+        match self {
+            Kernel::Dense(
+                LinearEntry::ForwardPartial | LinearEntry::ZPartial | LinearEntry::CPartial,
+            ) => DENSE_BLOCK,
+            _ => 1,
+        }
+    }
+
     /// Label for the pipeline, e.g. "conv2d.z_partial".
     pub fn label(self) -> String {
         format!("{}.{}", self.shader().label(), self.entry_point())
@@ -241,7 +261,8 @@ impl Kernel {
 
 /// The rule's modifier terms as the linear kernels read them (WGSL `RuleParams`): up to four
 /// terms (vector components) over up to two passes, each modifier a linear combination of v,
-/// max(0,v), min(0,v), v^2 and 1, so the kernels never branch on the rule.
+/// max(0,v), min(0,v), v^2 and 1, so the kernels never branch on the rule. The kernels loop over
+/// the `term_layout[0]` terms in use only, and read the weight modifiers precomputed at plan time.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Pod, Zeroable)]
 pub struct RuleParams {
@@ -265,6 +286,11 @@ pub struct RuleParams {
     pub bias1: [f32; 4],
     /// bias constant of pass 0 and 1, eps, number of passes
     pub extra: [f32; 4],
+    /// number of terms (the kernels loop over exactly these), then where the plan put the
+    /// precomputed modified weights sign_k g_k(W) in the weight buffer: offset of term 0, values
+    /// per term (term k starts at offset + k * stride), and offset of the transposed copies
+    /// (Dense only; 0 for Conv2d)
+    pub term_layout: [u32; 4],
 }
 
 /// Coefficients (v, max(0,v), min(0,v), 1) of an input modifier.
@@ -323,6 +349,7 @@ impl RuleParams {
         }
         p.extra[2] = rule.eps() as f32;
         p.extra[3] = passes.len() as f32;
+        p.term_layout[0] = k as u32;
         Ok(p)
     }
 
@@ -333,10 +360,20 @@ impl RuleParams {
         p.w_lin[0] = 1.0;
         p.term_coef[0] = 1.0;
         p.extra[3] = 1.0;
+        p.term_layout[0] = 1;
         p
     }
 
-    /// Number of terms in use.
+    /// sign_k g_k(w) of term k (the kernels read these precomputed, see `term_layout`).
+    pub fn weight_mod(&self, k: usize, w: f32) -> f32 {
+        self.w_lin[k] * w
+            + self.w_pos[k] * w.max(0.0)
+            + self.w_neg[k] * w.min(0.0)
+            + self.w_sq[k] * (w * w)
+            + self.w_one[k]
+    }
+
+    /// Number of terms with a nonzero weight modifier.
     pub fn terms(&self) -> usize {
         (0..4)
             .filter(|&k| {
@@ -361,6 +398,11 @@ pub struct DenseParams {
     pub bias_offset: u32,
     /// 0 LRP, 1 gradient
     pub mode: u32,
+    /// 1: the forward pass applies the following ReLU layer (fused)
+    pub relu: u32,
+    pub pad0: u32,
+    pub pad1: u32,
+    pub pad2: u32,
     pub rule: RuleParams,
 }
 
@@ -390,7 +432,8 @@ pub struct ConvParams {
     pub bias_offset: u32,
     /// 0 LRP, 1 gradient
     pub mode: u32,
-    pub pad0: u32,
+    /// 1: the forward pass applies the following ReLU layer (fused)
+    pub relu: u32,
     pub rule: RuleParams,
 }
 
@@ -456,6 +499,7 @@ mod tests {
             assert_eq!(p.extra[3] as usize, passes.len(), "{rule}");
             let terms: usize = passes.iter().map(|p| p.terms.len()).sum();
             assert_eq!(p.terms(), terms, "{rule}");
+            assert_eq!(p.term_layout[0] as usize, terms, "{rule}");
             assert_eq!(p.extra[2], rule.eps() as f32);
             // Evaluating the coefficients reproduces every term's modifiers and sign.
             let mut k = 0;
