@@ -3,7 +3,8 @@
 //! For each backend and batch size: build the plan once, warm up with one batch, then explain
 //! batches (inputs cycled from the dataset) until at least `min_seconds` have passed. The time
 //! covers upload, forward, relevance and reading relevance and scores back to the host; PNG
-//! encoding is excluded.
+//! encoding is excluded. On the GPU, where the adapter has timestamp queries, each measurement
+//! also gives the GPU time per stage (upload, forward, relevance, read-back copy) per batch.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -13,8 +14,9 @@ use serde::Serialize;
 
 use crate::data;
 use crate::explain::{select_backend, BackendChoice};
+use crate::gpu::{GpuBackend, GpuContext, StageTimes};
 use crate::lrp::{Composite, Method};
-use crate::{Error, Network, Result};
+use crate::{Backend, Error, Network, Result};
 
 /// What to measure.
 #[derive(Clone, Debug)]
@@ -44,6 +46,59 @@ pub struct BenchResult {
     pub forward_flops_per_sample: usize,
     /// Bytes moved between host and device per sample: f32 input up, relevance and logits down.
     pub transfer_bytes_per_sample: usize,
+    /// GPU time per stage per batch, from timestamp queries (GPU backend only, where the adapter
+    /// has them; absent otherwise).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stage_seconds: Option<StageSeconds>,
+}
+
+/// GPU seconds per batch of `batch_size` in each stage (the `stage_seconds` of a JSON line).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct StageSeconds {
+    /// Copying the inputs to the device.
+    pub upload: f64,
+    /// Forward pass, with the choice of target and the seed.
+    pub forward: f64,
+    /// Relevance (backward) pass.
+    pub relevance: f64,
+    /// Copying relevance, logits and targets back to host-visible memory.
+    pub readback: f64,
+}
+
+impl StageSeconds {
+    /// The per-batch average of the stage times between `before` and `after`, over `batches`
+    /// batches.
+    fn between(before: &StageTimes, after: &StageTimes, batches: usize) -> StageSeconds {
+        let per = |a: f64, b: f64| (b - a) / batches.max(1) as f64;
+        StageSeconds {
+            upload: per(before.upload_s, after.upload_s),
+            forward: per(before.forward_s, after.forward_s),
+            relevance: per(before.relevance_s, after.relevance_s),
+            readback: per(before.readback_s, after.readback_s),
+        }
+    }
+}
+
+/// The backend being measured: the GPU one is kept by type for its stage times.
+enum Measured {
+    Gpu(Box<GpuBackend>),
+    Other(Box<dyn Backend>),
+}
+
+impl Measured {
+    fn backend(&mut self) -> &mut dyn Backend {
+        match self {
+            Measured::Gpu(b) => b.as_mut(),
+            Measured::Other(b) => b.as_mut(),
+        }
+    }
+
+    fn stage_times(&self) -> Option<StageTimes> {
+        match self {
+            Measured::Gpu(b) => b.stage_times(),
+            Measured::Other(_) => None,
+        }
+    }
 }
 
 /// A batch of `batch` samples cycled from `x` (so any batch size can be measured).
@@ -75,21 +130,56 @@ pub fn run(cfg: &BenchConfig, report: &mut dyn FnMut(&BenchResult)) -> Result<Ve
     }
     let method: Method = cfg.composite.resolve(&net, dataset.bounds, &[])?;
     let mut results = vec![];
+    let mut said_untimed = false;
     for &choice in &cfg.backends {
+        // The GPU backend (as `select_backend` would choose it), on one context for all batch
+        // sizes; None: the CPU backend.
+        let ctx = match choice {
+            BackendChoice::Gpu => Some(GpuContext::new()?),
+            BackendChoice::Auto => GpuContext::new().ok().filter(|c| !c.summary().software),
+            BackendChoice::Cpu => None,
+        };
         for &batch in &cfg.batch_sizes {
-            let (mut backend, notes) = select_backend(choice, &net, &method, batch)?;
-            for note in notes.iter().skip(1) {
-                eprintln!("{note}");
-            }
+            let mut measured = match &ctx {
+                Some(ctx) => {
+                    let mut b = GpuBackend::new(ctx, &net, &method, batch)?;
+                    for note in b.notes() {
+                        eprintln!("{note}");
+                    }
+                    if !b.enable_stage_timing()? && !said_untimed {
+                        eprintln!(
+                            "note: the adapter '{}' has no timestamp queries; no per-stage times",
+                            ctx.summary().name
+                        );
+                        said_untimed = true;
+                    }
+                    Measured::Gpu(Box::new(b))
+                }
+                None => {
+                    let (b, notes) = select_backend(BackendChoice::Cpu, &net, &method, batch)?;
+                    for note in notes.iter().skip(1) {
+                        eprintln!("{note}");
+                    }
+                    Measured::Other(b)
+                }
+            };
             let x = cycled_batch(&dataset.x, batch);
+            let backend = measured.backend();
             backend.run(x.view(), None)?; // warm-up: pipelines compiled, buffers touched
-            let (mut samples, start) = (0, Instant::now());
+            let before = measured.stage_times();
+            let backend = measured.backend();
+            let (mut samples, mut batches, start) = (0, 0, Instant::now());
             while samples == 0 || start.elapsed().as_secs_f64() < cfg.min_seconds {
                 let out = backend.run(x.view(), None)?;
                 std::hint::black_box(&out);
                 samples += batch;
+                batches += 1;
             }
             let seconds = start.elapsed().as_secs_f64();
+            let stage_seconds = before
+                .zip(measured.stage_times())
+                .map(|(b, a)| StageSeconds::between(&b, &a, batches));
+            let backend = measured.backend();
             let r = BenchResult {
                 backend: backend.kind().into(),
                 adapter: backend.adapter(),
@@ -101,6 +191,7 @@ pub fn run(cfg: &BenchConfig, report: &mut dyn FnMut(&BenchResult)) -> Result<Ve
                 heatmaps_per_second: samples as f64 / seconds,
                 forward_flops_per_sample: 2 * net.forward_macs(),
                 transfer_bytes_per_sample: 4 * (2 * net.input_len() + net.num_outputs()),
+                stage_seconds,
             };
             report(&r);
             results.push(r);

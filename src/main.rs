@@ -500,6 +500,16 @@ fn bench(a: BenchArgs) -> taylormap::Result<()> {
                 "{:<5} {:<36} {:>10} {:>9} {:>9.3} {:>14.0}",
                 r.backend, r.adapter, r.batch_size, r.samples, r.seconds, r.heatmaps_per_second
             );
+            if let Some(st) = &r.stage_seconds {
+                println!(
+                    "      GPU ms per batch: upload {:.3}, forward {:.3}, relevance {:.3}, \
+                     readback {:.3}",
+                    st.upload * 1e3,
+                    st.forward * 1e3,
+                    st.relevance * 1e3,
+                    st.readback * 1e3
+                );
+            }
         }
     })?;
     Ok(())

@@ -5,7 +5,7 @@
 use ndarray::{Array2, ArrayD, ArrayViewD, Axis, IxDyn, Slice};
 
 use super::context::GpuContext;
-use super::plan::{footprint, BatchResult, Footprint, Pending, Plan};
+use super::plan::{footprint, BatchResult, Footprint, Pending, Plan, StageTotals};
 use crate::{Backend, BatchOutput, Error, Method, Network, Result};
 
 /// Batches of at least twice this many samples run as two submissions (see `run`).
@@ -66,6 +66,56 @@ impl GpuBackend {
     /// The context the backend runs on.
     pub fn context(&self) -> &GpuContext {
         &self.ctx
+    }
+
+    /// Times the GPU stages of every submission from now on (for `bench`; see
+    /// [`GpuBackend::stage_times`]). Returns false, changing nothing, when the adapter has no
+    /// timestamp queries. Results are unchanged; the input then goes up through a mapped
+    /// buffer per submission instead of a queue write.
+    pub fn enable_stage_timing(&mut self) -> Result<bool> {
+        self.plan.enable_timing()
+    }
+
+    /// GPU time per stage summed over the submissions since [`GpuBackend::enable_stage_timing`]
+    /// (None before, or without timestamp queries).
+    pub fn stage_times(&self) -> Option<StageTimes> {
+        self.plan.stage_totals().map(StageTimes::from)
+    }
+}
+
+/// GPU time per stage, summed over `batches` submissions, in seconds (from timestamp queries;
+/// see [`GpuBackend::stage_times`]). A `run` of at least 512 samples that fits one batch goes
+/// as two submissions.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct StageTimes {
+    /// Copying the inputs to the device.
+    pub upload_s: f64,
+    /// The forward pass, with the choice of target and the seed.
+    pub forward_s: f64,
+    /// The relevance (backward) pass.
+    pub relevance_s: f64,
+    /// Copying relevance, logits and targets to the host-visible staging buffer.
+    pub readback_s: f64,
+    /// Submissions timed.
+    pub batches: usize,
+}
+
+impl StageTimes {
+    /// The sum of the four stages.
+    pub fn total_s(&self) -> f64 {
+        self.upload_s + self.forward_s + self.relevance_s + self.readback_s
+    }
+}
+
+impl From<StageTotals> for StageTimes {
+    fn from(t: StageTotals) -> StageTimes {
+        StageTimes {
+            upload_s: t.ns[0] * 1e-9,
+            forward_s: t.ns[1] * 1e-9,
+            relevance_s: t.ns[2] * 1e-9,
+            readback_s: t.ns[3] * 1e-9,
+            batches: t.batches,
+        }
     }
 }
 

@@ -129,6 +129,7 @@ struct Inner {
     info: wgpu::AdapterInfo,
     limits: wgpu::Limits,
     pipelines: PipelineCache,
+    timestamps: bool,
 }
 
 impl std::fmt::Debug for GpuContext {
@@ -156,9 +157,12 @@ impl GpuContext {
         for adapter in candidates {
             let info = adapter.get_info();
             let limits = adapter.limits();
+            // Timestamp queries, when offered, for `bench`'s per-stage times; nothing else uses
+            // them and requesting them costs nothing.
+            let features = adapter.features() & wgpu::Features::TIMESTAMP_QUERY;
             let request = adapter.request_device(&wgpu::DeviceDescriptor {
                 label: Some("taylormap"),
-                required_features: wgpu::Features::empty(),
+                required_features: features,
                 required_limits: limits.clone(),
                 ..Default::default()
             });
@@ -173,6 +177,7 @@ impl GpuContext {
                             info,
                             limits,
                             pipelines,
+                            timestamps: features.contains(wgpu::Features::TIMESTAMP_QUERY),
                         }),
                     });
                 }
@@ -203,6 +208,11 @@ impl GpuContext {
     /// The device's limits (everything the adapter offers).
     pub fn limits(&self) -> &wgpu::Limits {
         &self.inner.limits
+    }
+
+    /// Whether the device has timestamp queries (per-stage times in `bench`).
+    pub fn timestamps(&self) -> bool {
+        self.inner.timestamps
     }
 
     /// The shared pipeline cache.

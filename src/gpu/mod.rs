@@ -31,6 +31,11 @@
 //! - Host and GPU work overlap: results are read back from one of two staging buffers while the
 //!   GPU runs the next submission, and a single batch of at least 512 samples is run as two
 //!   halves for that purpose.
+//! - `bench` turns on per-stage timing ([`GpuBackend::enable_stage_timing`]) where the device
+//!   has timestamp queries: timestamps after the input upload, forward, relevance and read-back
+//!   copies of each submission are resolved into its staging buffer and read back with it (no
+//!   extra submission); the input then goes up through a mapped buffer per staging slot. Other
+//!   commands never enable it.
 
 pub mod backend;
 pub mod context;
@@ -38,5 +43,5 @@ mod pipeline;
 mod plan;
 pub mod shader;
 
-pub use backend::GpuBackend;
+pub use backend::{GpuBackend, StageTimes};
 pub use context::{adapters, AdapterSummary, GpuContext};

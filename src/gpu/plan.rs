@@ -17,6 +17,59 @@ use crate::{Error, Layer, Method, Network, Result};
 /// Bytes per f32 / u32.
 const F: u64 = 4;
 
+/// Timestamps per timed batch: start, after the upload copy, after the forward dispatches (with
+/// the seed), after the relevance dispatches, after the read-back copies.
+const TIMESTAMPS: u32 = 5;
+/// Bytes the timestamps of one batch take at the end of its staging buffer.
+const TIMESTAMP_BYTES: u64 = TIMESTAMPS as u64 * wgpu::QUERY_SIZE as u64;
+
+/// Where the timestamps lie in a staging buffer whose results take `bytes`.
+fn timestamp_offset(bytes: u64) -> u64 {
+    bytes.next_multiple_of(8)
+}
+
+/// GPU time per stage summed over the timed batches (see [`Plan::enable_timing`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub(crate) struct StageTotals {
+    /// Nanoseconds: upload, forward, relevance, read-back.
+    pub ns: [f64; 4],
+    /// Submissions timed.
+    pub batches: usize,
+}
+
+/// What timing a batch needs: a query set (one range per staging slot), a buffer to resolve it
+/// into, and per slot a host-visible upload buffer, so that the input upload is a copy inside
+/// the batch's own command buffer (queue writes run before it, where no timestamp reaches).
+struct Timing {
+    queries: wgpu::QuerySet,
+    resolve: wgpu::Buffer,
+    upload: [wgpu::Buffer; 2],
+    /// Per slot: the pending re-map of its upload buffer after the batch that used it.
+    remap: [Option<Remap>; 2],
+    /// Per slot: whether its upload buffer is mapped now.
+    mapped: [bool; 2],
+    /// Nanoseconds per timestamp tick.
+    period: f64,
+    totals: StageTotals,
+}
+
+type MapReceiver = std::sync::mpsc::Receiver<std::result::Result<(), wgpu::BufferAsyncError>>;
+
+struct Remap {
+    /// The submission that used the buffer (None: wait for everything).
+    index: Option<wgpu::SubmissionIndex>,
+    mapped: MapReceiver,
+}
+
+/// Maps an upload buffer for writing once `index` is done.
+fn remap(upload: &wgpu::Buffer, index: Option<wgpu::SubmissionIndex>) -> Remap {
+    let (tx, rx) = std::sync::mpsc::channel();
+    upload.map_async(wgpu::MapMode::Write, .., move |r| {
+        let _ = tx.send(r);
+    });
+    Remap { index, mapped: rx }
+}
+
 /// What the plan computes after the forward pass.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Mode {
@@ -365,6 +418,10 @@ pub(crate) struct Plan {
     uniforms: Vec<(wgpu::Buffer, Uniform)>,
     bind_groups: Vec<wgpu::BindGroup>,
     steps: Vec<Step>,
+    /// `steps[..forward_steps]` are the forward pass and the seed, the rest the relevance pass.
+    forward_steps: usize,
+    /// Per-stage timestamps, once [`Plan::enable_timing`] is called.
+    timing: Option<Timing>,
     /// (n, explicit targets) the uniforms hold now.
     written: Option<(usize, bool)>,
     /// Every buffer of the plan (weights uploaded once, activations, scratch), kept with it; the
@@ -482,7 +539,7 @@ impl Plan {
         let staging = ["staging.0", "staging.1"].map(|label| {
             device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some(label),
-                size: (fp.staging * b).next_multiple_of(16),
+                size: (timestamp_offset(fp.staging * b) + TIMESTAMP_BYTES).next_multiple_of(16),
                 usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
                 mapped_at_creation: false,
             })
@@ -870,6 +927,7 @@ impl Plan {
                 input_len as u64,
             )?;
         }
+        let forward_steps = forward.len();
         let mut steps = forward;
         steps.extend(backward);
         let result = rel(result_ping).clone();
@@ -899,6 +957,8 @@ impl Plan {
             uniforms,
             bind_groups,
             steps,
+            forward_steps,
+            timing: None,
             written: Some((capacity, false)),
             _buffers: buffers,
         })
@@ -953,19 +1013,61 @@ impl Plan {
             }
             self.written = Some((n, explicit));
         }
-        queue.write_buffer(&self.input, 0, bytemuck::cast_slice(x));
+        if self.timing.is_none() {
+            queue.write_buffer(&self.input, 0, bytemuck::cast_slice(x));
+        }
         if let Some(t) = targets {
             queue.write_buffer(&self.targets, 0, bytemuck::cast_slice(t));
         }
         let mut enc = device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
             label: Some("batch"),
         });
-        {
+        let input_bytes = (n * self.input_len) as u64 * F;
+        let base = slot as u32 * TIMESTAMPS;
+        if let Some(t) = &mut self.timing {
+            // The upload buffer of this slot was re-mapped after its last batch (or, after an
+            // error between unmapping and submitting, is mapped again here).
+            let upload = &t.upload[slot];
+            if !t.mapped[slot] {
+                let r = t.remap[slot].take().unwrap_or_else(|| remap(upload, None));
+                wait_mapped(device, r.index, r.mapped, "the upload buffer")?;
+                t.mapped[slot] = true;
+            }
+            {
+                let mut view = upload
+                    .get_mapped_range_mut(..input_bytes)
+                    .map_err(|e| Error::Gpu(format!("writing the batch's inputs failed: {e}")))?;
+                view.copy_from_slice(bytemuck::cast_slice(x));
+            }
+            upload.unmap();
+            t.mapped[slot] = false;
+            mark(&mut enc, &t.queries, base);
+            enc.copy_buffer_to_buffer(upload, 0, &self.input, 0, input_bytes);
+            mark(&mut enc, &t.queries, base + 1);
+        }
+        let stamp = |i: u32| {
+            self.timing
+                .as_ref()
+                .map(|t| wgpu::ComputePassTimestampWrites {
+                    query_set: &t.queries,
+                    beginning_of_pass_write_index: None,
+                    end_of_pass_write_index: Some(base + i),
+                })
+        };
+        // One compute pass, or (timed) the forward and relevance passes apart.
+        let passes: Vec<(&[Step], Option<wgpu::ComputePassTimestampWrites>)> =
+            if self.timing.is_some() {
+                let (fw, bw) = self.steps.split_at(self.forward_steps);
+                vec![(fw, stamp(2)), (bw, stamp(3))]
+            } else {
+                vec![(&self.steps[..], None)]
+            };
+        for (steps, timestamp_writes) in passes {
             let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
                 label: Some("batch.forward_backward"),
-                timestamp_writes: None,
+                timestamp_writes,
             });
-            for st in &self.steps {
+            for st in steps {
                 let blocks = (n as u64).div_ceil(st.sample_block);
                 let (gx, gy) = self.workgroups(st.per_sample * blocks)?;
                 pass.set_pipeline(&st.pipeline);
@@ -978,7 +1080,16 @@ impl Plan {
         enc.copy_buffer_to_buffer(&self.result, 0, staging, 0, lay.rel_bytes);
         enc.copy_buffer_to_buffer(&self.logits, 0, staging, lay.logit_off, lay.logit_bytes);
         enc.copy_buffer_to_buffer(&self.targets, 0, staging, lay.target_off, n as u64 * F);
+        if let Some(t) = &self.timing {
+            mark(&mut enc, &t.queries, base + 4);
+            let at = slot as u64 * wgpu::QUERY_RESOLVE_BUFFER_ALIGNMENT;
+            enc.resolve_query_set(&t.queries, base..base + TIMESTAMPS, &t.resolve, at);
+            enc.copy_buffer_to_buffer(&t.resolve, at, staging, lay.ts_off, TIMESTAMP_BYTES);
+        }
         let index = queue.submit([enc.finish()]);
+        if let Some(t) = &mut self.timing {
+            t.remap[slot] = Some(remap(&t.upload[slot], Some(index.clone())));
+        }
         if let Some(err) = pollster::block_on(vscope.pop()) {
             return Err(Error::Gpu(format!("encoding the batch failed: {err}")));
         }
@@ -996,6 +1107,7 @@ impl Plan {
             n,
             index,
             mapped: rx,
+            timed: self.timing.is_some(),
         })
     }
 
@@ -1033,6 +1145,17 @@ impl Plan {
             );
             let tg = &bytes[lay.target_off as usize..lay.target_off as usize + n * 4];
             out.targets[..n].copy_from_slice(bytemuck::cast_slice(tg));
+            if let (true, Some(t)) = (pending.timed, &mut self.timing) {
+                let ts = &bytes[lay.ts_off as usize..(lay.ts_off + TIMESTAMP_BYTES) as usize];
+                let ticks: Vec<u64> = ts
+                    .chunks_exact(8)
+                    .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
+                    .collect();
+                for (stage, w) in ticks.windows(2).enumerate() {
+                    t.totals.ns[stage] += w[1].saturating_sub(w[0]) as f64 * t.period;
+                }
+                t.totals.batches += 1;
+            }
         }
         staging.unmap();
         Ok(())
@@ -1054,13 +1177,107 @@ impl Plan {
     fn staging_layout(&self, n: usize) -> StagingLayout {
         let cap = self.capacity as u64;
         let logit_off = cap * self.input_len as u64 * F;
+        let target_off = logit_off + cap * self.classes as u64 * F;
         StagingLayout {
             rel_bytes: (n * self.input_len) as u64 * F,
             logit_off,
             logit_bytes: (n * self.classes) as u64 * F,
-            target_off: logit_off + cap * self.classes as u64 * F,
+            target_off,
+            ts_off: timestamp_offset(target_off + cap * F),
         }
     }
+
+    /// Times the stages of every batch from now on: timestamps after the input upload, the
+    /// forward dispatches (with the seed), the relevance dispatches and the read-back copies,
+    /// resolved into the staging buffer and read back with the results. The input then goes
+    /// through a mapped upload buffer per slot instead of a queue write, so that its copy lies
+    /// inside the batch's command buffer. Returns false (and changes nothing) when the device
+    /// has no timestamp queries.
+    pub(crate) fn enable_timing(&mut self) -> Result<bool> {
+        if self.timing.is_some() {
+            return Ok(true);
+        }
+        if !self.ctx.timestamps() {
+            return Ok(false);
+        }
+        let device = self.ctx.device();
+        let scope = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let vscope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let queries = device.create_query_set(&wgpu::QuerySetDescriptor {
+            label: Some("batch.timestamps"),
+            ty: wgpu::QueryType::Timestamp,
+            count: 2 * TIMESTAMPS,
+        });
+        let resolve = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("batch.timestamps.resolve"),
+            size: 2 * wgpu::QUERY_RESOLVE_BUFFER_ALIGNMENT,
+            usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        });
+        let bytes = (self.capacity * self.input_len) as u64 * F;
+        let upload = ["upload.0", "upload.1"].map(|label| {
+            device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(label),
+                size: bytes.max(16).next_multiple_of(16),
+                usage: wgpu::BufferUsages::MAP_WRITE | wgpu::BufferUsages::COPY_SRC,
+                mapped_at_creation: true,
+            })
+        });
+        if let Some(err) = pollster::block_on(vscope.pop()) {
+            return Err(Error::Gpu(format!("setting up stage timing failed: {err}")));
+        }
+        if let Some(err) = pollster::block_on(scope.pop()) {
+            return Err(Error::Gpu(format!(
+                "out of GPU memory setting up stage timing: {err}"
+            )));
+        }
+        self.timing = Some(Timing {
+            queries,
+            resolve,
+            upload,
+            remap: [None, None],
+            mapped: [true, true],
+            period: f64::from(self.ctx.queue().get_timestamp_period()),
+            totals: StageTotals::default(),
+        });
+        Ok(true)
+    }
+
+    /// The stage times summed since timing was enabled (None: not enabled).
+    pub(crate) fn stage_totals(&self) -> Option<StageTotals> {
+        self.timing.as_ref().map(|t| t.totals)
+    }
+}
+
+/// An empty compute pass whose end writes timestamp `index` (after all earlier work).
+fn mark(enc: &mut wgpu::CommandEncoder, queries: &wgpu::QuerySet, index: u32) {
+    enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+        label: Some("batch.timestamp"),
+        timestamp_writes: Some(wgpu::ComputePassTimestampWrites {
+            query_set: queries,
+            beginning_of_pass_write_index: None,
+            end_of_pass_write_index: Some(index),
+        }),
+    });
+}
+
+/// Waits for submission `index` and the map callback it completes.
+fn wait_mapped(
+    device: &wgpu::Device,
+    index: Option<wgpu::SubmissionIndex>,
+    mapped: MapReceiver,
+    what: &str,
+) -> Result<()> {
+    device
+        .poll(wgpu::PollType::Wait {
+            submission_index: index,
+            timeout: None,
+        })
+        .map_err(|e| Error::Gpu(format!("waiting for {what} failed: {e}")))?;
+    mapped
+        .recv()
+        .map_err(|e| Error::Gpu(format!("mapping {what} failed: {e}")))?
+        .map_err(|e| Error::Gpu(format!("mapping {what} failed: {e}")))
 }
 
 struct StagingLayout {
@@ -1068,6 +1285,8 @@ struct StagingLayout {
     logit_off: u64,
     logit_bytes: u64,
     target_off: u64,
+    /// Where a timed batch's timestamps lie.
+    ts_off: u64,
 }
 
 /// A submitted batch whose results are not collected yet (see [`Plan::submit`]).
@@ -1075,7 +1294,9 @@ pub(crate) struct Pending {
     slot: usize,
     n: usize,
     index: wgpu::SubmissionIndex,
-    mapped: std::sync::mpsc::Receiver<std::result::Result<(), wgpu::BufferAsyncError>>,
+    mapped: MapReceiver,
+    /// Whether the batch wrote timestamps.
+    timed: bool,
 }
 
 #[cfg(test)]
