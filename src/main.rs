@@ -475,12 +475,8 @@ fn bench(a: BenchArgs) -> taylormap::Result<()> {
         return Err(taylormap::Error::usage("--min-seconds", "must be >= 0"));
     }
     let cfg = taylormap::bench::BenchConfig {
-        model: a
-            .model
-            .unwrap_or_else(|| explain::asset_path(explain::DEFAULT_MODEL)),
-        input: a
-            .input
-            .unwrap_or_else(|| explain::asset_path(explain::DEFAULT_INPUT)),
+        model: or_bundled(a.model, explain::DEFAULT_MODEL),
+        input: or_bundled(a.input, explain::DEFAULT_INPUT),
         composite: a.composite.parse::<Composite>()?,
         backends,
         batch_sizes: a.batch_sizes,
@@ -513,6 +509,11 @@ fn bench(a: BenchArgs) -> taylormap::Result<()> {
         }
     })?;
     Ok(())
+}
+
+/// The path given, or the bundled asset.
+fn or_bundled(path: Option<PathBuf>, asset: &str) -> PathBuf {
+    path.unwrap_or_else(|| explain::asset_path(asset))
 }
 
 fn parse_pair(flag: &str, text: &str) -> taylormap::Result<(f64, f64)> {
@@ -551,12 +552,8 @@ fn explain_config(a: ExplainArgs) -> taylormap::Result<ExplainConfig> {
         None => None,
     };
     Ok(ExplainConfig {
-        model: a
-            .model
-            .unwrap_or_else(|| explain::asset_path(explain::DEFAULT_MODEL)),
-        input: a
-            .input
-            .unwrap_or_else(|| explain::asset_path(explain::DEFAULT_INPUT)),
+        model: or_bundled(a.model, explain::DEFAULT_MODEL),
+        input: or_bundled(a.input, explain::DEFAULT_INPUT),
         labels: a.labels,
         out: a.out,
         composite: a.composite.parse::<Composite>()?,
