@@ -153,16 +153,8 @@ fn max_relevance(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wor
     r_out[idx] = acc;
 }
 
-// Average/sum pooling forward: sum of the real positions over the divisor.
-@compute @workgroup_size(64)
-fn avg_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let idx = flat_index(gid, nwg);
-    let olen = out_len();
-    if (idx >= P.n * olen) {
-        return;
-    }
-    let j = idx % olen;
-    let n = idx / olen;
+// Sum of the real inputs of output j's window in sample n, and their count (as f32).
+fn window_sum(n: u32, j: u32) -> vec2<f32> {
     let ch = j / (P.oh * P.ow);
     let oy = (j / P.ow) % P.oh;
     let ox = j % P.ow;
@@ -178,13 +170,31 @@ fn avg_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workg
             }
         }
     }
-    var div = 1.0;
+    return vec2<f32>(acc, f32(count));
+}
+
+// Average pooling's divisor: the real positions (divisor 0, ONNX count_include_pad=0), the
+// whole window (1), or 1 for sum pooling (2).
+fn avg_divisor(count: f32) -> f32 {
     if (P.divisor == 0u) {
-        div = f32(max(count, 1u));
+        return max(count, 1.0);
     } else if (P.divisor == 1u) {
-        div = f32(P.kh * P.kw);
+        return f32(P.kh * P.kw);
     }
-    y[idx] = acc / div;
+    return 1.0;
+}
+
+// Average/sum pooling forward: sum of the real positions over the divisor.
+@compute @workgroup_size(64)
+fn avg_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let idx = flat_index(gid, nwg);
+    let olen = out_len();
+    if (idx >= P.n * olen) {
+        return;
+    }
+    let window = window_sum(idx / olen, idx % olen);
+    let acc = window.x;
+    y[idx] = acc / avg_divisor(window.y);
 }
 
 // Average/sum pooling backward step 1, per window: LRP s_j = R_j / stab(sum of the real inputs,
@@ -196,33 +206,12 @@ fn avg_s(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups)
     if (idx >= P.n * olen) {
         return;
     }
-    let j = idx % olen;
-    let n = idx / olen;
-    let ch = j / (P.oh * P.ow);
-    let oy = (j / P.ow) % P.oh;
-    let ox = j % P.ow;
-    let xbase = n * in_len();
-    var acc = 0.0;
-    var count = 0u;
-    for (var ky = 0u; ky < P.kh; ky++) {
-        for (var kx = 0u; kx < P.kw; kx++) {
-            let i = window_input(ch, oy, ox, ky, kx);
-            if (i != NONE) {
-                acc += x[xbase + i];
-                count += 1u;
-            }
-        }
-    }
+    let window = window_sum(idx / olen, idx % olen);
+    let acc = window.x;
     if (P.mode == 0u) {
         s[idx] = r_in[idx] / select(acc - 1e-9, acc + 1e-9, acc >= 0.0);
     } else {
-        var div = 1.0;
-        if (P.divisor == 0u) {
-            div = f32(max(count, 1u));
-        } else if (P.divisor == 1u) {
-            div = f32(P.kh * P.kw);
-        }
-        s[idx] = r_in[idx] / div;
+        s[idx] = r_in[idx] / avg_divisor(window.y);
     }
 }
 
