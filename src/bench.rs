@@ -137,7 +137,7 @@ pub fn run(cfg: &BenchConfig, report: &mut dyn FnMut(&BenchResult)) -> Result<Ve
         let ctx = match choice {
             BackendChoice::Gpu => Some(GpuContext::new()?),
             BackendChoice::Auto => GpuContext::new().ok().filter(|c| !c.summary().software),
-            BackendChoice::Cpu => None,
+            BackendChoice::Cpu | BackendChoice::Reference => None,
         };
         for &batch in &cfg.batch_sizes {
             let mut measured = match &ctx {
@@ -156,7 +156,11 @@ pub fn run(cfg: &BenchConfig, report: &mut dyn FnMut(&BenchResult)) -> Result<Ve
                     Measured::Gpu(Box::new(b))
                 }
                 None => {
-                    let (b, notes) = select_backend(BackendChoice::Cpu, &net, &method, batch)?;
+                    let cpu = match choice {
+                        BackendChoice::Reference => BackendChoice::Reference,
+                        _ => BackendChoice::Cpu,
+                    };
+                    let (b, notes) = select_backend(cpu, &net, &method, batch)?;
                     for note in notes.iter().skip(1) {
                         eprintln!("{note}");
                     }

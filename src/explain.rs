@@ -21,8 +21,9 @@ pub const DEFAULT_INPUT: &str = "assets/mnist/t10k-images.idx3-ubyte.gz";
 
 /// Default batch size on the GPU: large enough to fill a hardware GPU.
 pub const DEFAULT_GPU_BATCH: usize = 1024;
-/// Default batch size on the CPU backend: small batches keep its working set in cache.
-pub const DEFAULT_CPU_BATCH: usize = 64;
+/// Default batch size on the CPU backends (the fast engine splits a batch over its threads in
+/// chunks that stay in cache, so this only bounds memory and the latency of a batch).
+pub const DEFAULT_CPU_BATCH: usize = 256;
 
 /// Which backend to run on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -31,8 +32,10 @@ pub enum BackendChoice {
     Auto,
     /// The best adapter there is, a software one included.
     Gpu,
-    /// The f64 reference backend.
+    /// The fast CPU engine (f32, every core).
     Cpu,
+    /// The f64 CPU reference backend (the oracle: slow, exact).
+    Reference,
 }
 
 impl std::str::FromStr for BackendChoice {
@@ -42,9 +45,10 @@ impl std::str::FromStr for BackendChoice {
             "auto" => Ok(BackendChoice::Auto),
             "gpu" => Ok(BackendChoice::Gpu),
             "cpu" => Ok(BackendChoice::Cpu),
+            "reference" => Ok(BackendChoice::Reference),
             _ => Err(Error::usage(
                 "--backend",
-                format!("expected auto, gpu or cpu, got '{s}'"),
+                format!("expected auto, gpu, cpu or reference, got '{s}'"),
             )),
         }
     }
@@ -73,9 +77,8 @@ pub fn select_backend(
     method: &Method,
     batch_size: usize,
 ) -> Result<(Box<dyn Backend>, Vec<String>)> {
-    let cpu = || -> Box<dyn Backend> {
-        Box::new(crate::cpu::CpuBackend::new(net.clone(), method.clone()))
-    };
+    let cpu =
+        || -> Result<Box<dyn Backend>> { Ok(Box::new(crate::cpu::FastBackend::new(net, method)?)) };
     let gpu = |ctx: crate::gpu::GpuContext| -> Result<(Box<dyn Backend>, Vec<String>)> {
         let backend = crate::gpu::GpuBackend::new(&ctx, net, method, batch_size)?;
         let mut notes = backend.notes();
@@ -83,22 +86,30 @@ pub fn select_backend(
         Ok((Box::new(backend), notes))
     };
     match choice {
-        BackendChoice::Cpu => Ok((cpu(), vec!["backend: cpu (reference, f64)".into()])),
+        BackendChoice::Cpu => {
+            let backend = cpu()?;
+            let note = format!("backend: cpu ({})", backend.adapter());
+            Ok((backend, vec![note]))
+        }
+        BackendChoice::Reference => Ok((
+            Box::new(crate::cpu::ReferenceBackend::new(
+                net.clone(),
+                method.clone(),
+            )),
+            vec!["backend: reference (CPU, f64)".into()],
+        )),
         BackendChoice::Gpu => gpu(crate::gpu::GpuContext::new()?),
         BackendChoice::Auto => match crate::gpu::GpuContext::new() {
             Ok(ctx) if !ctx.summary().software => gpu(ctx),
             Ok(ctx) => Ok((
-                cpu(),
+                cpu()?,
                 vec![format!(
-                    "backend: cpu (only a software GPU adapter, '{}', is present, and the CPU backend \
+                    "backend: cpu (only a software GPU adapter, '{}', is present, and the CPU engine \
                      is faster there; --backend gpu forces it)",
                     ctx.summary().name
                 )],
             )),
-            Err(e) => Ok((
-                cpu(),
-                vec![format!("backend: cpu (no GPU adapter: {e})")],
-            )),
+            Err(e) => Ok((cpu()?, vec![format!("backend: cpu (no GPU adapter: {e})")])),
         },
     }
 }
@@ -494,11 +505,11 @@ fn explain_all(
                 let t = Instant::now();
                 let out = backend.run(x, targets.map(|t| &t[start..end]))?;
                 compute += t.elapsed().as_secs_f64();
-                let relevance: Vec<f32> = out.relevance.iter().map(|&v| v as f32).collect();
+                let relevance = out.relevance.as_standard_layout();
+                let relevance = relevance.as_slice().expect("standard layout");
                 let grid_rows = GRID_SAMPLES.saturating_sub(start).min(end - start);
                 grid_relevance.extend_from_slice(&relevance[..grid_rows * per_sample]);
-                let bytes: Vec<u8> = data::f32_le_bytes(&relevance).collect();
-                relevance_file.write_all(&bytes)?;
+                relevance_file.write_all(&data::f32_le_bytes(relevance))?;
                 rows.extend((0..end - start).map(|i| SampleRow {
                     index: start + i,
                     label: dataset.labels.as_ref().map(|l| l[start + i]),

@@ -62,10 +62,11 @@ struct ExplainArgs {
     /// predicted, label, or a class index.
     #[arg(long, default_value = "predicted")]
     target: String,
-    /// auto (hardware GPU if present, else CPU), gpu (any adapter, software included) or cpu.
+    /// auto (hardware GPU if present, else the CPU engine), gpu (any adapter, software
+    /// included), cpu (the f32 CPU engine on every core) or reference (the f64 CPU reference).
     #[arg(long, default_value = "auto")]
     backend: String,
-    /// Samples per batch (default: 1024 on the GPU, 64 on the CPU backend).
+    /// Samples per batch (default: 1024 on the GPU, 256 on the CPU).
     #[arg(long)]
     batch_size: Option<usize>,
     /// Explain only the first N samples.
@@ -444,7 +445,8 @@ struct BenchArgs {
     /// Composite to measure.
     #[arg(long, default_value = "deep-taylor")]
     composite: String,
-    /// auto, gpu or cpu; repeatable; default: cpu, and gpu when an adapter exists.
+    /// auto, gpu, cpu or reference; repeatable; default: cpu, reference, and gpu when an
+    /// adapter exists.
     #[arg(long = "backend")]
     backends: Vec<String>,
     /// Batch sizes to measure.
@@ -460,7 +462,7 @@ struct BenchArgs {
 
 fn bench(a: BenchArgs) -> taylormap::Result<()> {
     let backends = if a.backends.is_empty() {
-        let mut b = vec![BackendChoice::Cpu];
+        let mut b = vec![BackendChoice::Cpu, BackendChoice::Reference];
         if !taylormap::gpu::adapters().is_empty() {
             b.push(BackendChoice::Gpu);
         }

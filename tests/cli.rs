@@ -76,8 +76,14 @@ impl Case {
             self.path("x.npy"),
             self.path("out"),
         );
-        let mut args = vec!["explain", "--out", &out, "--backend", "cpu", "--quiet"];
-        for (flag, default) in [("--model", &model), ("--input", &input)] {
+        // The f64 reference by default, so that outputs can be checked exactly.
+        let reference = "reference".to_string();
+        let mut args = vec!["explain", "--out", &out, "--quiet"];
+        for (flag, default) in [
+            ("--model", &model),
+            ("--input", &input),
+            ("--backend", &reference),
+        ] {
             if !extra.contains(&flag) {
                 args.extend([flag, default.as_str()]);
             }
@@ -95,6 +101,49 @@ fn ok(o: &Output) {
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr)
     );
+}
+
+#[test]
+fn the_cpu_engine_writes_what_it_computes_within_f32_tolerance_of_the_reference() {
+    // 37 samples in batches of 16: batches that do not divide the input, each split in chunks
+    let case = Case::new("cpu_engine_explain", 37);
+    ok(&case.explain(&[
+        "--backend",
+        "cpu",
+        "--batch-size",
+        "16",
+        "--composite",
+        "deep-taylor-bounded",
+    ]));
+    let out = case.out();
+    let run: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("run.json")).unwrap()).unwrap();
+    assert_eq!(run["backend"], "cpu");
+    let (shape, rel) = read_npy_f32(&out.join("relevance.npy"));
+    assert_eq!(shape, vec![37, 1, 9, 9]);
+    let method = Composite::DeepTaylorBounded
+        .resolve(
+            &case.net,
+            Bounds {
+                low: 0.0,
+                high: 1.0,
+            },
+            &[],
+        )
+        .unwrap();
+    let want =
+        taylormap::cpu::explain(&case.net, &method, case.x.mapv(f64::from).view(), None).unwrap();
+    for (i, (got, want)) in rel.chunks(81).zip(want.relevance.outer_iter()).enumerate() {
+        let err = common::rel_l2(got.iter().map(|&v| f64::from(v)), want.iter().copied());
+        assert!(err <= 1e-4, "sample {i}: relative L2 error {err:e}");
+    }
+    let csv = std::fs::read_to_string(out.join("summary.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 38);
+    for (i, line) in csv.lines().skip(1).enumerate() {
+        let f: Vec<&str> = line.split(',').collect();
+        assert_eq!(f[0], i.to_string(), "rows in input order");
+        assert_eq!(f[2].parse::<usize>().unwrap(), want.predicted(i));
+    }
 }
 
 #[test]
@@ -158,7 +207,7 @@ fn explain_writes_every_output_and_they_match_the_reference() {
     let run: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("run.json")).unwrap()).unwrap();
     assert_eq!(run["samples"], 7);
-    assert_eq!(run["backend"], "cpu");
+    assert_eq!(run["backend"], "reference");
     assert_eq!(run["composite"], "deep-taylor-bounded");
     assert_eq!(run["rules"].as_array().unwrap().len(), 4);
     assert_eq!(run["rules"][0]["rule"], "zbox(0,1)");

@@ -352,14 +352,14 @@ fn the_backend_converts_f32_input_and_reports_itself() {
         .resolve(&net, Bounds::unit_normalized(None), &[])
         .unwrap();
     let x32 = random_input(&mut rng, &net, 3, 0.0, 1.0);
-    let mut backend = cpu::CpuBackend::new(net.clone(), method.clone());
-    assert_eq!(backend.kind(), "cpu");
+    let mut backend = cpu::ReferenceBackend::new(net.clone(), method.clone());
+    assert_eq!(backend.kind(), "reference");
     assert!(!backend.adapter().is_empty());
     for _ in 0..2 {
         // The plan is reused on the second batch.
         let out = backend.run(x32.view(), None).unwrap();
         let direct = cpu::explain(&net, &method, x32.mapv(f64::from).view(), None).unwrap();
-        assert_eq!(out.relevance, direct.relevance);
+        assert_eq!(out.relevance, direct.to_f32().relevance);
         assert_eq!(out.targets, direct.targets);
     }
 }
@@ -454,7 +454,7 @@ fn bad_inputs_targets_and_methods_are_errors_not_panics() {
     assert!(err.to_string().contains("sample 2"), "{err}");
 
     // The same checks behind the Backend interface.
-    let mut backend = cpu::CpuBackend::new(net.clone(), method);
+    let mut backend = cpu::ReferenceBackend::new(net.clone(), method);
     let x32 = ArrayD::<f32>::from_elem(IxDyn(&[2, 2, 8, 9]), 0.5);
     assert!(matches!(
         backend.run(x32.view(), None),

@@ -747,8 +747,7 @@ fn atomic_file_appears_only_on_commit_and_vanishes_when_dropped() {
     let mut file = data::AtomicFile::create(&target).unwrap();
     file.write_all(&data::npy_header_f32(&[3, 4])).unwrap();
     for chunk in values.chunks(4) {
-        let bytes: Vec<u8> = data::f32_le_bytes(chunk).collect();
-        file.write_all(&bytes).unwrap();
+        file.write_all(&data::f32_le_bytes(chunk)).unwrap();
     }
     assert_eq!(
         std::fs::read(&target).unwrap(),

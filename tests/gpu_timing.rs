@@ -59,17 +59,19 @@ fn stage_times_are_positive_within_the_wall_time_and_change_no_result() {
     }
     assert!(t.total_s() < wall, "stage sum vs wall {wall} s: {t:?}");
     for out in &outputs {
-        let same = |a: &[f64], b: &[f64]| {
-            a.len() == b.len() && a.iter().zip(b).all(|(p, q)| p.to_bits() == q.to_bits())
-        };
-        assert!(same(
-            expected.relevance.as_slice().unwrap(),
-            out.relevance.as_slice().unwrap()
-        ));
-        assert!(same(
-            expected.logits.as_slice().unwrap(),
-            out.logits.as_slice().unwrap()
-        ));
+        // Bit for bit: f32 relevance, logits widened from f32.
+        let bits32: fn(&f32) -> u32 = |v| v.to_bits();
+        let bits64: fn(&f64) -> u64 = |v| v.to_bits();
+        assert!(expected
+            .relevance
+            .iter()
+            .map(bits32)
+            .eq(out.relevance.iter().map(bits32)));
+        assert!(expected
+            .logits
+            .iter()
+            .map(bits64)
+            .eq(out.logits.iter().map(bits64)));
         assert_eq!(expected.targets, out.targets);
     }
     // Explicit targets go through the timed path too.

@@ -1,16 +1,20 @@
-//! The CPU reference backend: paper-literal LRP / Deep Taylor Decomposition in f64 with ndarray,
-//! the oracle for the GPU backend and the fallback when there is no GPU.
+//! The CPU backends. The reference backend (this file and `linear`, `pool`, `window`):
+//! paper-literal LRP / Deep Taylor Decomposition in f64 with ndarray, the oracle for every f32
+//! engine. The fast engine (`fast`): f32 on every core, the fallback when there is no GPU.
 //!
 //! A [`Network`] is prepared once into a plan (f64 parameters, window geometry per layer); a
 //! batch then runs forward keeping every activation, seeds the target (SPEC section 4) and walks
 //! the layers backward with the rule of each Dense/Conv2d layer (SPEC section 2) or, for the
 //! baselines, with the exact gradient.
 
+mod fast;
 mod linear;
 mod pool;
 mod window;
 
-use ndarray::{Array2, ArrayD, ArrayViewD, Axis, Ix2, Ix4, IxDyn};
+pub use fast::FastBackend;
+
+use ndarray::{Array2, ArrayD, ArrayViewD, Ix2, Ix4, IxDyn};
 
 use crate::lrp::{argmax, Backend, BatchOutput, Method, Rule};
 use crate::model::{Layer, Network};
@@ -48,17 +52,17 @@ pub fn explain(
 }
 
 /// The CPU reference backend behind the [`Backend`] interface.
-pub struct CpuBackend {
+pub struct ReferenceBackend {
     net: Network,
     method: Method,
     /// Built on the first batch, so that `new` cannot fail.
     plan: Option<Plan>,
 }
 
-impl CpuBackend {
+impl ReferenceBackend {
     /// A backend explaining `net` with `method`; the network is prepared on the first batch.
     pub fn new(net: Network, method: Method) -> Self {
-        CpuBackend {
+        ReferenceBackend {
             net,
             method,
             plan: None,
@@ -66,23 +70,27 @@ impl CpuBackend {
     }
 }
 
-impl Backend for CpuBackend {
+impl Backend for ReferenceBackend {
     fn kind(&self) -> &'static str {
-        "cpu"
+        "reference"
     }
 
     fn adapter(&self) -> String {
         "CPU reference backend (f64, ndarray)".into()
     }
 
-    fn run(&mut self, x: ArrayViewD<'_, f32>, targets: Option<&[usize]>) -> Result<BatchOutput> {
+    fn run(
+        &mut self,
+        x: ArrayViewD<'_, f32>,
+        targets: Option<&[usize]>,
+    ) -> Result<BatchOutput<f32>> {
         let plan = match self.plan.take() {
             Some(plan) => plan,
             None => Plan::new(&self.net)?,
         };
         let out = plan.explain(&self.method, x.mapv(f64::from).view(), targets);
         self.plan = Some(plan);
-        out
+        out.map(|o| o.to_f32())
     }
 }
 
@@ -192,22 +200,9 @@ impl Plan {
 
     /// The batch must have shape `(n, input shape...)` and finite values; returns n.
     fn check_input(&self, x: &ArrayViewD<'_, f64>) -> Result<usize> {
-        let expected = &self.shapes[0];
-        if x.ndim() != expected.len() + 1 || &x.shape()[1..] != expected.as_slice() {
-            return Err(Error::Shape {
-                layer: "input".into(),
-                expected: format!("a batch of shape (n, {})", join(expected)),
-                got: format!("({})", join(x.shape())),
-            });
-        }
-        for (i, sample) in x.axis_iter(Axis(0)).enumerate() {
-            if !sample.iter().all(|v| v.is_finite()) {
-                return Err(Error::NonFinite {
-                    what: format!("input sample {i}"),
-                });
-            }
-        }
-        Ok(x.shape()[0])
+        let n = crate::lrp::check_batch(x.shape(), &self.shapes[0])?;
+        crate::lrp::check_finite(x.view())?;
+        Ok(n)
     }
 
     /// Every activation, `[input, output of layer 0, ...]`.
@@ -245,32 +240,19 @@ impl Plan {
     /// The output each sample starts from (SPEC section 4).
     fn targets(&self, logits: &Array2<f64>, targets: Option<&[usize]>) -> Result<Vec<usize>> {
         let n = logits.nrows();
-        match targets {
-            Some(t) if t.len() != n => Err(Error::usage(
-                "--target",
-                format!("got {} targets for a batch of {n} samples", t.len()),
-            )),
+        if let Some(t) = targets {
+            crate::lrp::check_targets(t, n, self.outputs)?;
+        }
+        Ok(match targets {
             // A single-output (detection) network always explains y itself.
-            _ if self.outputs == 1 => Ok(vec![0; n]),
-            None => Ok(logits
+            _ if self.outputs == 1 => vec![0; n],
+            None => logits
                 .rows()
                 .into_iter()
                 .map(|row| argmax(row.iter().copied()))
-                .collect()),
-            Some(t) => {
-                if let Some((i, &bad)) = t.iter().enumerate().find(|(_, &c)| c >= self.outputs) {
-                    return Err(Error::usage(
-                        "--target",
-                        format!(
-                            "sample {i}: target class {bad} is out of range; the network has {} outputs (0..={})",
-                            self.outputs,
-                            self.outputs - 1
-                        ),
-                    ));
-                }
-                Ok(t.to_vec())
-            }
-        }
+                .collect(),
+            Some(t) => t.to_vec(),
+        })
     }
 
     fn explain(
@@ -397,11 +379,4 @@ fn reshape(a: ArrayViewD<'_, f64>, shape: &[usize]) -> Result<ArrayD<f64>> {
 fn as4(a: ArrayViewD<'_, f64>) -> Result<ndarray::ArrayView4<'_, f64>> {
     a.into_dimensionality::<Ix4>()
         .map_err(|e| internal(format!("expected an (n, C, H, W) batch: {e}")))
-}
-
-fn join(dims: &[usize]) -> String {
-    dims.iter()
-        .map(usize::to_string)
-        .collect::<Vec<_>>()
-        .join(", ")
 }

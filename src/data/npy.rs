@@ -404,13 +404,18 @@ pub fn npy_bytes_f32(shape: &[usize], data: &[f32]) -> Vec<u8> {
     );
     let mut out = npy_header_f32(shape);
     out.reserve(4 * data.len());
-    out.extend(f32_le_bytes(data));
+    out.extend_from_slice(&f32_le_bytes(data));
     out
 }
 
-/// Little-endian bytes of `data`, as they follow an NPY header.
-pub fn f32_le_bytes(data: &[f32]) -> impl Iterator<Item = u8> + '_ {
-    data.iter().flat_map(|v| v.to_le_bytes())
+/// Little-endian bytes of `data`, as they follow an NPY header: the memory itself on a
+/// little-endian machine, a converted copy elsewhere.
+pub fn f32_le_bytes(data: &[f32]) -> std::borrow::Cow<'_, [u8]> {
+    if cfg!(target_endian = "little") {
+        std::borrow::Cow::Borrowed(bytemuck::cast_slice(data))
+    } else {
+        std::borrow::Cow::Owned(data.iter().flat_map(|v| v.to_le_bytes()).collect())
+    }
 }
 
 /// The NPY v1.0 header (magic, version, length, dictionary, padding) of a float32 C-order array

@@ -180,70 +180,27 @@ impl Backend for GpuBackend {
         self.ctx.summary().to_string()
     }
 
-    fn run(&mut self, x: ArrayViewD<'_, f32>, targets: Option<&[usize]>) -> Result<BatchOutput> {
-        let shape = x.shape();
-        if shape.len() != self.input_shape.len() + 1 || shape[1..] != self.input_shape[..] {
-            let join = |d: &[usize]| {
-                d.iter()
-                    .map(usize::to_string)
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            };
-            return Err(Error::Shape {
-                layer: "input".into(),
-                expected: format!("a batch of shape (n, {})", join(&self.input_shape)),
-                got: format!("({})", join(shape)),
-            });
-        }
-        let n = shape[0];
+    fn run(
+        &mut self,
+        x: ArrayViewD<'_, f32>,
+        targets: Option<&[usize]>,
+    ) -> Result<BatchOutput<f32>> {
+        let n = crate::lrp::check_batch(x.shape(), &self.input_shape)?;
         let input_len: usize = self.input_shape.iter().product();
-        // A contiguous batch is checked and uploaded in place; others are copied per batch.
+        crate::lrp::check_finite(x.view())?;
+        // A contiguous batch is uploaded in place; others are copied per batch.
         let contiguous = x.as_slice();
-        let bad = match contiguous {
-            Some(flat) if input_len > 0 => flat
-                .chunks(input_len)
-                .position(|sample| !sample.iter().all(|v| v.is_finite())),
-            _ => x
-                .outer_iter()
-                .position(|sample| sample.iter().any(|v| !v.is_finite())),
-        };
-        if let Some(i) = bad {
-            return Err(Error::NonFinite {
-                what: format!("input sample {i}"),
-            });
+        if let Some(t) = targets {
+            crate::lrp::check_targets(t, n, self.classes)?;
         }
-        let targets: Option<Vec<u32>> = match targets {
-            None => None,
-            Some(t) => {
-                if t.len() != n {
-                    return Err(Error::usage(
-                        "--target",
-                        format!("expected one target per sample ({n}), got {}", t.len()),
-                    ));
-                }
-                if self.classes == 1 {
-                    Some(vec![0; n])
-                } else {
-                    let mut v = Vec::with_capacity(n);
-                    for (i, &c) in t.iter().enumerate() {
-                        if c >= self.classes {
-                            return Err(Error::usage(
-                                "--target",
-                                format!(
-                                    "sample {i}: class {c} is out of range; the network has {} \
-                                     outputs (0..{})",
-                                    self.classes,
-                                    self.classes - 1
-                                ),
-                            ));
-                        }
-                        v.push(c as u32);
-                    }
-                    Some(v)
-                }
+        let targets: Option<Vec<u32>> = targets.map(|t| {
+            if self.classes == 1 {
+                vec![0; n]
+            } else {
+                t.iter().map(|&c| c as u32).collect()
             }
-        };
-        let mut relevance = vec![0f64; n * input_len];
+        });
+        let mut relevance = vec![0f32; n * input_len];
         let mut logits = vec![0f64; n * self.classes];
         let mut chosen = vec![0u32; n];
         let batch = self.plan.capacity();

@@ -429,42 +429,12 @@ pub(crate) struct Plan {
     _buffers: Vec<wgpu::Buffer>,
 }
 
-/// What one batch gives back (relevance and logits widened to f64 straight from the mapped
-/// staging buffer).
+/// What one batch gives back: relevance copied as f32 straight from the mapped staging buffer,
+/// logits widened to f64.
 pub(crate) struct BatchResult<'a> {
-    pub relevance: &'a mut [f64],
+    pub relevance: &'a mut [f32],
     pub logits: &'a mut [f64],
     pub targets: &'a mut [u32],
-}
-
-/// Values below which widening f32 to f64 stays on the calling thread.
-const PARALLEL_WIDEN: usize = 1 << 18;
-
-/// `dst[i] = src[i] as f64`, split over a few scoped threads for large batches (the host side
-/// otherwise spends about as long on this as the GPU on the batch).
-fn widen(src: &[f32], dst: &mut [f64]) {
-    debug_assert_eq!(src.len(), dst.len());
-    let threads = std::thread::available_parallelism()
-        .map(|t| t.get())
-        .unwrap_or(1)
-        .min(src.len() / PARALLEL_WIDEN)
-        .min(8);
-    if threads <= 1 {
-        for (d, s) in dst.iter_mut().zip(src) {
-            *d = f64::from(*s);
-        }
-        return;
-    }
-    let per = src.len().div_ceil(threads);
-    std::thread::scope(|scope| {
-        for (d, s) in dst.chunks_mut(per).zip(src.chunks(per)) {
-            scope.spawn(move || {
-                for (d, s) in d.iter_mut().zip(s) {
-                    *d = f64::from(*s);
-                }
-            });
-        }
-    });
 }
 
 fn storage(device: &wgpu::Device, label: &str, bytes: u64) -> wgpu::Buffer {
@@ -1134,15 +1104,12 @@ impl Plan {
                 .map_err(|e| Error::Gpu(format!("reading the batch back failed: {e}")))?;
             let bytes: &[u8] = &view;
             let rel = &bytes[..lay.rel_bytes as usize];
-            widen(
-                bytemuck::cast_slice(rel),
-                &mut out.relevance[..n * self.input_len],
-            );
+            out.relevance[..n * self.input_len].copy_from_slice(bytemuck::cast_slice(rel));
             let lg = &bytes[lay.logit_off as usize..(lay.logit_off + lay.logit_bytes) as usize];
-            widen(
-                bytemuck::cast_slice(lg),
-                &mut out.logits[..n * self.classes],
-            );
+            let lg: &[f32] = bytemuck::cast_slice(lg);
+            for (d, s) in out.logits[..n * self.classes].iter_mut().zip(lg) {
+                *d = f64::from(*s);
+            }
             let tg = &bytes[lay.target_off as usize..lay.target_off as usize + n * 4];
             out.targets[..n].copy_from_slice(bytemuck::cast_slice(tg));
             if let (true, Some(t)) = (pending.timed, &mut self.timing) {
@@ -1297,29 +1264,4 @@ pub(crate) struct Pending {
     mapped: MapReceiver,
     /// Whether the batch wrote timestamps.
     timed: bool,
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn widen_matches_a_plain_conversion_at_every_size() {
-        for len in [
-            0,
-            1,
-            7,
-            PARALLEL_WIDEN - 1,
-            2 * PARALLEL_WIDEN + 13,
-            9 * PARALLEL_WIDEN,
-        ] {
-            let src: Vec<f32> = (0..len).map(|i| i as f32 * 0.37 - 11.0).collect();
-            let mut dst = vec![f64::NAN; len];
-            widen(&src, &mut dst);
-            assert!(
-                src.iter().zip(&dst).all(|(s, d)| f64::from(*s) == *d),
-                "{len}"
-            );
-        }
-    }
 }

@@ -67,17 +67,23 @@ impl std::str::FromStr for TargetChoice {
 }
 
 /// What a backend returns for one batch of `n` samples.
+///
+/// The relevance has the engine's own precision: f64 from the reference backend's [`explain`]
+/// functions, f32 through the [`Backend`] interface (what the GPU computes and relevance.npy
+/// stores, so that no batch is widened and narrowed again on its way to disk).
+///
+/// [`explain`]: crate::cpu::explain
 #[derive(Clone, Debug)]
-pub struct BatchOutput {
+pub struct BatchOutput<T = f64> {
     /// Relevance R_i, shape `(n, per-sample input shape...)`.
-    pub relevance: ArrayD<f64>,
+    pub relevance: ArrayD<T>,
     /// The network's outputs, shape `(n, outputs)`.
     pub logits: Array2<f64>,
     /// The output each explanation started from.
     pub targets: Vec<usize>,
 }
 
-impl BatchOutput {
+impl<T: Copy + Into<f64>> BatchOutput<T> {
     /// Score y_t of sample `i`.
     pub fn score(&self, i: usize) -> f64 {
         self.logits[[i, self.targets[i]]]
@@ -91,7 +97,18 @@ impl BatchOutput {
     /// Consistency statistics of sample `i`.
     pub fn stats(&self, i: usize) -> SampleStats {
         let row = self.relevance.index_axis(ndarray::Axis(0), i);
-        SampleStats::compute(row.iter().copied(), self.score(i))
+        SampleStats::compute(row.iter().map(|&r| r.into()), self.score(i))
+    }
+}
+
+impl BatchOutput<f64> {
+    /// The same output with the relevance rounded to f32.
+    pub fn to_f32(&self) -> BatchOutput<f32> {
+        BatchOutput {
+            relevance: self.relevance.mapv(|r| r as f32),
+            logits: self.logits.clone(),
+            targets: self.targets.clone(),
+        }
     }
 }
 
@@ -106,15 +123,84 @@ pub fn argmax(values: impl IntoIterator<Item = f64>) -> usize {
     best.0
 }
 
+/// Checks that a batch has shape `(n, input...)`; returns n.
+pub fn check_batch(shape: &[usize], input: &[usize]) -> Result<usize> {
+    if shape.len() != input.len() + 1 || shape[1..] != *input {
+        let join = |d: &[usize]| {
+            d.iter()
+                .map(usize::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        return Err(crate::Error::Shape {
+            layer: "input".into(),
+            expected: format!("a batch of shape (n, {})", join(input)),
+            got: format!("({})", join(shape)),
+        });
+    }
+    Ok(shape[0])
+}
+
+/// Checks that every input value is finite, naming the first sample that is not.
+pub fn check_finite<T: Copy + Into<f64>>(x: ArrayViewD<'_, T>) -> Result<()> {
+    let finite = |v: &T| {
+        let v: f64 = (*v).into();
+        v.is_finite()
+    };
+    let per_sample: usize = x.shape().iter().skip(1).product();
+    let bad = match x.as_slice() {
+        // A contiguous batch is scanned as a flat slice (the common case, and much faster).
+        Some(flat) if per_sample > 0 => flat
+            .chunks(per_sample)
+            .position(|sample| !sample.iter().all(finite)),
+        _ => x.outer_iter().position(|sample| !sample.iter().all(finite)),
+    };
+    match bad {
+        Some(i) => Err(crate::Error::NonFinite {
+            what: format!("input sample {i}"),
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Checks explicit targets for a batch of `n` samples of a network with `outputs` outputs.
+pub fn check_targets(targets: &[usize], n: usize, outputs: usize) -> Result<()> {
+    if targets.len() != n {
+        return Err(crate::Error::usage(
+            "--target",
+            format!("got {} targets for a batch of {n} samples", targets.len()),
+        ));
+    }
+    // A single-output (detection) network always explains y itself.
+    if outputs == 1 {
+        return Ok(());
+    }
+    match targets.iter().enumerate().find(|(_, &c)| c >= outputs) {
+        Some((i, &bad)) => Err(crate::Error::usage(
+            "--target",
+            format!(
+                "sample {i}: target class {bad} is out of range; the network has {outputs} \
+                 outputs (0..={})",
+                outputs - 1
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
 /// An explainer planned for one (network, method): runs batches of inputs.
 ///
 /// `targets` is `None` to explain the predicted class, or one class index per sample. For a
 /// network with a single output every target is 0.
 pub trait Backend {
-    /// "cpu" or "gpu".
+    /// "cpu" (the fast CPU engine), "gpu" or "reference" (the f64 CPU reference).
     fn kind(&self) -> &'static str;
     /// Adapter or processor description for reports.
     fn adapter(&self) -> String;
     /// Explains one batch; `x` has shape `(n, per-sample input shape...)`.
-    fn run(&mut self, x: ArrayViewD<'_, f32>, targets: Option<&[usize]>) -> Result<BatchOutput>;
+    fn run(
+        &mut self,
+        x: ArrayViewD<'_, f32>,
+        targets: Option<&[usize]>,
+    ) -> Result<BatchOutput<f32>>;
 }

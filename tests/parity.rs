@@ -1,4 +1,6 @@
-//! GPU backend vs the CPU reference on random networks and inputs: every rule, every composite,
+//! The f32 engines (the fast CPU engine always; the GPU backend when there is an adapter, and
+//! then required under TAYLORMAP_REQUIRE_GPU=1) vs the f64 CPU reference on random networks
+//! and inputs: every rule, every composite,
 //! both baselines, Dense and Conv2d (stride, padding), max/avg/sum pooling, batches of 1 and
 //! batch sizes that do not divide the input count, predicted and explicit targets, and layers
 //! whose reductions are longer than llvmpipe's 65,535-iteration cap for a naive kernel.
@@ -14,6 +16,7 @@ use common::{conv, dense, random_cnn, random_input, random_mlp, rel_l2, rng};
 use ndarray::{ArrayD, Axis};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use taylormap::cpu::FastBackend;
 use taylormap::gpu::{adapters, GpuBackend, GpuContext};
 use taylormap::model::Window;
 use taylormap::{Backend, Bounds, Composite, Error, Layer, Method, Network, Rule};
@@ -49,10 +52,47 @@ fn close(a: f64, b: f64) -> bool {
     (a - b).abs() <= SCORE_TOL * b.abs().max(1.0)
 }
 
-/// Runs `x` through the GPU backend (batches of `batch`) and the CPU reference and compares
-/// logits, targets, scores and relevance per sample.
+/// An f32 engine held to the reference.
+#[derive(Clone)]
+enum Engine {
+    /// The fast CPU engine, on 3 threads so that even a 2-core machine interleaves chunks.
+    Fast,
+    Gpu(GpuContext),
+}
+
+impl Engine {
+    fn name(&self) -> &'static str {
+        match self {
+            Engine::Fast => "cpu",
+            Engine::Gpu(_) => "gpu",
+        }
+    }
+
+    /// The engine's backend; the GPU's with batches of `batch` (the CPU engine chunks by itself).
+    fn backend(&self, net: &Network, method: &Method, batch: usize) -> Box<dyn Backend> {
+        match self {
+            Engine::Fast => Box::new(FastBackend::new(net, method).unwrap().with_threads(3)),
+            Engine::Gpu(ctx) => {
+                let backend = GpuBackend::new(ctx, net, method, batch).unwrap();
+                assert_eq!(backend.batch_size(), batch, "unexpected clamp");
+                Box::new(backend)
+            }
+        }
+    }
+}
+
+/// Every engine this machine has: the CPU engine, and the GPU when there is an adapter (a hard
+/// failure without one under TAYLORMAP_REQUIRE_GPU=1).
+fn engines() -> Vec<Engine> {
+    let mut all = vec![Engine::Fast];
+    all.extend(common::gpu::context().map(Engine::Gpu));
+    all
+}
+
+/// Runs `x` through every engine and the CPU reference and compares logits, targets, scores and
+/// relevance per sample.
 fn compare(
-    ctx: &GpuContext,
+    engines: &[Engine],
     net: &Network,
     method: &Method,
     x: &ArrayD<f32>,
@@ -60,27 +100,47 @@ fn compare(
     batch: usize,
     what: &str,
 ) {
-    let mut backend = GpuBackend::new(ctx, net, method, batch).unwrap();
-    assert_eq!(backend.batch_size(), batch, "{what}: unexpected clamp");
-    assert_eq!(backend.kind(), "gpu");
-    let gpu = backend.run(x.view(), targets).unwrap();
+    for engine in engines {
+        let mut backend = engine.backend(net, method, batch);
+        assert_eq!(backend.kind(), engine.name());
+        let out = backend.run(x.view(), targets).unwrap();
+        compare_output(
+            net,
+            method,
+            x,
+            targets,
+            &out,
+            &format!("{}: {what}", engine.name()),
+        );
+    }
+}
+
+/// Compares one engine's output for `x` with the CPU reference.
+fn compare_output(
+    net: &Network,
+    method: &Method,
+    x: &ArrayD<f32>,
+    targets: Option<&[usize]>,
+    gpu: &taylormap::BatchOutput<f32>,
+    what: &str,
+) {
     let x64 = x.mapv(f64::from);
     let mut cpu = taylormap::cpu::explain(net, method, x64.view(), targets).unwrap();
     let n = x.shape()[0];
     assert_eq!(gpu.relevance.shape(), cpu.relevance.shape(), "{what}");
     assert_eq!(gpu.logits.shape(), cpu.logits.shape(), "{what}");
     for (i, (g, c)) in gpu.logits.iter().zip(cpu.logits.iter()).enumerate() {
-        assert!(close(*g, *c), "{what}: logit {i}: gpu {g} cpu {c}");
+        assert!(close(*g, *c), "{what}: logit {i}: engine {g} reference {c}");
     }
     if gpu.targets != cpu.targets {
         // Only a near tie of two logits may pick another class in f32; then compare relevance
-        // for the class the GPU chose.
+        // for the class the engine chose.
         assert!(targets.is_none(), "{what}: explicit targets changed");
         for i in 0..n {
             let (g, c) = (gpu.targets[i], cpu.targets[i]);
             assert!(
                 close(cpu.logits[[i, g]], cpu.logits[[i, c]]),
-                "{what}: sample {i}: gpu predicted {g}, cpu {c}, logits {:?}",
+                "{what}: sample {i}: engine predicted {g}, reference {c}, logits {:?}",
                 cpu.logits.row(i)
             );
         }
@@ -91,7 +151,7 @@ fn compare(
     for (i, sensitivity) in sensitivity.into_iter().enumerate() {
         assert!(
             close(gpu.score(i), cpu.score(i)),
-            "{what}: sample {i}: score gpu {} cpu {}",
+            "{what}: sample {i}: score engine {} reference {}",
             gpu.score(i),
             cpu.score(i)
         );
@@ -101,11 +161,11 @@ fn compare(
             // No relevance reaches the input (every path dead): the GPU must agree.
             assert!(
                 g.iter().all(|v| v.abs() <= 1e-12),
-                "{what}: sample {i}: the reference relevance is zero, the GPU's is not"
+                "{what}: sample {i}: the reference relevance is zero, the engine's is not"
             );
             continue;
         }
-        let err = rel_l2(g.iter().copied(), c.iter().copied());
+        let err = rel_l2(g.iter().map(|&v| f64::from(v)), c.iter().copied());
         // Well-conditioned maps (sensitivity ~1e-7) get REL_TOL; on the rare ill-conditioned
         // ones the GPU's error has stayed within 25 times the sensitivity.
         let tol = REL_TOL.max(CONDITIONING * sensitivity);
@@ -119,7 +179,7 @@ fn compare(
         );
         worst = worst.max(err);
     }
-    eprintln!("{what}: {n} samples in batches of {batch}, worst relative L2 error {worst:.2e}");
+    eprintln!("{what}: {n} samples, worst relative L2 error {worst:.2e}");
 }
 
 /// How much the reference itself moves under f32-sized rounding, per sample: the relative L2
@@ -191,13 +251,9 @@ fn useful(
     panic!("{what}: 50 random cases in a row had no relevance at the input");
 }
 
-fn context() -> Option<GpuContext> {
-    common::gpu::context()
-}
-
 #[test]
 fn every_rule_on_dense_layers() {
-    let Some(ctx) = context() else { return };
+    let engines = engines();
     let mut rng = rng("every_rule_on_dense_layers");
     for rule in every_rule(-1.0, 1.0) {
         let what = format!("mlp {rule}");
@@ -213,13 +269,13 @@ fn every_rule_on_dense_layers() {
             (net.clone(), same_rule(&net, rule), x)
         });
         let what = format!("{what} {:?}", net.input_shape);
-        compare(&ctx, &net, &method, &x, None, 2, &what);
+        compare(&engines, &net, &method, &x, None, 2, &what);
     }
 }
 
 #[test]
 fn every_rule_on_conv_layers() {
-    let Some(ctx) = context() else { return };
+    let engines = engines();
     let mut rng = rng("every_rule_on_conv_layers");
     for rule in every_rule(0.0, 1.0) {
         let what = format!("cnn {rule}");
@@ -234,13 +290,13 @@ fn every_rule_on_conv_layers() {
             (net.clone(), same_rule(&net, rule), x)
         });
         let what = format!("{what} {:?}", net.input_shape);
-        compare(&ctx, &net, &method, &x, None, 2, &what);
+        compare(&engines, &net, &method, &x, None, 2, &what);
     }
 }
 
 #[test]
 fn every_composite_and_baseline() {
-    let Some(ctx) = context() else { return };
+    let engines = engines();
     let mut rng = rng("every_composite_and_baseline");
     let bounds = Bounds {
         low: 0.0,
@@ -261,7 +317,7 @@ fn every_composite_and_baseline() {
         let classes = net.num_outputs();
         let explicit: Vec<usize> = (0..4).map(|_| rng.random_range(0..classes)).collect();
         compare(
-            &ctx,
+            &engines,
             &net,
             &method,
             &x,
@@ -270,7 +326,7 @@ fn every_composite_and_baseline() {
             &format!("{name}, predicted"),
         );
         compare(
-            &ctx,
+            &engines,
             &net,
             &method,
             &x,
@@ -291,7 +347,7 @@ fn window(k: usize, s: usize, p: usize) -> Window {
 
 #[test]
 fn pooling_layers() {
-    let Some(ctx) = context() else { return };
+    let engines = engines();
     let mut rng = rng("pooling_layers");
     let pools = [
         (
@@ -367,7 +423,7 @@ fn pooling_layers() {
         ];
         for (mname, method) in methods {
             compare(
-                &ctx,
+                &engines,
                 &net,
                 &method,
                 &x,
@@ -389,7 +445,7 @@ fn pooling_layers() {
     let x = random_input(&mut rng, &net, 3, -1.0, -0.1);
     for method in [same_rule(&net, Rule::Zero), Method::GradientXInput] {
         compare(
-            &ctx,
+            &engines,
             &net,
             &method,
             &x,
@@ -417,7 +473,7 @@ fn random_window(rng: &mut StdRng) -> Window {
 
 #[test]
 fn random_window_geometries() {
-    let Some(ctx) = context() else { return };
+    let engines = engines();
     let mut rng = rng("random_window_geometries");
     // Non-square kernels, unequal strides, asymmetric padding, every pooling kind.
     for case in 0..12 {
@@ -478,13 +534,13 @@ fn random_window_geometries() {
             geometry(&net.layers[0]),
             geometry(&net.layers[2])
         );
-        compare(&ctx, &net, &method, &x, None, 2, &what);
+        compare(&engines, &net, &method, &x, None, 2, &what);
     }
 }
 
 #[test]
 fn long_reductions_beyond_the_loop_cap() {
-    let Some(ctx) = context() else { return };
+    let engines = engines();
     let mut rng = rng("long_reductions_beyond_the_loop_cap");
     // A Dense layer with 70,000 inputs: a naive kernel loops 70,000 times per output.
     let net = random_mlp(&mut rng, &[70_000, 3], false);
@@ -500,7 +556,7 @@ fn long_reductions_beyond_the_loop_cap() {
         ),
         Method::GradientXInput,
     ] {
-        compare(&ctx, &net, &method, &x, None, 2, "dense 70000 -> 3");
+        compare(&engines, &net, &method, &x, None, 2, "dense 70000 -> 3");
     }
     // Wide Dense layers: 2,000 outputs (long back-projection), then 2,000 inputs.
     let net = random_mlp(&mut rng, &[8, 2000, 3], false);
@@ -515,7 +571,7 @@ fn long_reductions_beyond_the_loop_cap() {
         ),
         Method::Sensitivity,
     ] {
-        compare(&ctx, &net, &method, &x, None, 2, "dense 8 -> 2000 -> 3");
+        compare(&engines, &net, &method, &x, None, 2, "dense 8 -> 2000 -> 3");
     }
     // A convolution whose transposed reduction is 260 * 16 * 16 = 66,560 long per input pixel.
     let layers = vec![
@@ -533,7 +589,7 @@ fn long_reductions_beyond_the_loop_cap() {
         },
         Method::GradientXInput,
     ] {
-        compare(&ctx, &net, &method, &x, None, 2, "conv 1->260 k16");
+        compare(&engines, &net, &method, &x, None, 2, "conv 1->260 k16");
     }
     // A convolution with a receptive field of 20 * 8 * 8 = 1,280 (split forward), strided, padded.
     let layers = vec![
@@ -554,13 +610,13 @@ fn long_reductions_beyond_the_loop_cap() {
         },
         Method::Sensitivity,
     ] {
-        compare(&ctx, &net, &method, &x, None, 1, "conv 20->4 k8 s2 p1");
+        compare(&engines, &net, &method, &x, None, 1, "conv 20->4 k8 s2 p1");
     }
 }
 
 #[test]
 fn batch_sizes_streaming_and_reuse() {
-    let Some(ctx) = context() else { return };
+    let engines = engines();
     let mut rng = rng("batch_sizes_streaming_and_reuse");
     let (net, method, x) = useful(&mut rng, "epsilon-gamma-box cnn", |rng| {
         let net = random_cnn(rng, 1, 8, 8, false);
@@ -579,7 +635,7 @@ fn batch_sizes_streaming_and_reuse() {
     });
     for batch in [1, 4, 11, 32] {
         compare(
-            &ctx,
+            &engines,
             &net,
             &method,
             &x,
@@ -591,7 +647,7 @@ fn batch_sizes_streaming_and_reuse() {
     // A batch large enough to run as two overlapped submissions (halves of 258 and 257).
     let x_big = random_input(&mut rng, &net, 515, 0.0, 1.0);
     compare(
-        &ctx,
+        &engines,
         &net,
         &method,
         &x_big,
@@ -600,43 +656,41 @@ fn batch_sizes_streaming_and_reuse() {
         "515 samples, batch 1024 (two halves)",
     );
     // One backend, runs of different lengths and target modes: uniforms follow each run.
-    let mut backend = GpuBackend::new(&ctx, &net, &method, 4).unwrap();
     let classes = net.num_outputs();
-    let x64 = x.mapv(f64::from);
     let explicit: Vec<usize> = (0..11).map(|_| rng.random_range(0..classes)).collect();
     let cases: [(usize, bool); 4] = [(7, false), (3, true), (11, true), (1, false)];
-    for (n, use_targets) in cases {
-        let xs = x.slice_axis(Axis(0), (0..n).into()).to_owned();
-        let t = use_targets.then(|| &explicit[..n]);
-        let gpu = backend.run(xs.view(), t).unwrap();
-        let x64s = x64.slice_axis(Axis(0), (0..n).into());
-        let cpu = taylormap::cpu::explain(&net, &method, x64s, t).unwrap();
-        assert_eq!(
-            gpu.targets, cpu.targets,
-            "reuse n={n} explicit={use_targets}"
-        );
-        for i in 0..n {
-            let err = rel_l2(
-                gpu.relevance.index_axis(Axis(0), i).iter().copied(),
-                cpu.relevance.index_axis(Axis(0), i).iter().copied(),
-            );
-            assert!(err <= REL_TOL, "reuse n={n}: sample {i}: {err:e}");
+    for engine in &engines {
+        let mut backend = engine.backend(&net, &method, 4);
+        for (n, use_targets) in cases {
+            let xs = x.slice_axis(Axis(0), (0..n).into()).to_owned();
+            let t = use_targets.then(|| &explicit[..n]);
+            let out = backend.run(xs.view(), t).unwrap();
+            let what = format!("{}: reuse n={n} explicit={use_targets}", engine.name());
+            compare_output(&net, &method, &xs, t, &out, &what);
         }
     }
 }
 
 #[test]
 fn single_output_network_starts_from_y() {
-    let Some(ctx) = context() else { return };
+    let engines = engines();
     let mut rng = rng("single_output_network_starts_from_y");
     let (net, method, x) = useful(&mut rng, "single output", |rng| {
         let net = random_mlp(rng, &[12, 8, 1], false);
         let x = random_input(rng, &net, 3, 0.0, 1.0);
         (net.clone(), same_rule(&net, Rule::Epsilon(0.1)), x)
     });
-    compare(&ctx, &net, &method, &x, None, 2, "single output, predicted");
     compare(
-        &ctx,
+        &engines,
+        &net,
+        &method,
+        &x,
+        None,
+        2,
+        "single output, predicted",
+    );
+    compare(
+        &engines,
         &net,
         &method,
         &x,
@@ -648,50 +702,59 @@ fn single_output_network_starts_from_y() {
 
 #[test]
 fn bad_inputs_are_refused() {
-    let Some(ctx) = context() else { return };
+    let engines = engines();
     let mut rng = rng("bad_inputs_are_refused");
     let net = random_mlp(&mut rng, &[6, 5, 3], false);
     let method = same_rule(&net, Rule::ZPlus);
+    let one_rule = Method::Lrp {
+        rules: vec![Rule::ZPlus],
+    };
     assert!(matches!(
-        GpuBackend::new(&ctx, &net, &method, 0),
+        FastBackend::new(&net, &one_rule),
         Err(Error::Usage { .. })
     ));
-    assert!(matches!(
-        GpuBackend::new(
-            &ctx,
-            &net,
-            &Method::Lrp {
-                rules: vec![Rule::ZPlus]
-            },
-            4
-        ),
-        Err(Error::Usage { .. })
-    ));
-    let mut backend = GpuBackend::new(&ctx, &net, &method, 4).unwrap();
-    let wrong = ArrayD::<f32>::from_elem(ndarray::IxDyn(&[2, 7]), 0.5);
-    assert!(matches!(
-        backend.run(wrong.view(), None),
-        Err(Error::Shape { .. })
-    ));
-    let mut x = random_input(&mut rng, &net, 3, 0.0, 1.0);
-    assert!(matches!(
-        backend.run(x.view(), Some(&[0, 3, 1])),
-        Err(Error::Usage { .. })
-    ));
-    assert!(matches!(
-        backend.run(x.view(), Some(&[0, 1])),
-        Err(Error::Usage { .. })
-    ));
-    x[[1, 2]] = f32::NAN;
-    match backend.run(x.view(), None) {
-        Err(Error::NonFinite { what }) => assert!(what.contains("sample 1"), "{what}"),
-        other => panic!("expected a non-finite error, got {other:?}"),
+    if let Some(Engine::Gpu(ctx)) = engines.get(1) {
+        assert!(matches!(
+            GpuBackend::new(ctx, &net, &method, 0),
+            Err(Error::Usage { .. })
+        ));
+        assert!(matches!(
+            GpuBackend::new(ctx, &net, &one_rule, 4),
+            Err(Error::Usage { .. })
+        ));
+    }
+    for engine in &engines {
+        let mut backend = engine.backend(&net, &method, 4);
+        let wrong = ArrayD::<f32>::from_elem(ndarray::IxDyn(&[2, 7]), 0.5);
+        assert!(matches!(
+            backend.run(wrong.view(), None),
+            Err(Error::Shape { .. })
+        ));
+        let mut x = random_input(&mut rng, &net, 3, 0.0, 1.0);
+        assert!(matches!(
+            backend.run(x.view(), Some(&[0, 3, 1])),
+            Err(Error::Usage { .. })
+        ));
+        assert!(matches!(
+            backend.run(x.view(), Some(&[0, 1])),
+            Err(Error::Usage { .. })
+        ));
+        x[[1, 2]] = f32::NAN;
+        match backend.run(x.view(), None) {
+            Err(Error::NonFinite { what }) => assert!(what.contains("sample 1"), "{what}"),
+            other => panic!(
+                "{}: expected a non-finite error, got {other:?}",
+                engine.name()
+            ),
+        }
     }
 }
 
 #[test]
 fn adapters_are_listed_and_the_best_is_chosen() {
-    let Some(ctx) = context() else { return };
+    let Some(ctx) = common::gpu::context() else {
+        return;
+    };
     let list = adapters();
     let chosen = ctx.summary();
     eprintln!("adapters: {list:#?}\nchosen: {chosen}");

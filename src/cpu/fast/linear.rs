@@ -1,0 +1,329 @@
+//! Dense and Conv2d for the fast engine: one im2col + matrix-product formulation for both (a
+//! Dense layer is a 1 x 1 convolution over a 1 x 1 input), and the LRP mechanism of
+//! [`Rule::passes`] on top of it with every weight modifier applied once, at planning time.
+//!
+//! Per pass the mechanism is the reference's (see `cpu::linear`):
+//!
+//! ```text
+//! z'_j = sum_terms sign * sum_i f(x_i) g(w_ij) + h(b_j),  s_j = R_j / stab(z'_j),
+//! R_i += coefficient * sum_terms sign * f(x_i) * sum_j g(w_ij) s_j
+//! ```
+//!
+//! with three exact shortcuts: a term whose input modifier is constant (zbox's L and H, w^2's and
+//! flat's 1) contributes to z' a per-position constant computed once per plan, and all such terms
+//! of a pass share one transposed product, with c * sign * g(W) summed into a single matrix; a
+//! pass that is the plain forward product (zero, epsilon) reuses the forward pre-activation; on a
+//! layer whose input is known to be non-negative (after a ReLU), x+ is x and x- terms vanish.
+
+use ndarray::linalg::general_mat_mul;
+use ndarray::{Array1, Array2, Array4, ArrayView2, ArrayViewMut2};
+
+use super::window::{stabilize, Geom};
+use super::Scratch;
+use crate::lrp::{InputMod, ParamMod, Rule};
+use crate::model::Window;
+
+/// A term whose input modifier depends on the data.
+struct DataTerm {
+    input: InputMod,
+    /// sign * g(W), (oc, patch).
+    weight: Array2<f32>,
+}
+
+/// One pass of a rule, prepared for this layer.
+struct PreparedPass {
+    coefficient: f32,
+    /// z' is the layer's forward pre-activation (one identity term, identity bias).
+    reuses_forward: bool,
+    data: Vec<DataTerm>,
+    /// sum over constant-input terms of c * sign * g(W), (oc, patch), if any.
+    constant: Option<Array2<f32>>,
+    /// The constant part of z' per output position: the constant terms' response plus h(b),
+    /// (oc, oh * ow), the same for every sample.
+    z_constant: Array2<f32>,
+}
+
+/// A Dense or Conv2d layer with f32 parameters and, for LRP, its rule's passes.
+pub(super) struct Linear {
+    pub geom: Geom,
+    /// Output channels (or Dense outputs).
+    pub oc: usize,
+    /// (oc, patch): Conv2d's [oc, ic, kh, kw] flattened, Dense's [in, out] transposed.
+    weight: Array2<f32>,
+    bias: Array1<f32>,
+    passes: Vec<PreparedPass>,
+    eps: f32,
+}
+
+fn input_constant(m: InputMod) -> Option<f32> {
+    match m {
+        InputMod::Ones => Some(1.0),
+        InputMod::Constant(c) => Some(c as f32),
+        _ => None,
+    }
+}
+
+/// c = alpha * a . b + beta * c.
+fn gemm(
+    alpha: f32,
+    a: ArrayView2<'_, f32>,
+    b: ArrayView2<'_, f32>,
+    beta: f32,
+    c: ArrayViewMut2<'_, f32>,
+) {
+    let mut c = c;
+    general_mat_mul(alpha, &a, &b, beta, &mut c);
+}
+
+fn view(rows: usize, cols: usize, data: &[f32]) -> ArrayView2<'_, f32> {
+    ArrayView2::from_shape((rows, cols), data).expect("buffer sized by the plan")
+}
+
+fn view_mut(rows: usize, cols: usize, data: &mut [f32]) -> ArrayViewMut2<'_, f32> {
+    ArrayViewMut2::from_shape((rows, cols), data).expect("buffer sized by the plan")
+}
+
+impl Linear {
+    /// A Dense layer, W [in, out].
+    pub fn dense(weight: &Array2<f32>, bias: &Array1<f32>) -> Self {
+        Self::prepared(
+            Geom::pointwise(weight.nrows()),
+            weight.t().as_standard_layout().into_owned(),
+            bias.clone(),
+        )
+    }
+
+    /// A Conv2d layer, W [oc, ic, kh, kw], on a (c, h, w) input; `None` when the window does not
+    /// fit (the network's validation rules that out).
+    pub fn conv(
+        weight: &Array4<f32>,
+        bias: &Array1<f32>,
+        window: &Window,
+        input: (usize, usize, usize),
+    ) -> Option<Self> {
+        let (oc, ic, kh, kw) = weight.dim();
+        let geom = Geom::new(window, input.0, input.1, input.2)?;
+        let weight = weight
+            .as_standard_layout()
+            .into_owned()
+            .into_shape_with_order((oc, ic * kh * kw))
+            .ok()?;
+        Some(Self::prepared(geom, weight, bias.clone()))
+    }
+
+    fn prepared(geom: Geom, weight: Array2<f32>, bias: Array1<f32>) -> Self {
+        Linear {
+            geom,
+            oc: weight.nrows(),
+            weight,
+            bias,
+            passes: Vec::new(),
+            eps: 0.0,
+        }
+    }
+
+    /// Prepares `rule` for LRP; `nonnegative_input` when the layer's input is a ReLU output.
+    pub fn set_rule(&mut self, rule: &Rule, nonnegative_input: bool) {
+        self.eps = rule.eps() as f32;
+        let pout = self.geom.plane_out();
+        // The im2col matrix of one sample whose every real position is 1.
+        let ones_in = vec![1.0; self.geom.c * self.geom.plane_in()];
+        let mut ones_cols = vec![0.0; self.geom.patch() * pout];
+        self.geom.im2col(1, &ones_in, &mut ones_cols);
+        let modified =
+            |g: ParamMod, scale: f32| self.weight.mapv(|w| scale * g.apply(w as f64) as f32);
+        self.passes = rule
+            .passes()
+            .into_iter()
+            .map(|pass| {
+                let mut data = Vec::new();
+                let mut constant: Option<Array2<f32>> = None;
+                for t in &pass.terms {
+                    let input = match t.input {
+                        InputMod::Positive if nonnegative_input => InputMod::Identity,
+                        InputMod::Negative if nonnegative_input => continue,
+                        other => other,
+                    };
+                    match input_constant(input) {
+                        Some(c) => {
+                            let w = modified(t.weight, c * t.sign as f32);
+                            constant = Some(match constant {
+                                Some(acc) => acc + w,
+                                None => w,
+                            });
+                        }
+                        None => data.push(DataTerm {
+                            input,
+                            weight: modified(t.weight, t.sign as f32),
+                        }),
+                    }
+                }
+                let hb = self.bias.mapv(|b| pass.bias.apply(b as f64) as f32);
+                let mut z_constant = Array2::from_shape_fn((self.oc, pout), |(o, _)| hb[o]);
+                if let Some(wc) = &constant {
+                    gemm(
+                        1.0,
+                        wc.view(),
+                        view(self.geom.patch(), pout, &ones_cols),
+                        1.0,
+                        z_constant.view_mut(),
+                    );
+                }
+                let reuses_forward = pass.bias == ParamMod::Identity
+                    && constant.is_none()
+                    && data.len() == 1
+                    && data[0].input == InputMod::Identity
+                    && pass.terms.len() == 1
+                    && pass.terms[0].weight == ParamMod::Identity
+                    && pass.terms[0].sign == 1.0;
+                PreparedPass {
+                    coefficient: pass.coefficient as f32,
+                    reuses_forward,
+                    data,
+                    constant,
+                    z_constant,
+                }
+            })
+            .collect();
+    }
+
+    /// `dst` (oc, m, oh, ow) = w . im2col(x) (+ beta * dst); `x` is (c, m, h, w).
+    fn apply(
+        &self,
+        w: ArrayView2<'_, f32>,
+        m: usize,
+        x: &[f32],
+        beta: f32,
+        dst: &mut [f32],
+        scratch: &mut Scratch,
+    ) {
+        let cols_n = m * self.geom.plane_out();
+        let patch = self.geom.patch();
+        let dst = view_mut(self.oc, cols_n, dst);
+        if self.geom.is_pointwise() {
+            gemm(1.0, w, view(patch, cols_n, x), beta, dst);
+        } else {
+            let mut cols = scratch.take(patch * cols_n);
+            self.geom.im2col(m, x, &mut cols);
+            gemm(1.0, w, view(patch, cols_n, &cols), beta, dst);
+            scratch.give(cols);
+        }
+    }
+
+    /// `dst` (c, m, h, w) = w^T . s mapped back onto the input (col2im).
+    fn transpose(
+        &self,
+        w: ArrayView2<'_, f32>,
+        m: usize,
+        s: &[f32],
+        dst: &mut [f32],
+        scratch: &mut Scratch,
+    ) {
+        let cols_n = m * self.geom.plane_out();
+        let patch = self.geom.patch();
+        let s = view(self.oc, cols_n, s);
+        if self.geom.is_pointwise() {
+            gemm(1.0, w.t(), s, 0.0, view_mut(patch, cols_n, dst));
+        } else {
+            let mut cols = scratch.take(patch * cols_n);
+            gemm(1.0, w.t(), s, 0.0, view_mut(patch, cols_n, &mut cols));
+            dst.fill(0.0);
+            self.geom.col2im_add(m, &cols, dst);
+            scratch.give(cols);
+        }
+    }
+
+    /// z = W . x + b for m samples into `dst` (oc, m, oh, ow).
+    pub fn forward(&self, m: usize, x: &[f32], dst: &mut [f32], scratch: &mut Scratch) {
+        let per = m * self.geom.plane_out();
+        for (o, chunk) in dst.chunks_exact_mut(per).enumerate() {
+            chunk.fill(self.bias[o]);
+        }
+        self.apply(self.weight.view(), m, x, 1.0, dst, scratch);
+    }
+
+    /// The gradient: `dst` (c, m, h, w) = W^T . g.
+    pub fn gradient(&self, m: usize, g: &[f32], dst: &mut [f32], scratch: &mut Scratch) {
+        self.transpose(self.weight.view(), m, g, dst, scratch);
+    }
+
+    /// LRP through the layer: `dst` (c, m, h, w) receives the relevance of the input `x` given
+    /// the upper relevance `r` and the layer's forward pre-activation `z` (both (oc, m, oh, ow)).
+    pub fn relevance(
+        &self,
+        m: usize,
+        x: &[f32],
+        z: &[f32],
+        r: &[f32],
+        dst: &mut [f32],
+        scratch: &mut Scratch,
+    ) {
+        dst.fill(0.0);
+        let pout = self.geom.plane_out();
+        let mut zp = scratch.take(z.len());
+        let mut c = scratch.take(x.len());
+        let mut fx = scratch.take(x.len());
+        for pass in &self.passes {
+            // z'
+            if pass.reuses_forward {
+                zp.copy_from_slice(z);
+            } else {
+                for (o, chunk) in zp.chunks_exact_mut(m * pout).enumerate() {
+                    let row = pass.z_constant.row(o);
+                    let row = row.as_slice().expect("standard layout");
+                    for plane in chunk.chunks_exact_mut(pout) {
+                        plane.copy_from_slice(row);
+                    }
+                }
+                for term in &pass.data {
+                    let f = modified_input(term.input, x, &mut fx);
+                    self.apply(term.weight.view(), m, f, 1.0, &mut zp, scratch);
+                }
+            }
+            // s = R / stab(z'), in place
+            for (s, r) in zp.iter_mut().zip(r) {
+                *s = r / stabilize(*s, self.eps);
+            }
+            let k = pass.coefficient;
+            if let Some(wc) = &pass.constant {
+                self.transpose(wc.view(), m, &zp, &mut c, scratch);
+                for (d, c) in dst.iter_mut().zip(&c) {
+                    *d += k * c;
+                }
+            }
+            for term in &pass.data {
+                self.transpose(term.weight.view(), m, &zp, &mut c, scratch);
+                let f = modified_input(term.input, x, &mut fx);
+                for ((d, c), f) in dst.iter_mut().zip(&c).zip(f) {
+                    *d += k * f * c;
+                }
+            }
+        }
+        scratch.give(zp);
+        scratch.give(c);
+        scratch.give(fx);
+    }
+}
+
+/// f(x) for a data-dependent input modifier: `x` itself for the identity, else written into
+/// `buf`.
+fn modified_input<'a>(m: InputMod, x: &'a [f32], buf: &'a mut [f32]) -> &'a [f32] {
+    match m {
+        InputMod::Identity => x,
+        InputMod::Positive => {
+            for (b, v) in buf.iter_mut().zip(x) {
+                *b = v.max(0.0);
+            }
+            buf
+        }
+        InputMod::Negative => {
+            for (b, v) in buf.iter_mut().zip(x) {
+                *b = v.min(0.0);
+            }
+            buf
+        }
+        InputMod::Ones | InputMod::Constant(_) => {
+            unreachable!("constant input modifiers are folded at planning time")
+        }
+    }
+}

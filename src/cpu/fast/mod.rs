@@ -1,0 +1,439 @@
+//! The fast CPU engine: f32, every core, planned once per (network, method).
+//!
+//! It computes what the reference backend computes (SPEC sections 2 to 4), with the kernels a
+//! production engine uses instead of the paper-literal form: batches stored channel-major,
+//! (c, m, h, w), so that a convolution over m samples is one im2col and one matrix product
+//! (matrixmultiply's SIMD kernels through ndarray), rule modifiers applied to the weights once at
+//! planning time, and the batch split over threads in chunks that stay in cache. The f64
+//! reference stays the oracle: the parity suite holds this engine to it at the GPU's tolerance.
+
+mod linear;
+mod window;
+
+use ndarray::ArrayViewD;
+
+use crate::lrp::{self, argmax, Backend, BatchOutput, Method};
+use crate::model::{Layer, Network};
+use crate::{Error, Result};
+use linear::Linear;
+use window::Geom;
+
+/// Samples per chunk: large enough for efficient matrix products, small enough that a chunk's
+/// activations and im2col matrices stay in the core's cache.
+const CHUNK: usize = 16;
+
+/// Buffers a worker reuses from chunk to chunk, so that the steady state allocates nothing.
+#[derive(Default)]
+struct Scratch {
+    free: Vec<Vec<f32>>,
+}
+
+impl Scratch {
+    /// A buffer of `len` values whose contents are left over from an earlier use: for outputs
+    /// that are written in full.
+    fn take(&mut self, len: usize) -> Vec<f32> {
+        // the smallest free buffer that is large enough, else the largest one (it grows)
+        let fits = (0..self.free.len())
+            .filter(|&i| self.free[i].capacity() >= len)
+            .min_by_key(|&i| self.free[i].capacity());
+        let largest = (0..self.free.len()).max_by_key(|&i| self.free[i].capacity());
+        let mut v = fits
+            .or(largest)
+            .map(|i| self.free.swap_remove(i))
+            .unwrap_or_default();
+        v.resize(len, 0.0);
+        v
+    }
+
+    /// A buffer of `len` zeros.
+    fn zeroed(&mut self, len: usize) -> Vec<f32> {
+        let mut v = self.take(len);
+        v.fill(0.0);
+        v
+    }
+
+    /// Returns a buffer for reuse.
+    fn give(&mut self, v: Vec<f32>) {
+        self.free.push(v);
+    }
+}
+
+/// One layer prepared for the engine.
+enum Step {
+    Linear(Box<Linear>),
+    Relu,
+    MaxPool(Geom),
+    AvgPool {
+        geom: Geom,
+        /// Per output position.
+        divisor: Vec<f32>,
+    },
+    Flatten,
+}
+
+/// What a method asks of the backward pass.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Backward {
+    Lrp,
+    Sensitivity,
+    GradientXInput,
+}
+
+/// The channel-major shape (c, h, w) of a per-sample shape; a vector of d values is (d, 1, 1).
+fn chw(shape: &[usize]) -> (usize, usize, usize) {
+    match shape {
+        [c, h, w] => (*c, *h, *w),
+        [d] => (*d, 1, 1),
+        _ => (shape.iter().product(), 1, 1),
+    }
+}
+
+/// The fast CPU backend behind the [`Backend`] interface.
+pub struct FastBackend {
+    steps: Vec<Step>,
+    /// Per-sample (c, h, w) of every activation, `shapes[0]` the input.
+    shapes: Vec<(usize, usize, usize)>,
+    input_shape: Vec<usize>,
+    outputs: usize,
+    backward: Backward,
+    threads: usize,
+    /// One per worker thread, kept between batches.
+    scratch: Vec<Scratch>,
+}
+
+impl FastBackend {
+    /// Plans `net` for `method` on every core.
+    pub fn new(net: &Network, method: &Method) -> Result<Self> {
+        net.validate()?;
+        let shapes = net.shapes()?;
+        let linear = net.linear_layers().len();
+        if let Method::Lrp { rules } = method {
+            if rules.len() != linear {
+                return Err(Error::usage(
+                    "--rule",
+                    format!(
+                        "the method has {} rule(s) but the network has {linear} Dense/Conv2d \
+                         layer(s); give one rule per Dense/Conv2d layer",
+                        rules.len()
+                    ),
+                ));
+            }
+        }
+        let backward = match method {
+            Method::Lrp { .. } => Backward::Lrp,
+            Method::Sensitivity => Backward::Sensitivity,
+            Method::GradientXInput => Backward::GradientXInput,
+        };
+        let bad = |k: usize| Error::Shape {
+            layer: net
+                .names
+                .get(k)
+                .cloned()
+                .unwrap_or_else(|| format!("layer {k}")),
+            expected: "a layer that fits its input".into(),
+            got: format!("input {:?}", shapes[k]),
+        };
+        let mut rule = 0;
+        let mut prepare = |mut op: Linear, nonnegative: bool| {
+            if let Method::Lrp { rules } = method {
+                op.set_rule(&rules[rule], nonnegative);
+            }
+            rule += 1;
+            Step::Linear(Box::new(op))
+        };
+        let mut steps = Vec::with_capacity(net.layers.len());
+        // Whether the current activation is a ReLU output (possibly pooled or flattened).
+        let mut nonnegative = false;
+        for (k, layer) in net.layers.iter().enumerate() {
+            let (c, h, w) = chw(&shapes[k]);
+            let geom = |window| Geom::new(window, c, h, w).ok_or_else(|| bad(k));
+            let step = match layer {
+                Layer::Dense { weight, bias } => prepare(Linear::dense(weight, bias), nonnegative),
+                Layer::Conv2d {
+                    weight,
+                    bias,
+                    window,
+                } => {
+                    let op = Linear::conv(weight, bias, window, (c, h, w)).ok_or_else(|| bad(k))?;
+                    prepare(op, nonnegative)
+                }
+                Layer::Relu => Step::Relu,
+                Layer::MaxPool2d { window } => Step::MaxPool(geom(window)?),
+                Layer::AvgPool2d {
+                    window,
+                    count_include_pad,
+                    sum,
+                } => {
+                    let geom = geom(window)?;
+                    Step::AvgPool {
+                        divisor: geom.divisor(*count_include_pad, *sum),
+                        geom,
+                    }
+                }
+                Layer::Flatten => Step::Flatten,
+            };
+            nonnegative = match step {
+                Step::Relu => true,
+                Step::Linear(_) => false,
+                _ => nonnegative,
+            };
+            steps.push(step);
+        }
+        let threads = std::thread::available_parallelism().map_or(1, |t| t.get());
+        Ok(FastBackend {
+            steps,
+            shapes: shapes.iter().map(|s| chw(s)).collect(),
+            input_shape: net.input_shape.clone(),
+            outputs: net.num_outputs(),
+            backward,
+            threads,
+            scratch: Vec::new(),
+        })
+    }
+
+    /// Uses `threads` threads (at least 1) instead of one per core.
+    pub fn with_threads(mut self, threads: usize) -> Self {
+        self.threads = threads.max(1);
+        self
+    }
+
+    /// Threads a large batch is split over.
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+}
+
+impl Backend for FastBackend {
+    fn kind(&self) -> &'static str {
+        "cpu"
+    }
+
+    fn adapter(&self) -> String {
+        format!("CPU engine (f32, {} threads)", self.threads)
+    }
+
+    fn run(
+        &mut self,
+        x: ArrayViewD<'_, f32>,
+        targets: Option<&[usize]>,
+    ) -> Result<BatchOutput<f32>> {
+        let n = lrp::check_batch(x.shape(), &self.input_shape)?;
+        lrp::check_finite(x.view())?;
+        if let Some(t) = targets {
+            lrp::check_targets(t, n, self.outputs)?;
+        }
+        let x = x.as_standard_layout();
+        let x = x.as_slice().expect("standard layout");
+        let (in_len, outputs) = (self.input_shape.iter().product::<usize>(), self.outputs);
+        let mut relevance = vec![0f32; n * in_len];
+        let mut logits = vec![0f64; n * outputs];
+        let mut chosen = vec![0usize; n];
+        let threads = self.threads.min(n.div_ceil(CHUNK)).max(1);
+        let mut scratch = std::mem::take(&mut self.scratch);
+        scratch.resize_with(threads.max(scratch.len()), Scratch::default);
+        let this = &*self;
+        // Chunks go to whichever thread is free next; each writes only its own output slices.
+        let work = std::sync::Mutex::new(
+            relevance
+                .chunks_mut(CHUNK * in_len.max(1))
+                .zip(logits.chunks_mut(CHUNK * outputs))
+                .zip(chosen.chunks_mut(CHUNK))
+                .enumerate(),
+        );
+        let worker = |scratch: &mut Scratch| loop {
+            let next = work.lock().expect("work queue").next();
+            let Some((i, ((relevance, logits), targets_out))) = next else {
+                return;
+            };
+            let (start, m) = (i * CHUNK, targets_out.len());
+            this.run_chunk(
+                m,
+                &x[start * in_len..(start + m) * in_len],
+                targets.map(|t| &t[start..start + m]),
+                ChunkOut {
+                    relevance,
+                    logits,
+                    targets: targets_out,
+                },
+                scratch,
+            );
+        };
+        std::thread::scope(|scope| {
+            let (first, others) = scratch.split_first_mut().expect("at least one");
+            for s in others.iter_mut().take(threads - 1) {
+                scope.spawn(|| worker(s));
+            }
+            worker(first);
+        });
+        self.scratch = scratch;
+        let mut shape = vec![n];
+        shape.extend(&self.input_shape);
+        Ok(BatchOutput {
+            relevance: ndarray::ArrayD::from_shape_vec(shape, relevance)
+                .expect("sized from the shape"),
+            logits: ndarray::Array2::from_shape_vec((n, outputs), logits)
+                .expect("sized from the shape"),
+            targets: chosen,
+        })
+    }
+}
+
+/// Where one chunk of samples writes its results.
+struct ChunkOut<'a> {
+    relevance: &'a mut [f32],
+    logits: &'a mut [f64],
+    targets: &'a mut [usize],
+}
+
+/// (c, m, h, w) -> (c * h * w, m): the row-major flattening of every sample, channel-major.
+fn flatten(m: usize, plane: usize, src: &[f32], dst: &mut [f32]) {
+    for (p, chunk) in src.chunks_exact(plane).enumerate() {
+        let (c, n) = (p / m, p % m);
+        for (i, v) in chunk.iter().enumerate() {
+            dst[(c * plane + i) * m + n] = *v;
+        }
+    }
+}
+
+/// The inverse of [`flatten`].
+fn unflatten(m: usize, plane: usize, src: &[f32], dst: &mut [f32]) {
+    for (p, chunk) in dst.chunks_exact_mut(plane).enumerate() {
+        let (c, n) = (p / m, p % m);
+        for (i, v) in chunk.iter_mut().enumerate() {
+            *v = src[(c * plane + i) * m + n];
+        }
+    }
+}
+
+/// (m, c, plane) sample-major <-> (c, m, plane) channel-major, either way round: element
+/// (a, b, i) of `src`, shaped (outer, inner, plane), goes to (b, a, i) of `dst`.
+fn swap_outer(outer: usize, inner: usize, plane: usize, src: &[f32], dst: &mut [f32]) {
+    for a in 0..outer {
+        for b in 0..inner {
+            dst[(b * outer + a) * plane..][..plane]
+                .copy_from_slice(&src[(a * inner + b) * plane..][..plane]);
+        }
+    }
+}
+
+impl FastBackend {
+    /// Explains m samples (`x` sample-major, as given) into `out`.
+    fn run_chunk(
+        &self,
+        m: usize,
+        x: &[f32],
+        targets: Option<&[usize]>,
+        out: ChunkOut<'_>,
+        scratch: &mut Scratch,
+    ) {
+        let (c0, h0, w0) = self.shapes[0];
+        let mut input = scratch.take(x.len());
+        swap_outer(m, c0, h0 * w0, x, &mut input);
+        // Forward, keeping every activation (and the arg-max of every max pooling).
+        let mut acts = vec![input];
+        let mut argmax_of = Vec::with_capacity(self.steps.len());
+        for (k, step) in self.steps.iter().enumerate() {
+            let a = &acts[k];
+            let (c, h, w) = self.shapes[k];
+            let (oc, oh, ow) = self.shapes[k + 1];
+            let mut next = scratch.take(oc * m * oh * ow);
+            let mut arg = Vec::new();
+            match step {
+                Step::Linear(op) => op.forward(m, a, &mut next, scratch),
+                Step::Relu => {
+                    for (d, v) in next.iter_mut().zip(a) {
+                        *d = v.max(0.0);
+                    }
+                }
+                Step::MaxPool(geom) => {
+                    arg = vec![0; next.len()];
+                    geom.max_pool(c * m, a, &mut next, &mut arg);
+                }
+                Step::AvgPool { geom, divisor } => {
+                    geom.window_sum(c * m, a, &mut next);
+                    for plane in next.chunks_exact_mut(oh * ow) {
+                        for (v, d) in plane.iter_mut().zip(divisor) {
+                            *v /= d;
+                        }
+                    }
+                }
+                Step::Flatten => flatten(m, h * w, a, &mut next),
+            }
+            acts.push(next);
+            argmax_of.push(arg);
+        }
+        // Logits, targets and the seed at the output.
+        let last = acts.last().expect("the input at least");
+        let outputs = self.outputs;
+        let mut seed = scratch.zeroed(outputs * m);
+        for n in 0..m {
+            let row = (0..outputs).map(|j| f64::from(last[j * m + n]));
+            for (j, v) in row.clone().enumerate() {
+                out.logits[n * outputs + j] = v;
+            }
+            let t = match targets {
+                _ if outputs == 1 => 0,
+                Some(t) => t[n],
+                None => argmax(row),
+            };
+            out.targets[n] = t;
+            seed[t * m + n] = match self.backward {
+                Backward::Lrp => last[t * m + n],
+                Backward::Sensitivity | Backward::GradientXInput => 1.0,
+            };
+        }
+        // Backward: LRP relevance or the exact gradient.
+        let lrp = self.backward == Backward::Lrp;
+        let mut r = seed;
+        for (k, step) in self.steps.iter().enumerate().rev() {
+            let a = &acts[k];
+            let (c, h, w) = self.shapes[k];
+            let mut below = scratch.take(a.len());
+            match step {
+                Step::Linear(op) if lrp => {
+                    op.relevance(m, a, &acts[k + 1], &r, &mut below, scratch)
+                }
+                Step::Linear(op) => op.gradient(m, &r, &mut below, scratch),
+                // ReLU passes relevance unchanged; the gradient only where the input is > 0.
+                Step::Relu if lrp => std::mem::swap(&mut below, &mut r),
+                Step::Relu => {
+                    for ((d, g), z) in below.iter_mut().zip(&r).zip(a) {
+                        *d = if *z > 0.0 { *g } else { 0.0 };
+                    }
+                }
+                Step::MaxPool(geom) => {
+                    below.fill(0.0);
+                    geom.route_to_argmax(c * m, &r, &argmax_of[k], &mut below)
+                }
+                Step::AvgPool { geom, .. } if lrp => geom.avg_relevance(c * m, a, &r, &mut below),
+                Step::AvgPool { geom, divisor } => {
+                    for plane in r.chunks_exact_mut(geom.plane_out()) {
+                        for (g, d) in plane.iter_mut().zip(divisor) {
+                            *g /= d;
+                        }
+                    }
+                    below.fill(0.0);
+                    geom.window_spread_add(c * m, &r, &mut below);
+                }
+                Step::Flatten => unflatten(m, h * w, &r, &mut below),
+            }
+            scratch.give(std::mem::replace(&mut r, below));
+        }
+        match self.backward {
+            Backward::Lrp => {}
+            // R_i = (dy_t/dx_i)^2
+            Backward::Sensitivity => r.iter_mut().for_each(|g| *g *= *g),
+            // R_i = x_i dy_t/dx_i
+            Backward::GradientXInput => {
+                for (g, x) in r.iter_mut().zip(&acts[0]) {
+                    *g *= x;
+                }
+            }
+        }
+        swap_outer(c0, m, h0 * w0, &r, out.relevance);
+        scratch.give(r);
+        for a in acts {
+            scratch.give(a);
+        }
+    }
+}
