@@ -486,8 +486,8 @@ fn bench(a: BenchArgs) -> taylormap::Result<()> {
     };
     if !a.json {
         println!(
-            "{:<5} {:<36} {:>10} {:>9} {:>9} {:>14}",
-            "back", "adapter", "batch", "samples", "seconds", "heatmaps/s"
+            "{:<9} {:<40} {:>6} {:>9} {:>8} {:>11}",
+            "backend", "adapter", "batch", "samples", "seconds", "heatmaps/s"
         );
     }
     taylormap::bench::run(&cfg, &mut |r| {
@@ -495,12 +495,12 @@ fn bench(a: BenchArgs) -> taylormap::Result<()> {
             println!("{}", serde_json::to_string(r).expect("json"));
         } else {
             println!(
-                "{:<5} {:<36} {:>10} {:>9} {:>9.3} {:>14.0}",
+                "{:<9} {:<40} {:>6} {:>9} {:>8.3} {:>11.0}",
                 r.backend, r.adapter, r.batch_size, r.samples, r.seconds, r.heatmaps_per_second
             );
             if let Some(st) = &r.stage_seconds {
                 println!(
-                    "      GPU ms per batch: upload {:.3}, forward {:.3}, relevance {:.3}, \
+                    "          GPU ms per batch: upload {:.3}, forward {:.3}, relevance {:.3}, \
                      readback {:.3}",
                     st.upload * 1e3,
                     st.forward * 1e3,

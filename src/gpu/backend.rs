@@ -200,7 +200,8 @@ impl Backend for GpuBackend {
                 t.iter().map(|&c| c as u32).collect()
             }
         });
-        let mut relevance = vec![0f32; n * input_len];
+        // Filled batch by batch, in order, straight from the mapped staging buffers (no zeroing).
+        let mut relevance = Vec::with_capacity(n * input_len);
         let mut logits = vec![0f64; n * self.classes];
         let mut chosen = vec![0u32; n];
         let batch = self.plan.capacity();
@@ -239,7 +240,7 @@ impl Backend for GpuBackend {
                 (Ok(_), Some((p, s0, m0))) => self.plan.finish(
                     p,
                     BatchResult {
-                        relevance: &mut relevance[s0 * input_len..(s0 + m0) * input_len],
+                        relevance: &mut relevance,
                         logits: &mut logits[s0 * self.classes..(s0 + m0) * self.classes],
                         targets: &mut chosen[s0..s0 + m0],
                     },
@@ -263,7 +264,7 @@ impl Backend for GpuBackend {
             self.plan.finish(
                 p,
                 BatchResult {
-                    relevance: &mut relevance[s0 * input_len..(s0 + m0) * input_len],
+                    relevance: &mut relevance,
                     logits: &mut logits[s0 * self.classes..(s0 + m0) * self.classes],
                     targets: &mut chosen[s0..s0 + m0],
                 },

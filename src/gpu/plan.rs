@@ -429,10 +429,10 @@ pub(crate) struct Plan {
     _buffers: Vec<wgpu::Buffer>,
 }
 
-/// What one batch gives back: relevance copied as f32 straight from the mapped staging buffer,
-/// logits widened to f64.
+/// What one batch gives back: relevance appended as f32 straight from the mapped staging
+/// buffer, logits widened to f64.
 pub(crate) struct BatchResult<'a> {
-    pub relevance: &'a mut [f32],
+    pub relevance: &'a mut Vec<f32>,
     pub logits: &'a mut [f64],
     pub targets: &'a mut [u32],
 }
@@ -1104,7 +1104,7 @@ impl Plan {
                 .map_err(|e| Error::Gpu(format!("reading the batch back failed: {e}")))?;
             let bytes: &[u8] = &view;
             let rel = &bytes[..lay.rel_bytes as usize];
-            out.relevance[..n * self.input_len].copy_from_slice(bytemuck::cast_slice(rel));
+            out.relevance.extend_from_slice(bytemuck::cast_slice(rel));
             let lg = &bytes[lay.logit_off as usize..(lay.logit_off + lay.logit_bytes) as usize];
             let lg: &[f32] = bytemuck::cast_slice(lg);
             for (d, s) in out.logits[..n * self.classes].iter_mut().zip(lg) {
