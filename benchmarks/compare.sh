@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One command, one machine: taylormap's GPU and CPU backends and Zennit on the same ONNX network,
+# One command, one machine: taylormap's GPU backend, CPU engine and f64 reference, and Zennit on the same ONNX network,
 # composite and batch sizes; prints every JSON line, then the ratios.
 #   benchmarks/compare.sh [MODEL] [COMPOSITE] [BATCHES] [DEVICE]
 #   defaults: assets/models/mnist-cnn.onnx deep-taylor-bounded 64,1024 cuda-if-available
@@ -20,8 +20,8 @@ import numpy as np
 raw = gzip.open("assets/mnist/t10k-images.idx3-ubyte.gz").read()[16:16 + 1000 * 784]
 np.save(sys.argv[1], (np.frombuffer(raw, np.uint8).reshape(1000, 1, 28, 28) / 255.0).astype(np.float32))
 PY
-backends="--backend cpu"
-[ "$DEVICE" = cuda ] && backends="--backend gpu --backend cpu"
+backends="--backend cpu --backend reference"
+[ "$DEVICE" = cuda ] && backends="--backend gpu --backend cpu --backend reference"
 $TAYLORMAP bench --model "$MODEL" --input "$OUT/x.npy" --composite "$COMPOSITE" $backends \
   --batch-sizes "$BATCHES" --json | tee "$OUT/lines.jsonl"
 for dtype in float32 float64; do
