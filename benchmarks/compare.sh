@@ -3,7 +3,7 @@
 # composite and batch sizes; prints every JSON line, then the ratios.
 #   benchmarks/compare.sh [MODEL] [COMPOSITE] [BATCHES] [DEVICE]
 #   defaults: assets/models/mnist-cnn.onnx deep-taylor-bounded 64,1024 cuda-if-available
-# TAYLORMAP (default target/release/taylormap) and PYTHON (default python3) can be set.
+# TAYLORMAP (default target/release/taylormap), PYTHON (default python3) and BACKENDS can be set.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODEL=${1:-assets/models/mnist-cnn.onnx}
@@ -20,8 +20,10 @@ import numpy as np
 raw = gzip.open("assets/mnist/t10k-images.idx3-ubyte.gz").read()[16:16 + 1000 * 784]
 np.save(sys.argv[1], (np.frombuffer(raw, np.uint8).reshape(1000, 1, 28, 28) / 255.0).astype(np.float32))
 PY
+# BACKENDS overrides the taylormap backends measured (e.g. "--backend gpu --backend cpu")
 backends="--backend cpu --backend reference"
 [ "$DEVICE" = cuda ] && backends="--backend gpu --backend cpu --backend reference"
+backends=${BACKENDS:-$backends}
 $TAYLORMAP bench --model "$MODEL" --input "$OUT/x.npy" --composite "$COMPOSITE" $backends \
   --batch-sizes "$BATCHES" --json | tee "$OUT/lines.jsonl"
 for dtype in float32 float64; do

@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# The whole GPU check as one script, for a lent machine with a GPU and no Rust toolchain:
+# correctness first (parity suite, GPU vs the f64 reference on the bundled model for every
+# composite), then throughput (bench per backend and batch size, Zennit on the same GPU,
+# end-to-end explain with and without PNGs). Every figure in BENCHMARKS.md's GPU sections comes
+# from a run of this script.
+#
+#   benchmarks/device.sh prepare   # here, with cargo: builds into .dev/, fetches .gl/ and .whl/
+#   benchmarks/device.sh run       # on the device, from the repository root (carry .dev .gl .whl)
+#
+# `prepare` needs network access to Debian's and PyPI's mirrors once (the Vulkan loader is not
+# installed on the lent machines; the NVIDIA driver's ICD is). `run` prints everything on stdout;
+# it needs python3 with numpy and torch on the device (Zennit is installed from .whl/).
+set -u
+cd "$(dirname "$0")/.."
+case "${1:-}" in
+prepare)
+  set -e
+  mkdir -p .dev .gl .whl
+  cargo build --release
+  cp target/release/taylormap .dev/taylormap
+  parity=$(cargo test --no-run --test parity --message-format=json 2>/dev/null |
+    python3 -c 'import sys, json
+for l in sys.stdin:
+    m = json.loads(l)
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "parity" and m.get("executable"):
+        print(m["executable"])')
+  cp "$parity" .dev/parity
+  strip .dev/taylormap .dev/parity
+  (cd .gl && apt-get download -oAPT::Architecture=amd64 libvulkan1 libglvnd0 libegl1 libgl1 libgles2 \
+    libglx0 libopengl0)
+  python3 -m pip download --no-deps -d .whl zennit==0.5.1
+  echo "ready: run on the device with carry [\".dev\", \".gl\", \".whl\"]"
+  ;;
+run)
+  for f in .gl/*.deb; do dpkg -x "$f" /; done
+  ldconfig
+  icd=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
+  [ -f $icd ] && export VK_DRIVER_FILES=$icd
+  pip install --quiet --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
+  B=.dev/taylormap
+  nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
+  nproc
+  echo "== adapters"; $B adapters
+  echo "== parity suite (every f32 engine vs the reference; the GPU is required)"
+  TAYLORMAP_REQUIRE_GPU=1 timeout 300 .dev/parity 2>&1 | grep -E "^test |test result|panicked" | tail -20
+  echo "== bundled model, first 2000 images: GPU and CPU engine vs the f64 reference"
+  for c in deep-taylor deep-taylor-bounded epsilon-plus epsilon-gamma-box epsilon-alpha2-beta1 lrp-zero gradient-x-input; do
+    for b in reference gpu cpu; do
+      $B explain --backend $b --no-png --quiet --limit 2000 --composite $c --target label \
+        --out /tmp/$b-$c >/dev/null 2>/tmp/$b-$c.err || cat /tmp/$b-$c.err
+    done
+    python3 - $c <<'PY'
+import csv, sys
+import numpy as np
+c = sys.argv[1]
+def load(b):
+    r = np.load(f"/tmp/{b}-{c}/relevance.npy").reshape(2000, -1).astype(np.float64)
+    s = np.array([float(x["score"]) for x in csv.DictReader(open(f"/tmp/{b}-{c}/summary.csv"))])
+    return r, s
+ref, sref = load("reference")
+for b in ("gpu", "cpu"):
+    r, s = load(b)
+    err = np.linalg.norm(r - ref, axis=1) / np.maximum(np.linalg.norm(ref, axis=1), 1e-30)
+    se = np.abs(s - sref) / np.maximum(np.abs(sref), 1.0)
+    print(f"{c:22s} {b}: relL2 max {err.max():.2e} median {np.median(err):.2e} "
+          f">1e-4: {(err > 1e-4).sum()}  score err max {se.max():.2e}")
+PY
+  done
+  echo "== bench: GPU (with per-stage times), CPU engine, reference"
+  $B bench --backend gpu --backend cpu --composite deep-taylor-bounded \
+    --batch-sizes 1,64,1024,4096,16384 --min-seconds 2
+  echo "== peers: taylormap vs Zennit on the same GPU (and the CPU engine vs Zennit on CPU)"
+  TAYLORMAP=$B BACKENDS="--backend gpu --backend cpu" benchmarks/compare.sh assets/models/mnist-cnn.onnx deep-taylor-bounded 64,1024,4096 cuda
+  echo "== explain end-to-end, 10,000 images (GPU), with and without PNGs"
+  $B explain --backend gpu --quiet --out /tmp/e2e-png --composite deep-taylor-bounded | tail -9
+  $B explain --backend gpu --quiet --no-png --out /tmp/e2e --composite deep-taylor-bounded | tail -9
+  echo "== explain end-to-end, 10,000 images (CPU engine on every core), with PNGs"
+  $B explain --backend cpu --quiet --out /tmp/e2e-cpu --composite deep-taylor-bounded | tail -9
+  ;;
+*)
+  echo "usage: benchmarks/device.sh prepare|run" >&2
+  exit 2
+  ;;
+esac
