@@ -14,7 +14,7 @@ use serde::Serialize;
 
 use crate::data;
 use crate::explain::{select_backend, BackendChoice};
-use crate::gpu::{GpuBackend, GpuContext, StageTimes};
+use crate::gpu::{GpuBackend, GpuContext, HostTimes, StageTimes};
 use crate::lrp::{Composite, Method};
 use crate::{Backend, Error, Network, Result};
 
@@ -50,6 +50,36 @@ pub struct BenchResult {
     /// has them; absent otherwise).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stage_seconds: Option<StageSeconds>,
+    /// Host time per batch in each step of the GPU backend's run (GPU backend only): with the
+    /// stage times it shows where the wall time of a batch goes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host_seconds: Option<HostSeconds>,
+}
+
+/// Host seconds per batch in each step of the GPU backend (the `host_seconds` of a JSON line).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct HostSeconds {
+    /// Checking the input and the targets.
+    pub check: f64,
+    /// Queue writes, encoding and submitting.
+    pub submit: f64,
+    /// Waiting for the GPU (the host idles).
+    pub wait: f64,
+    /// Copying the results out of the mapped staging buffer.
+    pub copy: f64,
+}
+
+impl HostSeconds {
+    /// The per-batch average between `before` and `after`.
+    fn between(before: &HostTimes, after: &HostTimes) -> HostSeconds {
+        let runs = after.runs.saturating_sub(before.runs).max(1) as f64;
+        HostSeconds {
+            check: (after.check_s - before.check_s) / runs,
+            submit: (after.submit_s - before.submit_s) / runs,
+            wait: (after.wait_s - before.wait_s) / runs,
+            copy: (after.copy_s - before.copy_s) / runs,
+        }
+    }
 }
 
 /// GPU seconds per batch of `batch_size` in each stage (the `stage_seconds` of a JSON line).
@@ -96,6 +126,13 @@ impl Measured {
     fn stage_times(&self) -> Option<StageTimes> {
         match self {
             Measured::Gpu(b) => b.stage_times(),
+            Measured::Other(_) => None,
+        }
+    }
+
+    fn host_times(&self) -> Option<HostTimes> {
+        match self {
+            Measured::Gpu(b) => Some(b.host_times()),
             Measured::Other(_) => None,
         }
     }
@@ -171,6 +208,7 @@ pub fn run(cfg: &BenchConfig, report: &mut dyn FnMut(&BenchResult)) -> Result<Ve
             let backend = measured.backend();
             backend.run(x.view(), None)?; // warm-up: pipelines compiled, buffers touched
             let before = measured.stage_times();
+            let host_before = measured.host_times();
             let backend = measured.backend();
             let (mut samples, mut batches, start) = (0, 0, Instant::now());
             while samples == 0 || start.elapsed().as_secs_f64() < cfg.min_seconds {
@@ -183,6 +221,9 @@ pub fn run(cfg: &BenchConfig, report: &mut dyn FnMut(&BenchResult)) -> Result<Ve
             let stage_seconds = before
                 .zip(measured.stage_times())
                 .map(|(b, a)| StageSeconds::between(&b, &a, batches));
+            let host_seconds = host_before
+                .zip(measured.host_times())
+                .map(|(b, a)| HostSeconds::between(&b, &a));
             let backend = measured.backend();
             let r = BenchResult {
                 backend: backend.kind().into(),
@@ -196,6 +237,7 @@ pub fn run(cfg: &BenchConfig, report: &mut dyn FnMut(&BenchResult)) -> Result<Ve
                 forward_flops_per_sample: 2 * net.forward_macs(),
                 transfer_bytes_per_sample: 4 * (2 * net.input_len() + net.num_outputs()),
                 stage_seconds,
+                host_seconds,
             };
             report(&r);
             results.push(r);

@@ -508,6 +508,17 @@ fn bench(a: BenchArgs) -> taylormap::Result<()> {
                     st.readback * 1e3
                 );
             }
+            if let Some(h) = &r.host_seconds {
+                println!(
+                    "          host ms per batch: check {:.3}, submit {:.3}, wait {:.3}, copy {:.3} \
+                     (wall {:.3})",
+                    h.check * 1e3,
+                    h.submit * 1e3,
+                    h.wait * 1e3,
+                    h.copy * 1e3,
+                    r.seconds * 1e3 * r.batch_size as f64 / r.samples as f64
+                );
+            }
         }
     })?;
     Ok(())

@@ -110,6 +110,17 @@ fn stage_sum_is_below_the_wall_time_of_the_runs() {
         sum.is_finite() && sum > 0.0 && sum < wall,
         "{sum} s vs {wall} s"
     );
+    // Host time per step: every run counted, each step measured, together within the wall.
+    let host = timed.host_times();
+    assert_eq!(host.runs, 5);
+    for (step, s) in [
+        ("check", host.check_s),
+        ("submit", host.submit_s),
+        ("wait", host.wait_s),
+        ("copy", host.copy_s),
+    ] {
+        assert!(s.is_finite() && s > 0.0, "{step}: {host:?}");
+    }
 }
 
 #[test]
@@ -166,6 +177,19 @@ fn bench_json_reports_stage_seconds_on_the_gpu() {
     }
     // Per batch: times the number of batches, within the measured time.
     assert!(sum * samples / 2.0 < seconds, "{stdout}");
+    let host = &line["host_seconds"];
+    let mut host_sum = 0.0;
+    for key in ["check", "submit", "wait", "copy"] {
+        let s = host[key]
+            .as_f64()
+            .unwrap_or_else(|| panic!("host {key}: {stdout}"));
+        assert!(s.is_finite() && s >= 0.0, "host {key}: {stdout}");
+        host_sum += s;
+    }
+    assert!(
+        host_sum > 0.0 && host_sum * samples / 2.0 <= seconds,
+        "{stdout}"
+    );
     for key in [
         "adapter",
         "model",

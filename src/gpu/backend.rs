@@ -2,6 +2,8 @@
 //! through in fixed-size batches (the last one partial), reusing the plan's buffers, so device
 //! memory stays flat however many samples stream through; results land in input order.
 
+use std::time::Instant;
+
 use ndarray::{Array2, ArrayD, ArrayViewD, Axis, IxDyn, Slice};
 
 use super::context::GpuContext;
@@ -15,6 +17,7 @@ const OVERLAP_MIN: usize = 256;
 pub struct GpuBackend {
     ctx: GpuContext,
     plan: Plan,
+    host: HostTimes,
     input_shape: Vec<usize>,
     classes: usize,
     notes: Vec<String>,
@@ -45,6 +48,7 @@ impl GpuBackend {
         let (batch, notes) = clamp_batch(&fp, ctx.limits(), batch_size)?;
         let plan = Plan::new(ctx, net, method, batch)?;
         Ok(GpuBackend {
+            host: HostTimes::default(),
             ctx: ctx.clone(),
             plan,
             input_shape: net.input_shape.clone(),
@@ -76,11 +80,41 @@ impl GpuBackend {
         self.plan.enable_timing()
     }
 
+    /// Host time per step of `run`, summed over every run so far.
+    pub fn host_times(&self) -> HostTimes {
+        self.host
+    }
+
+    /// Waits for a submitted batch and fills `out`, accounting the host time.
+    fn finish(&mut self, pending: Pending, out: BatchResult<'_>) -> Result<()> {
+        let start = Instant::now();
+        let waited = self.plan.finish(pending, out)?;
+        self.host.wait_s += waited;
+        self.host.copy_s += start.elapsed().as_secs_f64() - waited;
+        Ok(())
+    }
+
     /// GPU time per stage summed over the submissions since [`GpuBackend::enable_stage_timing`]
     /// (None before, or without timestamp queries).
     pub fn stage_times(&self) -> Option<StageTimes> {
         self.plan.stage_totals().map(StageTimes::from)
     }
+}
+
+/// Host (CPU) time per step of [`Backend::run`], summed over every run so far, in seconds: where
+/// the wall time of a batch goes besides the GPU stages (see [`GpuBackend::host_times`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct HostTimes {
+    /// Checking the input's shape and values and the targets.
+    pub check_s: f64,
+    /// Writing inputs and uniforms to the queue, encoding and submitting the passes.
+    pub submit_s: f64,
+    /// Waiting for the GPU to finish a submission (the host idles).
+    pub wait_s: f64,
+    /// Copying relevance, logits and targets out of the mapped staging buffer.
+    pub copy_s: f64,
+    /// Calls of `run`.
+    pub runs: usize,
 }
 
 /// GPU time per stage, summed over `batches` submissions, in seconds (from timestamp queries;
@@ -185,6 +219,8 @@ impl Backend for GpuBackend {
         x: ArrayViewD<'_, f32>,
         targets: Option<&[usize]>,
     ) -> Result<BatchOutput<f32>> {
+        let checking = Instant::now();
+        self.host.runs += 1;
         let n = crate::lrp::check_batch(x.shape(), &self.input_shape)?;
         let input_len: usize = self.input_shape.iter().product();
         crate::lrp::check_finite(x.view())?;
@@ -193,6 +229,7 @@ impl Backend for GpuBackend {
         if let Some(t) = targets {
             crate::lrp::check_targets(t, n, self.classes)?;
         }
+        self.host.check_s += checking.elapsed().as_secs_f64();
         let targets: Option<Vec<u32>> = targets.map(|t| {
             if self.classes == 1 {
                 vec![0; n]
@@ -230,14 +267,16 @@ impl Backend for GpuBackend {
                     &buf[..]
                 }
             };
+            let submitting = Instant::now();
             let submitted = self.plan.submit(
                 inputs,
                 m,
                 targets.as_ref().map(|t| &t[start..start + m]),
                 slot,
             );
+            self.host.submit_s += submitting.elapsed().as_secs_f64();
             let done = match (&submitted, pending.take()) {
-                (Ok(_), Some((p, s0, m0))) => self.plan.finish(
+                (Ok(_), Some((p, s0, m0))) => self.finish(
                     p,
                     BatchResult {
                         relevance: &mut relevance,
@@ -261,7 +300,7 @@ impl Backend for GpuBackend {
             start += m;
         }
         if let Some((p, s0, m0)) = pending {
-            self.plan.finish(
+            self.finish(
                 p,
                 BatchResult {
                     relevance: &mut relevance,

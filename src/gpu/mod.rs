@@ -43,5 +43,5 @@ mod pipeline;
 mod plan;
 pub mod shader;
 
-pub use backend::{GpuBackend, StageTimes};
+pub use backend::{GpuBackend, HostTimes, StageTimes};
 pub use context::{adapters, AdapterSummary, GpuContext};

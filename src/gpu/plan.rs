@@ -1081,10 +1081,12 @@ impl Plan {
         })
     }
 
-    /// Waits for a submitted batch and fills `out` (first n samples of each part).
-    pub(crate) fn finish(&mut self, pending: Pending, out: BatchResult<'_>) -> Result<()> {
+    /// Waits for a submitted batch and fills `out` (first n samples of each part); returns the
+    /// seconds spent waiting for the GPU.
+    pub(crate) fn finish(&mut self, pending: Pending, out: BatchResult<'_>) -> Result<f64> {
         let device = self.ctx.device();
         let n = pending.n;
+        let waiting = std::time::Instant::now();
         device
             .poll(wgpu::PollType::Wait {
                 submission_index: Some(pending.index),
@@ -1096,6 +1098,7 @@ impl Plan {
             .recv()
             .map_err(|e| Error::Gpu(format!("reading the batch back failed: {e}")))?
             .map_err(|e| Error::Gpu(format!("reading the batch back failed: {e}")))?;
+        let waited = waiting.elapsed().as_secs_f64();
         let lay = self.staging_layout(n);
         let staging = &self.staging[pending.slot];
         {
@@ -1125,7 +1128,7 @@ impl Plan {
             }
         }
         staging.unmap();
-        Ok(())
+        Ok(waited)
     }
 
     /// Waits for a submitted batch and drops its results (after an error elsewhere), so that
