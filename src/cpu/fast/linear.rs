@@ -39,8 +39,8 @@ struct PreparedPass {
     /// sum over constant-input terms of c * sign * g(W), (oc, patch), if any.
     constant: Option<Array2<f32>>,
     /// The constant part of z' per output position: the constant terms' response plus h(b),
-    /// (oc, oh * ow), the same for every sample.
-    z_constant: Array2<f32>,
+    /// (oc, oh * ow), the same for every sample; `None` when it is 0 (z+, w^2 without bias).
+    z_constant: Option<Array2<f32>>,
 }
 
 /// A Dense or Conv2d layer with f32 parameters and, for LRP, its rule's passes.
@@ -181,7 +181,7 @@ impl Linear {
                     reuses_forward,
                     data,
                     constant,
-                    z_constant,
+                    z_constant: z_constant.iter().any(|&v| v != 0.0).then_some(z_constant),
                 }
             })
             .collect();
@@ -268,16 +268,28 @@ impl Linear {
             if pass.reuses_forward {
                 zp.copy_from_slice(z);
             } else {
-                for (o, chunk) in zp.chunks_exact_mut(m * pout).enumerate() {
-                    let row = pass.z_constant.row(o);
-                    let row = row.as_slice().expect("standard layout");
-                    for plane in chunk.chunks_exact_mut(pout) {
-                        plane.copy_from_slice(row);
+                match &pass.z_constant {
+                    Some(zc) => {
+                        for (o, chunk) in zp.chunks_exact_mut(m * pout).enumerate() {
+                            let row = zc.row(o);
+                            let row = row.as_slice().expect("standard layout");
+                            for plane in chunk.chunks_exact_mut(pout) {
+                                plane.copy_from_slice(row);
+                            }
+                        }
                     }
+                    None if pass.data.is_empty() => zp.fill(0.0),
+                    // the first product overwrites z'
+                    None => {}
                 }
-                for term in &pass.data {
+                for (k, term) in pass.data.iter().enumerate() {
                     let f = modified_input(term.input, x, &mut fx);
-                    self.apply(term.weight.view(), m, f, 1.0, &mut zp, scratch);
+                    let beta = if k == 0 && pass.z_constant.is_none() {
+                        0.0
+                    } else {
+                        1.0
+                    };
+                    self.apply(term.weight.view(), m, f, beta, &mut zp, scratch);
                 }
             }
             // s = R / stab(z'), in place
