@@ -70,6 +70,15 @@ impl Case {
     fn out(&self) -> PathBuf {
         self.dir.path().join("out")
     }
+    /// The f64 reference's explanation of the case's inputs (bounds [0, 1], predicted class).
+    fn reference(&self, composite: Composite) -> taylormap::BatchOutput {
+        let bounds = Bounds {
+            low: 0.0,
+            high: 1.0,
+        };
+        let method = composite.resolve(&self.net, bounds, &[]).unwrap();
+        taylormap::cpu::explain(&self.net, &method, self.x.mapv(f64::from).view(), None).unwrap()
+    }
     fn explain(&self, extra: &[&str]) -> Output {
         let (model, input, out) = (
             self.path("model.onnx"),
@@ -121,18 +130,7 @@ fn the_cpu_engine_writes_what_it_computes_within_f32_tolerance_of_the_reference(
     assert_eq!(run["backend"], "cpu");
     let (shape, rel) = read_npy_f32(&out.join("relevance.npy"));
     assert_eq!(shape, vec![37, 1, 9, 9]);
-    let method = Composite::DeepTaylorBounded
-        .resolve(
-            &case.net,
-            Bounds {
-                low: 0.0,
-                high: 1.0,
-            },
-            &[],
-        )
-        .unwrap();
-    let want =
-        taylormap::cpu::explain(&case.net, &method, case.x.mapv(f64::from).view(), None).unwrap();
+    let want = case.reference(Composite::DeepTaylorBounded);
     for (i, (got, want)) in rel.chunks(81).zip(want.relevance.outer_iter()).enumerate() {
         let err = common::rel_l2(got.iter().map(|&v| f64::from(v)), want.iter().copied());
         assert!(err <= 1e-4, "sample {i}: relative L2 error {err:e}");
@@ -162,18 +160,7 @@ fn explain_writes_every_output_and_they_match_the_reference() {
     // relevance.npy: the model's input shape, exactly the reference relevance
     let (shape, rel) = read_npy_f32(&out.join("relevance.npy"));
     assert_eq!(shape, vec![7, 1, 9, 9]);
-    let method = Composite::DeepTaylorBounded
-        .resolve(
-            &case.net,
-            Bounds {
-                low: 0.0,
-                high: 1.0,
-            },
-            &[],
-        )
-        .unwrap();
-    let x64 = case.x.mapv(f64::from);
-    let want = taylormap::cpu::explain(&case.net, &method, x64.view(), None).unwrap();
+    let want = case.reference(Composite::DeepTaylorBounded);
     for (got, want) in rel.iter().zip(want.relevance.iter()) {
         assert!(
             (*got as f64 - want).abs() <= 1e-6 * want.abs().max(1e-3),
