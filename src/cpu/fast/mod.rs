@@ -228,16 +228,18 @@ impl Backend for FastBackend {
         let mut relevance = vec![0f32; n * in_len];
         let mut logits = vec![0f64; n * outputs];
         let mut chosen = vec![0usize; n];
-        let threads = self.threads.min(n.div_ceil(CHUNK)).max(1);
+        // Chunks of up to CHUNK samples, smaller when that keeps every thread busy.
+        let chunk = CHUNK.min(n.div_ceil(self.threads)).max(1);
+        let threads = self.threads.min(n.div_ceil(chunk)).max(1);
         let mut scratch = std::mem::take(&mut self.scratch);
         scratch.resize_with(threads.max(scratch.len()), Scratch::default);
         let this = &*self;
         // Chunks go to whichever thread is free next; each writes only its own output slices.
         let work = std::sync::Mutex::new(
             relevance
-                .chunks_mut(CHUNK * in_len.max(1))
-                .zip(logits.chunks_mut(CHUNK * outputs))
-                .zip(chosen.chunks_mut(CHUNK))
+                .chunks_mut(chunk * in_len.max(1))
+                .zip(logits.chunks_mut(chunk * outputs))
+                .zip(chosen.chunks_mut(chunk))
                 .enumerate(),
         );
         let worker = |scratch: &mut Scratch| loop {
@@ -245,7 +247,7 @@ impl Backend for FastBackend {
             let Some((i, ((relevance, logits), targets_out))) = next else {
                 return;
             };
-            let (start, m) = (i * CHUNK, targets_out.len());
+            let (start, m) = (i * chunk, targets_out.len());
             this.run_chunk(
                 m,
                 &x[start * in_len..(start + m) * in_len],
