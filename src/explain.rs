@@ -3,6 +3,8 @@
 //! complete or absent.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::Instant;
 
 use ndarray::{ArrayViewD, Axis};
@@ -12,7 +14,7 @@ use sha2::{Digest, Sha256};
 use crate::data::{self, Dataset};
 use crate::lrp::{Bounds, Composite, LayerSelector, Method, SampleStats, TargetChoice};
 use crate::render::{self, Colormap};
-use crate::{Backend, Error, Network, Result};
+use crate::{Backend, BatchOutput, Error, Network, Result};
 
 /// Where the bundled model lives, relative to the crate root.
 pub const DEFAULT_MODEL: &str = "assets/models/mnist-cnn.onnx";
@@ -267,6 +269,21 @@ fn resolve_targets(
 
 /// Runs the whole job and writes the outputs into `cfg.out`.
 pub fn run(cfg: &ExplainConfig) -> Result<ExplainReport> {
+    run_with(cfg, |net, method, batch_size| {
+        select_backend(cfg.backend, net, method, batch_size)
+    })
+}
+
+/// [`run`] on a backend of the caller's making (`cfg.backend` is not consulted).
+///
+/// Once the model is loaded and its rules resolved, `make_backend(net, method, batch_size)` is
+/// called once, as [`select_backend`] would be (`batch_size` is `cfg.batch_size`, else
+/// [`DEFAULT_GPU_BATCH`]); it returns the backend and lines for the user, the first one naming
+/// the backend.
+pub fn run_with<F>(cfg: &ExplainConfig, make_backend: F) -> Result<ExplainReport>
+where
+    F: FnOnce(&Network, &Method, usize) -> Result<(Box<dyn Backend>, Vec<String>)>,
+{
     if cfg.batch_size == Some(0) {
         return Err(Error::usage("--batch-size", "must be at least 1"));
     }
@@ -294,12 +311,8 @@ pub fn run(cfg: &ExplainConfig) -> Result<ExplainReport> {
         .collect::<Result<Vec<_>>>()?;
     let method = cfg.composite.resolve(&net, bounds, &overrides)?;
     let targets = resolve_targets(cfg.target, &dataset, net.num_outputs())?;
-    let (mut backend, notes) = select_backend(
-        cfg.backend,
-        &net,
-        &method,
-        cfg.batch_size.unwrap_or(DEFAULT_GPU_BATCH),
-    )?;
+    let (mut backend, notes) =
+        make_backend(&net, &method, cfg.batch_size.unwrap_or(DEFAULT_GPU_BATCH))?;
     let batch_size = cfg.batch_size.unwrap_or(match backend.kind() {
         "gpu" => DEFAULT_GPU_BATCH,
         _ => DEFAULT_CPU_BATCH,
@@ -374,18 +387,27 @@ pub fn run(cfg: &ExplainConfig) -> Result<ExplainReport> {
 }
 
 /// Rows of summary.csv, the relevance of the first [`GRID_SAMPLES`] samples, compute seconds
-/// (inside the backend) and the rest of the loop's wall time (PNG encoding not hidden behind
-/// compute, relevance and file writes).
+/// (inside the backend, on the backend thread) and the rest of the loop's wall time (the writing
+/// and PNG encoding not hidden behind compute: filling and draining the pipeline, and the time
+/// the backend waited on the writers).
 type Explained = (Vec<SampleRow>, Vec<f32>, f64, f64);
 
 /// Samples per PNG job handed to an encoder thread.
 const PNG_JOB: usize = 64;
+
+/// Batches computed ahead of the one being written: enough for the backend never to wait on a
+/// short stall of the writer, few enough to keep memory bounded.
+const BATCHES_AHEAD: usize = 2;
 
 /// PNG heatmaps of samples `start..start + relevance.len() / per_sample`.
 struct PngJob {
     start: usize,
     relevance: Vec<f32>,
 }
+
+/// One batch from the backend thread: the index of its first sample and what the backend
+/// returned for it.
+type Batch = (usize, BatchOutput<f32>);
 
 /// Renders and writes the PNGs of one job into `staging`.
 fn write_pngs(
@@ -397,9 +419,13 @@ fn write_pngs(
 ) -> Result<()> {
     let [c, h, w] = chw;
     let per_sample = c * h * w;
+    // one buffer for the widened relevance of every sample of the job
+    let mut values = vec![0f64; per_sample];
     for (i, r) in job.relevance.chunks_exact(per_sample).enumerate() {
         let index = job.start + i;
-        let values: Vec<f64> = r.iter().map(|&v| v as f64).collect();
+        for (v, &r) in values.iter_mut().zip(r) {
+            *v = f64::from(r);
+        }
         let rgb = if cfg.overlay {
             let input = sample_slice(dataset, index);
             let range = (dataset.bounds.low, dataset.bounds.high);
@@ -414,10 +440,6 @@ fn write_pngs(
     Ok(())
 }
 
-/// The batch loop. The calling thread runs the backend batch after batch, collects the
-/// statistics and appends relevance to `relevance_file`, while encoder threads render and write
-/// the PNGs into `staging` from a bounded queue: the backend never waits on PNG encoding unless
-/// the queue is full, and memory stays bounded however many samples stream through.
 /// The backend and what it runs on.
 struct Run<'a> {
     backend: &'a mut dyn Backend,
@@ -431,6 +453,20 @@ struct Sinks<'a> {
     relevance: &'a mut data::AtomicFile,
 }
 
+/// The batch loop, a pipeline of three stages on their own threads, joined by bounded queues:
+///
+/// 1. the backend thread ([`produce`]) runs the backend batch after batch and hands each
+///    output to
+/// 2. the calling thread ([`consume`]), which collects the statistics, appends relevance to its
+///    file and cuts the relevance into PNG jobs for
+/// 3. the encoder threads ([`write_pngs`]), which render and write the PNGs into `staging`.
+///
+/// The backend waits on the writers only when [`BATCHES_AHEAD`] batches are done and unwritten,
+/// so memory stays bounded however many samples stream through, and outputs keep input order
+/// (one backend thread and one writer). The first error of any stage stops them all: a failing
+/// writer drops its queue (the backend thread sees it at its next hand-over and stops), and a
+/// failing encoder raises a flag the writer checks, then drains its queue until it closes, so no
+/// stage ever waits on a full queue that nobody reads.
 fn explain_all(
     cfg: &ExplainConfig,
     dataset: &Dataset,
@@ -438,17 +474,7 @@ fn explain_all(
     run: Run,
     sinks: Sinks,
 ) -> Result<Explained> {
-    let Run {
-        backend,
-        targets,
-        batch_size,
-    } = run;
-    let Sinks {
-        staging,
-        relevance: relevance_file,
-    } = sinks;
     let n = dataset.len();
-    let per_sample = net.input_len();
     let bar = if cfg.progress {
         let bar = indicatif::ProgressBar::new(n as u64);
         bar.set_style(
@@ -474,79 +500,187 @@ fn explain_all(
     } else {
         0
     };
-    let (jobs, queue) = std::sync::mpsc::sync_channel::<PngJob>(2 * threads.max(1));
-    let queue = std::sync::Mutex::new(queue);
+    let encoder_failed = AtomicBool::new(false);
     let loop_start = Instant::now();
-    let mut compute = 0.0;
-    let (rows, grid_relevance) = std::thread::scope(|scope| -> Result<_> {
+    let (rows, grid_relevance, compute) = std::thread::scope(|scope| -> Result<_> {
+        let (jobs, queue) = mpsc::sync_channel::<PngJob>(2 * threads.max(1));
+        // Each encoder holds the queue: should every one of them die, the queue closes and the
+        // writer's next hand-over fails instead of waiting forever.
+        let queue = Arc::new(Mutex::new(queue));
         let encoders: Vec<_> = (0..threads)
             .map(|_| {
-                scope.spawn(|| -> Result<()> {
-                    // After a failure keep draining, so the producer never blocks on a full queue.
+                let queue = Arc::clone(&queue);
+                let failed = &encoder_failed;
+                scope.spawn(move || -> Result<()> {
+                    // After a failure keep draining, so the writer never blocks on a full queue.
                     let mut result = Ok(());
                     loop {
                         // the lock is held only while taking a job, not while encoding it
-                        let job = queue.lock().expect("queue lock").recv();
+                        let job = match queue.lock() {
+                            Ok(queue) => queue.recv(),
+                            Err(_) => return result, // another encoder panicked; join says so
+                        };
                         let Ok(job) = job else { return result };
                         if result.is_ok() {
-                            result = write_pngs(cfg, dataset, chw, staging, &job);
+                            result = write_pngs(cfg, dataset, chw, sinks.staging, &job);
+                            if result.is_err() {
+                                failed.store(true, Ordering::Relaxed);
+                            }
                         }
                     }
                 })
             })
             .collect();
-        let produced = (|| -> Result<_> {
-            let mut rows = Vec::with_capacity(n);
-            let mut grid_relevance = Vec::with_capacity(GRID_SAMPLES.min(n) * per_sample);
-            let mut start = 0;
-            while start < n {
-                let end = (start + batch_size).min(n);
-                let x: ArrayViewD<f32> = dataset.x.slice_axis(Axis(0), (start..end).into());
-                let t = Instant::now();
-                let out = backend.run(x, targets.map(|t| &t[start..end]))?;
-                compute += t.elapsed().as_secs_f64();
-                let relevance = out.relevance.as_standard_layout();
-                let relevance = relevance.as_slice().expect("standard layout");
-                let grid_rows = GRID_SAMPLES.saturating_sub(start).min(end - start);
-                grid_relevance.extend_from_slice(&relevance[..grid_rows * per_sample]);
-                relevance_file.write_all(&data::f32_le_bytes(relevance))?;
-                rows.extend((0..end - start).map(|i| SampleRow {
-                    index: start + i,
-                    label: dataset.labels.as_ref().map(|l| l[start + i]),
-                    predicted: out.predicted(i),
-                    target: out.targets[i],
-                    stats: out.stats(i),
-                }));
-                if cfg.png {
-                    for (k, chunk) in relevance.chunks(PNG_JOB * per_sample).enumerate() {
-                        let job = PngJob {
-                            start: start + k * PNG_JOB,
-                            relevance: chunk.to_vec(),
-                        };
-                        jobs.send(job)
-                            .expect("encoders drain the queue until it closes");
-                    }
-                }
-                bar.inc((end - start) as u64);
-                start = end;
-            }
-            Ok((rows, grid_relevance))
-        })();
-        drop(jobs);
+        drop(queue);
+        let (batches, received) = mpsc::sync_channel::<Batch>(BATCHES_AHEAD);
+        let producer = scope.spawn(move || produce(dataset, run, batches));
+        let consumed = consume(
+            cfg,
+            dataset,
+            received,
+            Writer {
+                relevance: sinks.relevance,
+                jobs,
+                encoder_failed: &encoder_failed,
+                bar: &bar,
+            },
+        );
+        // The writer has returned, closing both of its queues: the backend thread stops at its
+        // next hand-over, the encoders once the queue is empty.
+        let produced = producer
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
         let mut encoded = Ok(());
         for encoder in encoders {
-            let result = encoder.join().expect("PNG encoder thread panicked");
+            let result = encoder
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
             if encoded.is_ok() {
                 encoded = result;
             }
         }
-        let produced = produced?;
+        // The first failure is the cause; the stages that stopped after it report no error.
+        let compute = produced?;
+        let (rows, grid_relevance) = consumed?;
         encoded?;
-        Ok(produced)
+        assert_eq!(
+            rows.len(),
+            n,
+            "every stage succeeded, so every batch was written"
+        );
+        Ok((rows, grid_relevance, compute))
     })?;
     bar.finish_and_clear();
     let rest = loop_start.elapsed().as_secs_f64() - compute;
     Ok((rows, grid_relevance, compute, rest))
+}
+
+/// The backend thread: runs the backend on every batch in input order and hands each output to
+/// the writer. Returns the seconds spent inside the backend. Stops early, without an error of its
+/// own, when the writer has stopped (its queue is closed): the writer reports why.
+fn produce(dataset: &Dataset, run: Run, batches: mpsc::SyncSender<Batch>) -> Result<f64> {
+    let Run {
+        backend,
+        targets,
+        batch_size,
+    } = run;
+    let n = dataset.len();
+    let mut compute = 0.0;
+    let mut start = 0;
+    while start < n {
+        let end = (start + batch_size).min(n);
+        let x: ArrayViewD<f32> = dataset.x.slice_axis(Axis(0), (start..end).into());
+        let t = Instant::now();
+        let out = backend
+            .run(x, targets.map(|t| &t[start..end]))
+            .map_err(|e| in_batch(e, start, end))?;
+        compute += t.elapsed().as_secs_f64();
+        if out.relevance.shape().first() != Some(&(end - start)) || out.targets.len() != end - start
+        {
+            return Err(Error::Shape {
+                layer: format!("{} backend output", backend.kind()),
+                expected: format!("relevance and targets of {} samples", end - start),
+                got: format!(
+                    "relevance of shape {:?} and {} targets",
+                    out.relevance.shape(),
+                    out.targets.len()
+                ),
+            });
+        }
+        if batches.send((start, out)).is_err() {
+            break;
+        }
+        start = end;
+    }
+    Ok(compute)
+}
+
+/// Says which batch an error about "input sample i" (counted within the batch) came from.
+fn in_batch(e: Error, start: usize, end: usize) -> Error {
+    match e {
+        Error::NonFinite { what } => Error::NonFinite {
+            what: format!(
+                "{what} of the batch of samples {start}..{end} (sample {start} counts as 0 there)"
+            ),
+        },
+        e => e,
+    }
+}
+
+/// The writer's outputs: relevance into its file, PNG jobs to the encoders.
+struct Writer<'a> {
+    relevance: &'a mut data::AtomicFile,
+    jobs: mpsc::SyncSender<PngJob>,
+    encoder_failed: &'a AtomicBool,
+    bar: &'a indicatif::ProgressBar,
+}
+
+/// The writer, on the calling thread: takes the backend's outputs in input order, collects the
+/// rows of summary.csv and the relevance of the grid's samples, appends relevance to its file
+/// and cuts it into PNG jobs. Returns early, its rows incomplete, once an encoder has failed
+/// (the encoder reports why). Both queues close when it returns, whatever the outcome.
+fn consume(
+    cfg: &ExplainConfig,
+    dataset: &Dataset,
+    received: mpsc::Receiver<Batch>,
+    out: Writer,
+) -> Result<(Vec<SampleRow>, Vec<f32>)> {
+    let n = dataset.len();
+    let per_sample = dataset.x.len() / n.max(1);
+    let mut rows = Vec::with_capacity(n);
+    let mut grid_relevance = Vec::with_capacity(GRID_SAMPLES.min(n) * per_sample);
+    for (start, batch) in received {
+        if out.encoder_failed.load(Ordering::Relaxed) {
+            break;
+        }
+        let count = batch.targets.len();
+        let relevance = batch.relevance.as_standard_layout();
+        let relevance = relevance.as_slice().expect("standard layout");
+        let grid_rows = GRID_SAMPLES.saturating_sub(start).min(count);
+        grid_relevance.extend_from_slice(&relevance[..grid_rows * per_sample]);
+        out.relevance.write_all(&data::f32_le_bytes(relevance))?;
+        rows.extend((0..count).map(|i| SampleRow {
+            index: start + i,
+            label: dataset.labels.as_ref().map(|l| l[start + i]),
+            predicted: batch.predicted(i),
+            target: batch.targets[i],
+            stats: batch.stats(i),
+        }));
+        if cfg.png {
+            for (k, chunk) in relevance.chunks(PNG_JOB * per_sample).enumerate() {
+                let job = PngJob {
+                    start: start + k * PNG_JOB,
+                    relevance: chunk.to_vec(),
+                };
+                if out.jobs.send(job).is_err() {
+                    // every encoder is gone (they drain the queue until it closes otherwise)
+                    return Ok((rows, grid_relevance));
+                }
+            }
+        }
+        out.bar.inc(count as u64);
+    }
+    Ok((rows, grid_relevance))
 }
 
 /// How many samples the contact sheet shows.

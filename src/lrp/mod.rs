@@ -193,7 +193,10 @@ pub fn check_targets(targets: &[usize], n: usize, outputs: usize) -> Result<()> 
 ///
 /// `targets` is `None` to explain the predicted class, or one class index per sample. For a
 /// network with a single output every target is 0.
-pub trait Backend {
+///
+/// Backends are `Send`: `explain` runs one on its own thread, so that it computes the next batch
+/// while the previous one is written.
+pub trait Backend: Send {
     /// "cpu" (the fast CPU engine), "gpu" or "reference" (the f64 CPU reference).
     fn kind(&self) -> &'static str;
     /// Adapter or processor description for reports.

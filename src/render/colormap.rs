@@ -4,6 +4,7 @@
 use std::fmt;
 use std::str::FromStr;
 
+use super::round_to_byte;
 use crate::{Error, Result};
 
 /// A heatmap colormap. Values are normalised to t in [-1, 1] before colouring (see
@@ -81,10 +82,11 @@ impl Colormap {
         };
         let nodes = self.nodes();
         let pos = u * (nodes.len() - 1) as f64;
-        let k = (pos.floor() as usize).min(nodes.len() - 2);
+        // pos >= 0, so truncation is floor
+        let k = (pos as usize).min(nodes.len() - 2);
         let f = pos - k as f64;
         let (a, b) = (nodes[k], nodes[k + 1]);
-        std::array::from_fn(|c| (a[c] as f64 + (b[c] as f64 - a[c] as f64) * f).round() as u8)
+        std::array::from_fn(|c| round_to_byte(a[c] as f64 + (b[c] as f64 - a[c] as f64) * f))
     }
 
     /// The colour of zero relevance.

@@ -1,7 +1,7 @@
 //! Heatmaps over their inputs: an overlay of relevance on the gray input, and a contact sheet of
 //! samples (input beside heatmap, captioned with label and prediction in a built-in 3x5 font).
 
-use super::{heatmap_rgb, normalised, png_bytes, upscale, Colormap};
+use super::{heatmap_rgb, normalised, png_bytes, round_to_byte, upscale, Colormap};
 use crate::{Error, Result};
 
 type Rgb = [u8; 3];
@@ -30,7 +30,7 @@ fn unit(v: f32, (lo, hi): (f64, f64)) -> f64 {
 }
 
 fn byte(u: f64) -> u8 {
-    (u * 255.0).round() as u8
+    round_to_byte(u * 255.0)
 }
 
 /// The gray level in [0, 1] of each pixel: channels mapped from `range` and averaged.
@@ -103,9 +103,7 @@ pub fn overlay_rgb(
             };
             let colour = cmap.color(t);
             let g = g * 255.0;
-            std::array::from_fn(|c| {
-                (alpha * f64::from(colour[c]) + (1.0 - alpha) * g).round() as u8
-            })
+            std::array::from_fn(|c| round_to_byte(alpha * f64::from(colour[c]) + (1.0 - alpha) * g))
         })
         .collect();
     upscale(&colors, h, w, scale)

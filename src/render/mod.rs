@@ -70,6 +70,22 @@ fn normalised(relevance: &[f64], plane: usize, channels: usize) -> Vec<f64> {
         .collect()
 }
 
+/// `x.round() as u8` (half away from zero, saturating, NaN to 0) without the libm call that
+/// `f64::round` compiles to on x86-64: truncation and one comparison, exact because `x - trunc(x)`
+/// is exact for |x| < 2^52. Colouring a pixel rounds three times, which made `round` a third of
+/// the time to render a heatmap.
+pub(crate) fn round_to_byte(x: f64) -> u8 {
+    if x.is_nan() || x <= 0.0 {
+        return 0; // negative values round to <= 0 and saturate to 0
+    }
+    if x >= 255.0 {
+        return 255;
+    }
+    let whole = x as u32; // truncation, = floor for x > 0
+    let up = x - f64::from(whole) >= 0.5;
+    (whole + u32::from(up)) as u8
+}
+
 /// Nearest-neighbour upscaling of an `h x w` image of colours by `scale` (0 counts as 1), to
 /// row-major RGB bytes.
 fn upscale(colors: &[[u8; 3]], h: usize, w: usize, scale: usize) -> Vec<u8> {
@@ -86,6 +102,11 @@ fn upscale(colors: &[[u8; 3]], h: usize, w: usize, scale: usize) -> Vec<u8> {
 }
 
 /// Encodes an 8-bit RGB image (row-major, 3 bytes per pixel) as PNG.
+///
+/// Compression is the png crate's `Fast` (fdeflate, adaptive filters): on 28 x 28 MNIST heatmaps
+/// it encodes about 8 times faster than the default zlib level, for files of 1.2 kB instead of
+/// 0.9 kB (one disk block either way); a 64-sample grid.png grows from 100 to 170 kB. `Fastest`
+/// (the Up filter only) saves little more time on heatmaps but triples the grid.
 pub fn png_bytes(rgb: &[u8], width: usize, height: usize) -> Result<Vec<u8>> {
     let expected = width.checked_mul(height).and_then(|p| p.checked_mul(3));
     if width == 0 || height == 0 || expected != Some(rgb.len()) {
@@ -107,6 +128,7 @@ pub fn png_bytes(rgb: &[u8], width: usize, height: usize) -> Result<Vec<u8>> {
     let mut encoder = png::Encoder::new(&mut out, w, h);
     encoder.set_color(png::ColorType::Rgb);
     encoder.set_depth(png::BitDepth::Eight);
+    encoder.set_compression(png::Compression::Fast);
     let mut writer = encoder.write_header().map_err(encoding)?;
     writer.write_image_data(rgb).map_err(encoding)?;
     writer.finish().map_err(encoding)?;
@@ -128,4 +150,42 @@ pub fn heatmap_png(
         w * s,
         h * s,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::round_to_byte;
+
+    #[test]
+    fn round_to_byte_is_round_then_cast() {
+        let mut cases = vec![
+            0.0,
+            -0.0,
+            f64::NAN,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            f64::MIN_POSITIVE,
+            f64::MAX,
+            f64::MIN,
+            0.5f64.next_down(),
+            254.5f64.next_down(),
+            255.5f64.next_down(),
+            1e300,
+            -1e300,
+        ];
+        // every half and its neighbours, over and beyond the byte range
+        for k in -20..1100 {
+            let x = f64::from(k) / 2.0;
+            cases.extend([x, x.next_up(), x.next_down()]);
+        }
+        // a deterministic spread of fractions (golden-ratio sequence)
+        let mut u = 0.0f64;
+        for _ in 0..100_000 {
+            u = (u + 0.618_033_988_749_894_9).fract();
+            cases.push(u * 300.0 - 20.0);
+        }
+        for x in cases {
+            assert_eq!(round_to_byte(x), x.round() as u8, "x = {x:e}");
+        }
+    }
 }
