@@ -227,10 +227,7 @@ fn max_pool_relevance_is_zero_except_at_window_arg_maxes() {
             Composite::LrpZero.resolve(&net, bounds, &[]).unwrap(),
             Method::Sensitivity,
         ];
-        for (method, engine) in methods
-            .iter()
-            .flat_map(|m| Engine::ALL.map(|e| (m, e)))
-        {
+        for (method, engine) in methods.iter().flat_map(|m| Engine::ALL.map(|e| (m, e))) {
             let out = engine.explain(&net, method, &x);
             for (s, win) in winners.iter().enumerate() {
                 let row: Vec<f64> = out
