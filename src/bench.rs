@@ -29,6 +29,9 @@ pub struct BenchConfig {
     pub batch_sizes: Vec<usize>,
     /// Keep explaining batches for at least this long per measurement.
     pub min_seconds: f64,
+    /// Upload f32 values even where the input is 8-bit and the backend prefers bytes (to measure
+    /// what the byte upload gains).
+    pub f32_upload: bool,
 }
 
 /// One measurement: one line of `bench --json`.
@@ -44,8 +47,12 @@ pub struct BenchResult {
     pub heatmaps_per_second: f64,
     /// Forward-pass floating-point operations per sample (2 x multiply-accumulates).
     pub forward_flops_per_sample: usize,
-    /// Bytes moved between host and device per sample: f32 input up, relevance and logits down.
+    /// Bytes moved between host and device per sample: the input up (one byte per value for
+    /// 8-bit inputs given to a backend that uploads bytes, else four), f32 relevance and logits
+    /// down.
     pub transfer_bytes_per_sample: usize,
+    /// How the inputs went to the backend: "u8" (bytes, expanded by the backend) or "f32".
+    pub input: &'static str,
     /// GPU time per stage per batch, from timestamp queries (GPU backend only, where the adapter
     /// has them; absent otherwise).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -139,13 +146,13 @@ impl Measured {
 }
 
 /// A batch of `batch` samples cycled from `x` (so any batch size can be measured).
-fn cycled_batch(x: &ArrayD<f32>, batch: usize) -> ArrayD<f32> {
+fn cycled_batch<T: Copy>(x: &ArrayD<T>, batch: usize) -> ArrayD<T> {
     let n = x.len_of(Axis(0));
     let mut shape = x.shape().to_vec();
     shape[0] = batch;
     let per = x.len() / n;
     let flat = x.as_slice().expect("datasets are contiguous");
-    let data: Vec<f32> = (0..batch)
+    let data: Vec<T> = (0..batch)
         .flat_map(|i| flat[(i % n) * per..(i % n + 1) * per].iter().copied())
         .collect();
     ArrayD::from_shape_vec(IxDyn(&shape), data).expect("shape matches")
@@ -205,14 +212,24 @@ pub fn run(cfg: &BenchConfig, report: &mut dyn FnMut(&BenchResult)) -> Result<Ve
                 }
             };
             let x = cycled_batch(&dataset.x, batch);
+            let bytes = match &dataset.pixels {
+                Some(p) if !cfg.f32_upload && measured.backend().prefers_bytes() => {
+                    Some((cycled_batch(&p.bytes, batch), p.lut))
+                }
+                _ => None,
+            };
+            let explain = |backend: &mut dyn Backend| match &bytes {
+                Some((b, lut)) => backend.run_pixels(b.view(), lut, None),
+                None => backend.run(x.view(), None),
+            };
             let backend = measured.backend();
-            backend.run(x.view(), None)?; // warm-up: pipelines compiled, buffers touched
+            explain(backend)?; // warm-up: pipelines compiled, buffers touched
             let before = measured.stage_times();
             let host_before = measured.host_times();
             let backend = measured.backend();
             let (mut samples, mut batches, start) = (0, 0, Instant::now());
             while samples == 0 || start.elapsed().as_secs_f64() < cfg.min_seconds {
-                let out = backend.run(x.view(), None)?;
+                let out = explain(backend)?;
                 std::hint::black_box(&out);
                 samples += batch;
                 batches += 1;
@@ -235,7 +252,9 @@ pub fn run(cfg: &BenchConfig, report: &mut dyn FnMut(&BenchResult)) -> Result<Ve
                 seconds,
                 heatmaps_per_second: samples as f64 / seconds,
                 forward_flops_per_sample: 2 * net.forward_macs(),
-                transfer_bytes_per_sample: 4 * (2 * net.input_len() + net.num_outputs()),
+                transfer_bytes_per_sample: if bytes.is_some() { 1 } else { 4 } * net.input_len()
+                    + 4 * (net.input_len() + net.num_outputs()),
+                input: if bytes.is_some() { "u8" } else { "f32" },
                 stage_seconds,
                 host_seconds,
             };

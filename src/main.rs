@@ -458,6 +458,10 @@ struct BenchArgs {
     /// Print one JSON object per line instead of a table.
     #[arg(long)]
     json: bool,
+    /// Upload f32 values to the GPU even for 8-bit inputs (by default their bytes go up, a
+    /// quarter of the traffic), to measure what the byte upload gains.
+    #[arg(long)]
+    f32_upload: bool,
 }
 
 fn bench(a: BenchArgs) -> taylormap::Result<()> {
@@ -483,6 +487,7 @@ fn bench(a: BenchArgs) -> taylormap::Result<()> {
         backends,
         batch_sizes: a.batch_sizes,
         min_seconds: a.min_seconds,
+        f32_upload: a.f32_upload,
     };
     if !a.json {
         println!(

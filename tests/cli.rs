@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use ndarray::{ArrayD, Axis, IxDyn};
+use rand::Rng;
 use taylormap::lrp::{Bounds, Composite};
 use taylormap::{Backend, Network};
 
@@ -87,8 +88,9 @@ impl Case {
         );
         // The f64 reference by default, so that outputs can be checked exactly.
         let reference = "reference".to_string();
-        let mut args = vec!["explain", "--out", &out, "--quiet"];
+        let mut args = vec!["explain", "--quiet"];
         for (flag, default) in [
+            ("--out", &out),
             ("--model", &model),
             ("--input", &input),
             ("--backend", &reference),
@@ -375,4 +377,50 @@ fn bench_json_prints_one_line_per_backend_and_batch_size() {
         "0",
     ]);
     assert_eq!(o.status.code(), Some(2));
+}
+
+#[test]
+fn gpu_explain_of_8_bit_input_matches_the_same_values_given_as_f32() {
+    let Some(_ctx) = common::gpu::context() else {
+        return;
+    };
+    // The bytes of an IDX file go up as bytes and are expanded on the GPU; the same values as a
+    // float32 NPY go up as f32: the outputs must be identical.
+    let case = Case::new("gpu_bytes", 13);
+    let mut rng = common::rng("gpu_bytes_pixels");
+    let bytes: Vec<u8> = (0..13 * 81).map(|_| rng.random()).collect();
+    let mut idx = 0x803u32.to_be_bytes().to_vec();
+    for d in [13u32, 9, 9] {
+        idx.extend_from_slice(&d.to_be_bytes());
+    }
+    idx.extend_from_slice(&bytes);
+    std::fs::write(case.path("x-images-idx3-ubyte"), &idx).unwrap();
+    let values = ArrayD::from_shape_vec(
+        IxDyn(&[13, 1, 9, 9]),
+        bytes.iter().map(|&b| (b as f64 / 255.0) as f32).collect(),
+    )
+    .unwrap();
+    write_npy(&case.dir.path().join("same.npy"), &values);
+    let mut outputs = vec![];
+    for (input, out) in [("x-images-idx3-ubyte", "bytes"), ("same.npy", "floats")] {
+        let (input, out) = (case.path(input), case.path(out));
+        ok(&case.explain(&[
+            "--backend",
+            "gpu",
+            "--batch-size",
+            "4",
+            "--no-png",
+            "--input",
+            &input,
+            "--out",
+            &out,
+        ]));
+        let read = |f: &str| std::fs::read(Path::new(&out).join(f)).unwrap();
+        outputs.push((read("relevance.npy"), read("summary.csv")));
+    }
+    assert!(outputs[0].0 == outputs[1].0, "relevance.npy differs");
+    assert_eq!(
+        String::from_utf8_lossy(&outputs[0].1),
+        String::from_utf8_lossy(&outputs[1].1)
+    );
 }

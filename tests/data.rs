@@ -772,3 +772,59 @@ fn atomic_file_appears_only_on_commit_and_vanishes_when_dropped() {
         data::npy_bytes_f32(&[3, 4], &values)
     );
 }
+
+#[test]
+fn eight_bit_sources_keep_their_bytes_and_a_table_that_gives_x_exactly() {
+    let mut rng = common::rng("eight_bit_pixels");
+    let dir = tmp();
+    let n = rng.random_range(3..7);
+    let pixels = random_bytes(&mut rng, n * 20);
+    let idx = write(
+        dir.path(),
+        "p-images-idx3-ubyte.gz",
+        &gzip(&idx_bytes(0x803, &[n, 4, 5], &pixels)),
+    );
+    let npy = write(
+        dir.path(),
+        "p.npy",
+        &npy_raw(1, "|u1", false, &[n, 1, 4, 5], &pixels),
+    );
+    let mean = common::uniform(&mut rng, -0.5, 0.9) as f64;
+    let std = common::uniform(&mut rng, 0.1, 2.0) as f64;
+    for path in [&idx, &npy] {
+        for normalize in [None, Some((mean, std))] {
+            let mut d = data::load(path, None, normalize).unwrap();
+            let what = format!("{} {normalize:?}", path.display());
+            let p = d
+                .pixels
+                .clone()
+                .unwrap_or_else(|| panic!("{what}: no bytes kept"));
+            assert_eq!(p.bytes.shape(), d.x.shape(), "{what}");
+            assert_eq!(
+                p.bytes.iter().copied().collect::<Vec<u8>>(),
+                pixels,
+                "{what}"
+            );
+            let expanded = p.bytes.mapv(|b| p.lut[usize::from(b)]);
+            assert!(
+                expanded
+                    .iter()
+                    .zip(&d.x)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "{what}: lut[bytes] differs from x"
+            );
+            // Reshaped and limited together with x.
+            d.check_against(&[1, 4, 5]).unwrap();
+            d.limit(2);
+            let p = d.pixels.as_ref().unwrap();
+            assert_eq!(p.bytes.shape(), &[2, 1, 4, 5], "{what}");
+            assert_eq!(p.bytes.shape(), d.x.shape(), "{what}");
+            let expanded = p.bytes.mapv(|b| p.lut[usize::from(b)]);
+            assert_eq!(expanded, d.x, "{what}: after check_against and limit");
+        }
+    }
+    // Float data keeps no bytes.
+    let values = random_f32(&mut rng, n * 20);
+    let f = write(dir.path(), "f.npy", &npy_bytes_f32(&[n, 20], &values));
+    assert!(data::load(&f, None, None).unwrap().pixels.is_none());
+}

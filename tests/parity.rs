@@ -776,3 +776,68 @@ fn adapters_are_listed_and_the_best_is_chosen() {
         assert_eq!(chosen.device_type, "Cpu");
     }
 }
+
+#[test]
+fn byte_inputs_give_what_their_expanded_values_give() {
+    let engines = engines();
+    let mut rng = rng("byte_inputs_give_what_their_expanded_values_give");
+    // 1 x 7 x 9 = 63 values per sample: an odd batch is not a whole number of 4-byte words.
+    let net = random_cnn(&mut rng, 1, 7, 9, false);
+    let method = Composite::EpsilonGammaBox
+        .resolve(
+            &net,
+            Bounds {
+                low: -1.0,
+                high: 2.0,
+            },
+            &[],
+        )
+        .unwrap();
+    // A normalised-pixel-like table: increasing, negative and positive values.
+    let (mean, std) = (rng.random_range(0.1..0.5), rng.random_range(0.2..0.5));
+    let lut: [f32; 256] = std::array::from_fn(|b| ((b as f64 / 255.0 - mean) / std) as f32);
+    let bytes = ndarray::Array4::from_shape_fn((11, 1, 7, 9), |_| rng.random::<u8>()).into_dyn();
+    let x = bytes.mapv(|b| lut[usize::from(b)]);
+    for engine in &engines {
+        for (batch, what) in [(4, "streamed in 4s"), (11, "one batch")] {
+            // Separate backends, bytes first: the device's input buffer holds nothing from an
+            // f32 run that could stand in for a missing expansion.
+            let mut bytes_backend = engine.backend(&net, &method, batch);
+            let mut f32_backend = engine.backend(&net, &method, batch);
+            let got = bytes_backend.run_pixels(bytes.view(), &lut, None).unwrap();
+            let want = f32_backend.run(x.view(), None).unwrap();
+            let what = format!("{}: {what}", engine.name());
+            assert_eq!(got.targets, want.targets, "{what}");
+            assert!(
+                got.relevance
+                    .iter()
+                    .zip(&want.relevance)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "{what}: relevance differs"
+            );
+            assert_eq!(got.logits, want.logits, "{what}");
+            compare_output(&net, &method, &x, None, &got, &what);
+            // A strided view (every other sample) goes through the copy path.
+            let every_other = ndarray::Slice::new(0, None, 2);
+            let got = bytes_backend
+                .run_pixels(bytes.slice_axis(Axis(0), every_other), &lut, None)
+                .unwrap();
+            let want = f32_backend
+                .run(x.slice_axis(Axis(0), every_other), None)
+                .unwrap();
+            assert_eq!(got.relevance, want.relevance, "{what}: strided");
+        }
+        // A table with a non-finite value is refused, not explained.
+        let mut bad = lut;
+        bad[usize::from(bytes[[3, 0, 2, 2]])] = f32::INFINITY;
+        let mut backend = engine.backend(&net, &method, 4);
+        assert!(
+            matches!(
+                backend.run_pixels(bytes.view(), &bad, None),
+                Err(Error::NonFinite { .. })
+            ),
+            "{}",
+            engine.name()
+        );
+    }
+}

@@ -174,5 +174,5 @@ fn params_structs_match_their_wgsl_twins() {
             .unwrap();
         assert_eq!(uniform.as_deref(), Some(params), "{}", shader.file_name());
     }
-    assert_eq!(checked, 6);
+    assert_eq!(checked, 7);
 }

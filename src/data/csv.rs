@@ -784,6 +784,7 @@ pub fn load_tabular(path: &Path, tabular: &Tabular) -> Result<Dataset> {
         path: path.to_path_buf(),
         bounds: Bounds { low, high },
         kind: "csv",
+        pixels: None,
     })
 }
 

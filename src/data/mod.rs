@@ -15,6 +15,9 @@
 //! are the smallest and largest value present; pass `--bounds L,H` when the model's true input
 //! range differs.
 //!
+//! 8-bit sources (IDX, `'|u1'` NPY) also keep their bytes ([`Pixels`]): every value of `x` is a
+//! table lookup of its byte, so an engine can upload one byte per value instead of four.
+//!
 //! CSV needs the preprocessing its model was trained with, so [`load`] refuses it; load it with
 //! [`load_tabular`] and the description [`model_tabular`] reads from the model (see [`csv`]).
 
@@ -51,6 +54,16 @@ pub struct Dataset {
     pub bounds: Bounds,
     /// `"idx"`, `"npy"` or `"png-folder"`.
     pub kind: &'static str,
+    /// The bytes of an 8-bit source, shaped like `x`.
+    pub pixels: Option<Pixels>,
+}
+
+/// The samples of an 8-bit source as bytes: `x[i] == lut[bytes[i]]` exactly (the table holds
+/// the scaled and normalised value of each byte, computed as [`load`] computes `x`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Pixels {
+    pub bytes: ArrayD<u8>,
+    pub lut: [f32; 256],
 }
 
 impl Dataset {
@@ -78,6 +91,12 @@ impl Dataset {
             .x
             .slice_axis(ndarray::Axis(0), ndarray::Slice::from(0..n))
             .to_owned();
+        if let Some(p) = &mut self.pixels {
+            p.bytes = p
+                .bytes
+                .slice_axis(ndarray::Axis(0), ndarray::Slice::from(0..n))
+                .to_owned();
+        }
         if let Some(labels) = &mut self.labels {
             labels.truncate(n);
         }
@@ -125,6 +144,16 @@ impl Dataset {
         self.x = x
             .into_shape_with_order(IxDyn(&shape))
             .map_err(|e| Error::input(&self.path, format!("cannot reshape to {shape:?}: {e}")))?;
+        if let Some(p) = &mut self.pixels {
+            let bytes = std::mem::replace(&mut p.bytes, ArrayD::zeros(IxDyn(&[0])));
+            p.bytes = bytes
+                .as_standard_layout()
+                .into_owned()
+                .into_shape_with_order(IxDyn(&shape))
+                .map_err(|e| {
+                    Error::input(&self.path, format!("cannot reshape to {shape:?}: {e}"))
+                })?;
+        }
         Ok(())
     }
 }
@@ -136,6 +165,8 @@ struct Raw {
     values: Vec<f32>,
     /// True for integer sources scaled to [0, 1]; false for float data.
     unit_range: bool,
+    /// The bytes of an 8-bit source (`values` are their scaled copies).
+    bytes: Option<Vec<u8>>,
 }
 
 /// Loads the inputs for the model at `model`: through the model's tabular preprocessing (column
@@ -188,6 +219,7 @@ pub fn load(path: &Path, labels: Option<&Path>, normalize: Option<(f64, f64)>) -
         shape,
         mut values,
         unit_range,
+        bytes,
     } = raw;
     let per_sample: usize = shape[1..].iter().product();
 
@@ -253,12 +285,33 @@ pub fn load(path: &Path, labels: Option<&Path>, normalize: Option<(f64, f64)>) -
     }
     let x = ArrayD::from_shape_vec(IxDyn(&shape), values)
         .map_err(|e| Error::input(path, format!("shape {shape:?}: {e}")))?;
+    let pixels = match bytes {
+        Some(bytes) => Some(Pixels {
+            bytes: ArrayD::from_shape_vec(IxDyn(&shape), bytes)
+                .map_err(|e| Error::input(path, format!("shape {shape:?}: {e}")))?,
+            lut: byte_table(normalize),
+        }),
+        None => None,
+    };
     Ok(Dataset {
         x,
         labels: labels.map(|(_, l)| l),
         path: path.to_path_buf(),
         bounds,
         kind,
+        pixels,
+    })
+}
+
+/// The value [`load`] gives each byte of an 8-bit source: scaled to [0, 1] in f32, then
+/// normalised in f64 and rounded to f32, exactly as for `x`.
+fn byte_table(normalize: Option<(f64, f64)>) -> [f32; 256] {
+    std::array::from_fn(|b| {
+        let unit = scale_u8(&[b as u8])[0];
+        match normalize {
+            Some((mean, std)) => ((unit as f64 - mean) / std) as f32,
+            None => unit,
+        }
     })
 }
 
@@ -272,6 +325,7 @@ fn read_raw(path: &Path) -> Result<Raw> {
             shape,
             values,
             unit_range: true,
+            bytes: None,
         }
     } else {
         let ext = path
@@ -297,6 +351,7 @@ fn read_raw(path: &Path) -> Result<Raw> {
                 shape,
                 values: scale_u8(&pixels),
                 unit_range: true,
+                bytes: Some(pixels),
             }
         } else if ext == "png" || bytes.starts_with(b"\x89PNG") {
             return Err(Error::input(
@@ -334,9 +389,9 @@ fn read_npy_input(path: &Path, bytes: &[u8]) -> Result<Raw> {
             format!("NPY shape {shape:?}: expected (N, H, W), (N, C, H, W) or (N, D)"),
         ));
     }
-    let (values, unit_range) = match data {
-        NpyData::F32(v) => (v, false),
-        NpyData::U8(v) => (scale_u8(&v), true),
+    let (values, unit_range, bytes) = match data {
+        NpyData::F32(v) => (v, false, None),
+        NpyData::U8(v) => (scale_u8(&v), true, Some(v)),
         NpyData::Int(_) => return Err(Error::input(
             path,
             "NPY holds integers other than uint8; inputs must be float32 ('<f4') or uint8 ('|u1')",
@@ -347,6 +402,7 @@ fn read_npy_input(path: &Path, bytes: &[u8]) -> Result<Raw> {
         shape,
         values,
         unit_range,
+        bytes,
     })
 }
 

@@ -7,7 +7,7 @@ use std::time::Instant;
 use ndarray::{Array2, ArrayD, ArrayViewD, Axis, IxDyn, Slice};
 
 use super::context::GpuContext;
-use super::plan::{footprint, BatchResult, Footprint, Pending, Plan, StageTotals};
+use super::plan::{footprint, BatchInput, BatchResult, Footprint, Pending, Plan, StageTotals};
 use crate::{Backend, BatchOutput, Error, Method, Network, Result};
 
 /// Batches of at least twice this many samples run as two submissions (see `run`).
@@ -219,13 +219,94 @@ impl Backend for GpuBackend {
         x: ArrayViewD<'_, f32>,
         targets: Option<&[usize]>,
     ) -> Result<BatchOutput<f32>> {
+        self.run_input(RunInput::F32(x), targets)
+    }
+
+    fn prefers_bytes(&self) -> bool {
+        true
+    }
+
+    /// Uploads the bytes (one per value instead of four) and expands them on the device.
+    fn run_pixels(
+        &mut self,
+        bytes: ArrayViewD<'_, u8>,
+        lut: &[f32; 256],
+        targets: Option<&[usize]>,
+    ) -> Result<BatchOutput<f32>> {
+        self.run_input(RunInput::U8(bytes, lut), targets)
+    }
+}
+
+/// The samples of a run: f32 values, or bytes and the value of each byte.
+enum RunInput<'a> {
+    F32(ArrayViewD<'a, f32>),
+    U8(ArrayViewD<'a, u8>, &'a [f32; 256]),
+}
+
+impl RunInput<'_> {
+    fn shape(&self) -> &[usize] {
+        match self {
+            RunInput::F32(x) => x.shape(),
+            RunInput::U8(b, _) => b.shape(),
+        }
+    }
+
+    /// Samples `start..start + m` (of `per` values each) as one submission's input: in place
+    /// when the batch is contiguous, else copied into `f` or `u`.
+    fn batch<'b>(
+        &'b self,
+        start: usize,
+        m: usize,
+        per: usize,
+        f: &'b mut Vec<f32>,
+        u: &'b mut Vec<u8>,
+    ) -> BatchInput<'b> {
+        let range = start * per..(start + m) * per;
+        let samples = Slice::from(start..start + m);
+        match self {
+            RunInput::F32(x) => BatchInput::F32(match x.as_slice() {
+                Some(flat) => &flat[range],
+                None => {
+                    f.clear();
+                    f.extend(x.slice_axis(Axis(0), samples).iter());
+                    &f[..]
+                }
+            }),
+            RunInput::U8(b, lut) => BatchInput::U8(
+                match b.as_slice() {
+                    Some(flat) => &flat[range],
+                    None => {
+                        u.clear();
+                        u.extend(b.slice_axis(Axis(0), samples).iter());
+                        &u[..]
+                    }
+                },
+                lut,
+            ),
+        }
+    }
+}
+
+impl GpuBackend {
+    fn run_input(
+        &mut self,
+        x: RunInput<'_>,
+        targets: Option<&[usize]>,
+    ) -> Result<BatchOutput<f32>> {
         let checking = Instant::now();
         self.host.runs += 1;
         let n = crate::lrp::check_batch(x.shape(), &self.input_shape)?;
         let input_len: usize = self.input_shape.iter().product();
-        crate::lrp::check_finite(x.view())?;
-        // A contiguous batch is uploaded in place; others are copied per batch.
-        let contiguous = x.as_slice();
+        match &x {
+            RunInput::F32(v) => crate::lrp::check_finite(v.view())?,
+            RunInput::U8(_, lut) => {
+                if let Some(b) = lut.iter().position(|v| !v.is_finite()) {
+                    return Err(Error::NonFinite {
+                        what: format!("the input value of byte {b} (8-bit input)"),
+                    });
+                }
+            }
+        }
         if let Some(t) = targets {
             crate::lrp::check_targets(t, n, self.classes)?;
         }
@@ -250,23 +331,12 @@ impl Backend for GpuBackend {
         } else {
             batch
         };
-        let mut buf: Vec<f32> = Vec::with_capacity(if contiguous.is_some() {
-            0
-        } else {
-            chunk * input_len
-        });
+        let (mut buf_f32, mut buf_u8) = (Vec::new(), Vec::new());
         let mut pending: Option<(Pending, usize, usize)> = None;
         let (mut start, mut slot) = (0, 0);
         while start < n {
             let m = chunk.min(n - start);
-            let inputs = match contiguous {
-                Some(flat) => &flat[start * input_len..(start + m) * input_len],
-                None => {
-                    buf.clear();
-                    buf.extend(x.slice_axis(Axis(0), Slice::from(start..start + m)).iter());
-                    &buf[..]
-                }
-            };
+            let inputs = x.batch(start, m, input_len, &mut buf_f32, &mut buf_u8);
             let submitting = Instant::now();
             let submitted = self.plan.submit(
                 inputs,

@@ -9,8 +9,9 @@ use wgpu::util::DeviceExt;
 
 use super::context::GpuContext;
 use super::shader::{
-    ConvParams, DenseParams, ElementwiseEntry, ElementwiseParams, Kernel, LinearEntry, PoolEntry,
-    PoolParams, RuleParams, Shader, CHUNK, CONV_BLOCK, MAX_CHUNKS, MAX_WINDOW, WORKGROUP,
+    ConvParams, DenseParams, ElementwiseEntry, ElementwiseParams, InputEntry, InputParams, Kernel,
+    LinearEntry, PoolEntry, PoolParams, RuleParams, Shader, CHUNK, CONV_BLOCK, MAX_CHUNKS,
+    MAX_WINDOW, WORKGROUP,
 };
 use crate::{Error, Layer, Method, Network, Result};
 
@@ -360,6 +361,7 @@ enum Uniform {
     Pool(PoolParams),
     Elementwise(ElementwiseParams),
     Seed(ElementwiseParams),
+    Input(InputParams),
 }
 
 impl Uniform {
@@ -369,6 +371,7 @@ impl Uniform {
             Uniform::Conv(p) => bytemuck::bytes_of(&ConvParams { n, ..*p }).to_vec(),
             Uniform::Pool(p) => bytemuck::bytes_of(&PoolParams { n, ..*p }).to_vec(),
             Uniform::Elementwise(p) => bytemuck::bytes_of(&ElementwiseParams { n, ..*p }).to_vec(),
+            Uniform::Input(p) => bytemuck::bytes_of(&InputParams { n, ..*p }).to_vec(),
             Uniform::Seed(p) => bytemuck::bytes_of(&ElementwiseParams {
                 n,
                 flag: explicit as u32,
@@ -404,6 +407,37 @@ impl Ping {
     }
 }
 
+/// The inputs of one batch: f32 values, or bytes and the value of each byte.
+#[derive(Clone, Copy)]
+pub(crate) enum BatchInput<'a> {
+    F32(&'a [f32]),
+    U8(&'a [u8], &'a [f32; 256]),
+}
+
+impl BatchInput<'_> {
+    /// The bytes that cross the bus: the f32 values, or the bytes zero-padded to a multiple of 4
+    /// (buffer copies move whole words).
+    fn upload_bytes(&self) -> std::borrow::Cow<'_, [u8]> {
+        match self {
+            BatchInput::F32(x) => std::borrow::Cow::Borrowed(bytemuck::cast_slice(x)),
+            BatchInput::U8(b, _) if b.len() % 4 == 0 => std::borrow::Cow::Borrowed(b),
+            BatchInput::U8(b, _) => {
+                let mut padded = b.to_vec();
+                padded.resize(b.len().next_multiple_of(4), 0);
+                std::borrow::Cow::Owned(padded)
+            }
+        }
+    }
+
+    /// Number of input values.
+    fn len(&self) -> usize {
+        match self {
+            BatchInput::F32(x) => x.len(),
+            BatchInput::U8(b, _) => b.len(),
+        }
+    }
+}
+
 /// A built plan; see the module docs.
 pub(crate) struct Plan {
     ctx: GpuContext,
@@ -411,6 +445,12 @@ pub(crate) struct Plan {
     input_len: usize,
     classes: usize,
     input: wgpu::Buffer,
+    /// 8-bit inputs: their bytes, the table of byte values last written, and the step that
+    /// expands them into `input`.
+    pixels: wgpu::Buffer,
+    lut: wgpu::Buffer,
+    lut_written: Option<[f32; 256]>,
+    unpack: Step,
     logits: wgpu::Buffer,
     result: wgpu::Buffer,
     targets: wgpu::Buffer,
@@ -844,6 +884,31 @@ impl Plan {
             backward_layers.push(back);
         }
 
+        // 8-bit inputs: bytes and their values, expanded into the input activation when a batch
+        // comes as bytes (encoded ahead of the forward steps by `submit`).
+        let pixels = storage(device, "input.pixels", (lens[0] * b).next_multiple_of(4));
+        let lut = storage(device, "input.lut", 256 * F);
+        let unpack_bg = bind(
+            Shader::Input,
+            "input.unpack".into(),
+            Uniform::Input(InputParams {
+                n: 0,
+                len: input_len as u32,
+                pad0: 0,
+                pad1: 0,
+            }),
+            &[&pixels, &lut, &act_buffers[0]],
+            &mut uniforms,
+        );
+        let mut unpack = vec![];
+        step(
+            &mut unpack,
+            Kernel::Input(InputEntry::UnpackU8),
+            unpack_bg,
+            input_len as u64,
+        )?;
+        let unpack = unpack.pop().expect("one step");
+
         // Seed: target choice and R at the logits, into relevance buffer A.
         let logits = act_buffers[acts[plans.len()]].clone();
         let seed = ElementwiseParams {
@@ -920,6 +985,10 @@ impl Plan {
             input_len,
             classes,
             input,
+            pixels,
+            lut,
+            lut_written: None,
+            unpack,
             logits,
             result,
             targets,
@@ -964,7 +1033,7 @@ impl Plan {
     /// Returns without waiting for the GPU, so the host can finish the other slot meanwhile.
     pub(crate) fn submit(
         &mut self,
-        x: &[f32],
+        x: BatchInput<'_>,
         n: usize,
         targets: Option<&[u32]>,
         slot: usize,
@@ -983,8 +1052,21 @@ impl Plan {
             }
             self.written = Some((n, explicit));
         }
+        // f32 inputs go straight to the input activation; bytes to their own buffer (the
+        // unpack step expands them), with the table of byte values when it changed.
+        let upload_data = x.upload_bytes();
+        let destination = match x {
+            BatchInput::F32(_) => &self.input,
+            BatchInput::U8(_, lut) => {
+                if self.lut_written.as_ref() != Some(lut) {
+                    queue.write_buffer(&self.lut, 0, bytemuck::cast_slice(&lut[..]));
+                    self.lut_written = Some(*lut);
+                }
+                &self.pixels
+            }
+        };
         if self.timing.is_none() {
-            queue.write_buffer(&self.input, 0, bytemuck::cast_slice(x));
+            queue.write_buffer(destination, 0, &upload_data);
         }
         if let Some(t) = targets {
             queue.write_buffer(&self.targets, 0, bytemuck::cast_slice(t));
@@ -992,7 +1074,7 @@ impl Plan {
         let mut enc = device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
             label: Some("batch"),
         });
-        let input_bytes = (n * self.input_len) as u64 * F;
+        let input_bytes = upload_data.len() as u64;
         let base = slot as u32 * TIMESTAMPS;
         if let Some(t) = &mut self.timing {
             // The upload buffer of this slot was re-mapped after its last batch (or, after an
@@ -1007,12 +1089,12 @@ impl Plan {
                 let mut view = upload
                     .get_mapped_range_mut(..input_bytes)
                     .map_err(|e| Error::Gpu(format!("writing the batch's inputs failed: {e}")))?;
-                view.copy_from_slice(bytemuck::cast_slice(x));
+                view.copy_from_slice(&upload_data);
             }
             upload.unmap();
             t.mapped[slot] = false;
             mark(&mut enc, &t.queries, base);
-            enc.copy_buffer_to_buffer(upload, 0, &self.input, 0, input_bytes);
+            enc.copy_buffer_to_buffer(upload, 0, destination, 0, input_bytes);
             mark(&mut enc, &t.queries, base + 1);
         }
         let stamp = |i: u32| {
@@ -1032,12 +1114,17 @@ impl Plan {
             } else {
                 vec![(&self.steps[..], None)]
             };
-        for (steps, timestamp_writes) in passes {
+        for (i, (steps, timestamp_writes)) in passes.into_iter().enumerate() {
             let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
                 label: Some("batch.forward_backward"),
                 timestamp_writes,
             });
-            for st in steps {
+            // Bytes are expanded into the input activation first (in the forward pass).
+            let unpack = match x {
+                BatchInput::U8(..) if i == 0 => Some(&self.unpack),
+                _ => None,
+            };
+            for st in unpack.into_iter().chain(steps) {
                 let blocks = (n as u64).div_ceil(st.sample_block);
                 let (gx, gy) = self.workgroups(st.per_sample * blocks)?;
                 pass.set_pipeline(&st.pipeline);

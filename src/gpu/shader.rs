@@ -36,6 +36,7 @@ pub enum Shader {
     Conv2d,
     Pooling,
     Elementwise,
+    Input,
 }
 
 /// How a binding is declared (all in group 0, visible to compute).
@@ -48,11 +49,12 @@ pub enum BindingKind {
 
 impl Shader {
     /// Every shader.
-    pub const ALL: [Shader; 4] = [
+    pub const ALL: [Shader; 5] = [
         Shader::Dense,
         Shader::Conv2d,
         Shader::Pooling,
         Shader::Elementwise,
+        Shader::Input,
     ];
 
     /// The file name under `shaders/`.
@@ -62,6 +64,7 @@ impl Shader {
             Shader::Conv2d => "conv2d.wgsl",
             Shader::Pooling => "pooling.wgsl",
             Shader::Elementwise => "elementwise.wgsl",
+            Shader::Input => "input.wgsl",
         }
     }
 
@@ -72,6 +75,7 @@ impl Shader {
             Shader::Conv2d => "conv2d",
             Shader::Pooling => "pooling",
             Shader::Elementwise => "elementwise",
+            Shader::Input => "input",
         }
     }
 
@@ -82,6 +86,7 @@ impl Shader {
             Shader::Conv2d => include_str!("../../shaders/conv2d.wgsl"),
             Shader::Pooling => include_str!("../../shaders/pooling.wgsl"),
             Shader::Elementwise => include_str!("../../shaders/elementwise.wgsl"),
+            Shader::Input => include_str!("../../shaders/input.wgsl"),
         }
     }
 
@@ -97,6 +102,8 @@ impl Shader {
             Shader::Pooling => &[U, R, W, W, R, W, W],
             // P, x, y, r_in, r_out, targets
             Shader::Elementwise => &[U, R, W, R, W, W],
+            // P, pixels, lut, x
+            Shader::Input => &[U, R, R, W],
         }
     }
 
@@ -110,6 +117,7 @@ impl Shader {
                 "ElementwiseParams",
                 std::mem::size_of::<ElementwiseParams>(),
             ),
+            Shader::Input => ("InputParams", std::mem::size_of::<InputParams>()),
         }
     }
 
@@ -153,6 +161,12 @@ pub enum ElementwiseEntry {
     Finalize,
 }
 
+/// Entry points of input.wgsl.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum InputEntry {
+    UnpackU8,
+}
+
 /// One compute pipeline: a shader file and one of its entry points (the pipeline cache key).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Kernel {
@@ -160,6 +174,7 @@ pub enum Kernel {
     Conv2d(LinearEntry),
     Pooling(PoolEntry),
     Elementwise(ElementwiseEntry),
+    Input(InputEntry),
 }
 
 impl LinearEntry {
@@ -210,6 +225,7 @@ impl Kernel {
         ] {
             v.push(Kernel::Elementwise(e));
         }
+        v.push(Kernel::Input(InputEntry::UnpackU8));
         v
     }
 
@@ -220,6 +236,7 @@ impl Kernel {
             Kernel::Conv2d(_) => Shader::Conv2d,
             Kernel::Pooling(_) => Shader::Pooling,
             Kernel::Elementwise(_) => Shader::Elementwise,
+            Kernel::Input(_) => Shader::Input,
         }
     }
 
@@ -240,6 +257,7 @@ impl Kernel {
                 ElementwiseEntry::Seed => "seed",
                 ElementwiseEntry::Finalize => "finalize",
             },
+            Kernel::Input(InputEntry::UnpackU8) => "unpack_u8",
         }
     }
 
@@ -249,6 +267,8 @@ impl Kernel {
             Kernel::Dense(
                 LinearEntry::ForwardPartial | LinearEntry::ZPartial | LinearEntry::CPartial,
             ) => DENSE_BLOCK,
+            // one invocation expands one word of four bytes
+            Kernel::Input(InputEntry::UnpackU8) => 4,
             _ => 1,
         }
     }
@@ -469,6 +489,16 @@ pub struct ElementwiseParams {
     pub len: u32,
     pub mode: u32,
     pub flag: u32,
+}
+
+/// WGSL `InputParams`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Pod, Zeroable)]
+pub struct InputParams {
+    pub n: u32,
+    pub len: u32,
+    pub pad0: u32,
+    pub pad1: u32,
 }
 
 #[cfg(test)]

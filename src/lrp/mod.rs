@@ -207,4 +207,26 @@ pub trait Backend: Send {
         x: ArrayViewD<'_, f32>,
         targets: Option<&[usize]>,
     ) -> Result<BatchOutput<f32>>;
+
+    /// Whether [`Backend::run_pixels`] is cheaper than [`Backend::run`] for 8-bit inputs (the
+    /// GPU backend: a quarter of the bytes cross the bus). Callers holding both forms use it.
+    fn prefers_bytes(&self) -> bool {
+        false
+    }
+
+    /// Explains one batch of 8-bit samples whose values are `lut[byte]` (the [`Pixels`] of an
+    /// 8-bit source); `bytes` has shape `(n, per-sample input shape...)`. Same result as
+    /// [`Backend::run`] on the expanded values. The GPU backend uploads the bytes, one per value
+    /// instead of four, and expands them on the device; by default they are expanded here.
+    ///
+    /// [`Pixels`]: crate::data::Pixels
+    fn run_pixels(
+        &mut self,
+        bytes: ArrayViewD<'_, u8>,
+        lut: &[f32; 256],
+        targets: Option<&[usize]>,
+    ) -> Result<BatchOutput<f32>> {
+        let x = bytes.mapv(|b| lut[usize::from(b)]);
+        self.run(x.view(), targets)
+    }
 }
