@@ -177,3 +177,80 @@ fn forward_macs_count_dense_and_conv_products() {
         .unwrap();
     assert_eq!(net.forward_macs(), 3 * 6 * 6 * 2 * 3 * 3);
 }
+
+#[test]
+fn on_nonnegative_inputs_the_x_minus_terms_vanish_and_x_plus_is_x() {
+    use taylormap::lrp::InputMod;
+    let rules = [
+        Rule::Zero,
+        Rule::Epsilon(0.25),
+        Rule::ZPlus,
+        Rule::WSquare,
+        Rule::ZBox {
+            low: -1.0,
+            high: 2.0,
+        },
+        Rule::Flat,
+        Rule::Gamma(0.25),
+        Rule::AlphaBeta {
+            alpha: 2.0,
+            beta: 1.0,
+        },
+    ];
+    for rule in rules {
+        let all = rule.passes();
+        assert_eq!(rule.passes_on(false), all, "{rule}");
+        let reduced = rule.passes_on(true);
+        assert_eq!(reduced.len(), all.len(), "{rule}: same passes");
+        for (r, a) in reduced.iter().zip(&all) {
+            assert_eq!((r.coefficient, r.bias), (a.coefficient, a.bias), "{rule}");
+            // Every term but the x- ones, in order, with x+ read as x.
+            let want: Vec<_> = a
+                .terms
+                .iter()
+                .filter(|t| t.input != InputMod::Negative)
+                .map(|t| match t.input {
+                    InputMod::Positive => (InputMod::Identity, t.weight, t.sign),
+                    other => (other, t.weight, t.sign),
+                })
+                .collect();
+            let got: Vec<_> = r
+                .terms
+                .iter()
+                .map(|t| (t.input, t.weight, t.sign))
+                .collect();
+            assert_eq!(got, want, "{rule}");
+            // On x >= 0 a dropped term's f(x) is 0 and a kept term's f(x) is the original's, so
+            // z' and R are unchanged.
+            for x in [0.0, 0.3, 2.5] {
+                let mut kept = r.terms.iter();
+                for t in &a.terms {
+                    if t.input == InputMod::Negative {
+                        assert_eq!(t.input.apply(x), 0.0, "{rule}");
+                    } else {
+                        let k = kept.next().unwrap();
+                        assert_eq!(k.input.apply(x), t.input.apply(x), "{rule} at x = {x}");
+                    }
+                }
+            }
+        }
+    }
+    // z+ and alpha-beta halve; z^B and w^2 keep their terms.
+    let count = |r: Rule| -> usize { r.passes_on(true).iter().map(|p| p.terms.len()).sum() };
+    assert_eq!(count(Rule::ZPlus), 1);
+    assert_eq!(
+        count(Rule::AlphaBeta {
+            alpha: 2.0,
+            beta: 1.0
+        }),
+        2
+    );
+    assert_eq!(
+        count(Rule::ZBox {
+            low: 0.0,
+            high: 1.0
+        }),
+        3
+    );
+    assert_eq!(count(Rule::WSquare), 1);
+}

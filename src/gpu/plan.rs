@@ -179,8 +179,17 @@ fn layer_plans(net: &Network, method: &Method) -> Result<(Vec<LayerPlan>, Footpr
     let input_len = net.input_len() as u64;
     fp.staging = (input_len + classes as u64 + 1) * F;
     let mut plans = vec![];
+    // Whether the current activation is a ReLU output (possibly pooled or flattened): the
+    // next rule's x- terms vanish there (`Rule::passes_on`).
+    let mut nonnegative = false;
     for (k, layer) in net.layers.iter().enumerate() {
         let name = layer_name(net, k);
+        let nonnegative_input = nonnegative;
+        nonnegative = match layer {
+            Layer::Relu => true,
+            Layer::Dense { .. } | Layer::Conv2d { .. } => false,
+            _ => nonnegative,
+        };
         let inp = &shapes[k];
         let out = &shapes[k + 1];
         let in_len = inp.iter().product::<usize>() as u64;
@@ -189,7 +198,7 @@ fn layer_plans(net: &Network, method: &Method) -> Result<(Vec<LayerPlan>, Footpr
             match method {
                 Method::Lrp { rules } => {
                     let idx = linear.iter().position(|&l| l == k).unwrap();
-                    RuleParams::from_rule(&rules[idx])
+                    RuleParams::from_rule(&rules[idx], nonnegative_input)
                 }
                 _ => Ok(RuleParams::gradient()),
             }

@@ -338,9 +338,11 @@ fn param_coefficients(m: ParamMod) -> [f32; 5] {
 }
 
 impl RuleParams {
-    /// Flattens a rule's passes into at most four terms over at most two passes.
-    pub fn from_rule(rule: &Rule) -> Result<Self> {
-        let passes = rule.passes();
+    /// Flattens a rule's passes into at most four terms over at most two passes; on a layer
+    /// whose input is a ReLU output (`nonnegative_input`), without the terms that vanish there
+    /// ([`Rule::passes_on`]).
+    pub fn from_rule(rule: &Rule, nonnegative_input: bool) -> Result<Self> {
+        let passes = rule.passes_on(nonnegative_input);
         let terms: usize = passes.iter().map(|p| p.terms.len()).sum();
         if passes.is_empty() || passes.len() > 2 || terms > 4 {
             return Err(Error::Gpu(format!(
@@ -523,9 +525,9 @@ mod tests {
                 beta: 1.0,
             },
         ];
-        for rule in rules {
-            let p = RuleParams::from_rule(&rule).unwrap();
-            let passes = rule.passes();
+        for (rule, nonnegative) in rules.into_iter().flat_map(|r| [(r, false), (r, true)]) {
+            let p = RuleParams::from_rule(&rule, nonnegative).unwrap();
+            let passes = rule.passes_on(nonnegative);
             assert_eq!(p.extra[3] as usize, passes.len(), "{rule}");
             let terms: usize = passes.iter().map(|p| p.terms.len()).sum();
             assert_eq!(p.terms(), terms, "{rule}");

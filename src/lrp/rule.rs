@@ -137,6 +137,25 @@ impl Rule {
         }
     }
 
+    /// The passes of the rule on a layer whose input is known to be non-negative (a ReLU
+    /// output, possibly pooled or flattened) when `nonnegative_input`: there x+ = x and x- = 0,
+    /// so terms with input x- vanish and x+ becomes x. The relevance is exactly that of
+    /// [`Rule::passes`], with fewer terms to evaluate (z+ and alpha-beta halve).
+    pub fn passes_on(&self, nonnegative_input: bool) -> Vec<Pass> {
+        let mut passes = self.passes();
+        if nonnegative_input {
+            for pass in &mut passes {
+                pass.terms.retain(|t| t.input != InputMod::Negative);
+                for t in &mut pass.terms {
+                    if t.input == InputMod::Positive {
+                        t.input = InputMod::Identity;
+                    }
+                }
+            }
+        }
+        passes
+    }
+
     /// The passes of the rule (see the module docs).
     pub fn passes(&self) -> Vec<Pass> {
         use InputMod as I;

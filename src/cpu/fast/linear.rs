@@ -133,17 +133,13 @@ impl Linear {
         let modified =
             |g: ParamMod, scale: f32| self.weight.mapv(|w| scale * g.apply(w as f64) as f32);
         self.passes = rule
-            .passes()
+            .passes_on(nonnegative_input)
             .into_iter()
             .map(|pass| {
                 let mut data = Vec::new();
                 let mut constant: Option<Array2<f32>> = None;
                 for t in &pass.terms {
-                    let input = match t.input {
-                        InputMod::Positive if nonnegative_input => InputMod::Identity,
-                        InputMod::Negative if nonnegative_input => continue,
-                        other => other,
-                    };
+                    let input = t.input;
                     match input_constant(input) {
                         Some(c) => {
                             let w = modified(t.weight, c * t.sign as f32);
