@@ -340,26 +340,42 @@ fn param_coefficients(m: ParamMod) -> [f32; 5] {
 impl RuleParams {
     /// Flattens a rule's passes into at most four terms over at most two passes; on a layer
     /// whose input is a ReLU output (`nonnegative_input`), without the terms that vanish there
-    /// ([`Rule::passes_on`]).
+    /// ([`Rule::passes_on`]). Within a pass, the terms whose input modifier is a constant c (z^B's
+    /// L and H, the 1 of w^2 and flat) become one term with f = 1 and the weight modifier
+    /// sum_t c_t sign_t g_t(w): the same z' and relevance with fewer terms to loop over (z^B
+    /// goes from three to two).
     pub fn from_rule(rule: &Rule, nonnegative_input: bool) -> Result<Self> {
         let passes = rule.passes_on(nonnegative_input);
-        let terms: usize = passes.iter().map(|p| p.terms.len()).sum();
-        if passes.is_empty() || passes.len() > 2 || terms > 4 {
-            return Err(Error::Gpu(format!(
-                "rule {rule} has {} passes and {terms} terms; the GPU kernels take at most 2 passes \
-                 and 4 terms in all",
-                passes.len()
-            )));
-        }
         let mut p = RuleParams::default();
         let mut k = 0;
         for (pi, pass) in passes.iter().enumerate() {
+            // Terms with a data-dependent input, then at most one merged constant-input term.
+            let mut merged: Option<[f32; 5]> = None;
+            let mut slots: Vec<([f32; 4], [f32; 5])> = vec![];
             for t in &pass.terms {
-                let [a, b, c, d] = input_coefficients(t.input);
-                (p.x_lin[k], p.x_pos[k], p.x_neg[k], p.x_one[k]) = (a, b, c, d);
                 let sign = t.sign as f32;
-                let [a, b, c, d, e] = param_coefficients(t.weight).map(|v| v * sign);
-                (p.w_lin[k], p.w_pos[k], p.w_neg[k], p.w_sq[k], p.w_one[k]) = (a, b, c, d, e);
+                let g = param_coefficients(t.weight).map(|v| v * sign);
+                match t.input {
+                    InputMod::Ones | InputMod::Constant(_) => {
+                        let c = input_coefficients(t.input)[3];
+                        let acc = merged.get_or_insert([0.0; 5]);
+                        for (a, v) in acc.iter_mut().zip(g) {
+                            *a += c * v;
+                        }
+                    }
+                    input => slots.push((input_coefficients(input), g)),
+                }
+            }
+            slots.extend(merged.map(|g| ([0.0, 0.0, 0.0, 1.0], g)));
+            for (f, g) in slots {
+                if k == 4 {
+                    return Err(Error::Gpu(format!(
+                        "rule {rule} needs more than 4 terms; the GPU kernels take at most 4"
+                    )));
+                }
+                (p.x_lin[k], p.x_pos[k], p.x_neg[k], p.x_one[k]) = (f[0], f[1], f[2], f[3]);
+                (p.w_lin[k], p.w_pos[k], p.w_neg[k], p.w_sq[k], p.w_one[k]) =
+                    (g[0], g[1], g[2], g[3], g[4]);
                 p.term_coef[k] = pass.coefficient as f32;
                 p.term_pass1[k] = pi as f32;
                 k += 1;
@@ -368,6 +384,12 @@ impl RuleParams {
             let bias = if pi == 0 { &mut p.bias0 } else { &mut p.bias1 };
             *bias = [a, b, c, d];
             p.extra[pi] = e;
+        }
+        if passes.is_empty() || passes.len() > 2 {
+            return Err(Error::Gpu(format!(
+                "rule {rule} has {} passes; the GPU kernels take 1 or 2",
+                passes.len()
+            )));
         }
         p.extra[2] = rule.eps() as f32;
         p.extra[3] = passes.len() as f32;
@@ -393,17 +415,6 @@ impl RuleParams {
             + self.w_neg[k] * w.min(0.0)
             + self.w_sq[k] * (w * w)
             + self.w_one[k]
-    }
-
-    /// Number of terms with a nonzero weight modifier.
-    pub fn terms(&self) -> usize {
-        (0..4)
-            .filter(|&k| {
-                [self.w_lin, self.w_pos, self.w_neg, self.w_sq, self.w_one]
-                    .iter()
-                    .any(|c| c[k] != 0.0)
-            })
-            .count()
     }
 }
 
@@ -529,30 +540,54 @@ mod tests {
             let p = RuleParams::from_rule(&rule, nonnegative).unwrap();
             let passes = rule.passes_on(nonnegative);
             assert_eq!(p.extra[3] as usize, passes.len(), "{rule}");
-            let terms: usize = passes.iter().map(|p| p.terms.len()).sum();
-            assert_eq!(p.terms(), terms, "{rule}");
-            assert_eq!(p.term_layout[0] as usize, terms, "{rule}");
             assert_eq!(p.extra[2], rule.eps() as f32);
-            // Evaluating the coefficients reproduces every term's modifiers and sign.
-            let mut k = 0;
+            let k = p.term_layout[0] as usize;
+            let constant =
+                |t: &crate::lrp::Term| matches!(t.input, InputMod::Ones | InputMod::Constant(_));
+            // At most one constant-input term per pass: z^B needs 2, not 3.
+            let want_terms: usize = passes
+                .iter()
+                .map(|q| {
+                    q.terms.iter().filter(|t| !constant(t)).count()
+                        + usize::from(q.terms.iter().any(constant))
+                })
+                .sum();
+            assert_eq!(k, want_terms, "{rule} {nonnegative}");
+            // Per pass, the kernels' terms give the same sum_t sign f_t(x) g_t(w) as the rule's
+            // for every x and w (so the same z' and relevance), with the pass's coefficient.
+            let xs: &[f64] = if nonnegative {
+                &[0.0, 0.5, 2.0]
+            } else {
+                &[-1.5, -0.25, 0.0, 0.5, 2.0]
+            };
             for (pi, pass) in passes.iter().enumerate() {
-                for t in &pass.terms {
-                    for v in [-1.5f64, -0.25, 0.0, 0.5, 2.0] {
-                        let f = p.x_lin[k] as f64 * v
-                            + p.x_pos[k] as f64 * v.max(0.0)
-                            + p.x_neg[k] as f64 * v.min(0.0)
-                            + p.x_one[k] as f64;
-                        assert_eq!(f, t.input.apply(v), "{rule} term {k} f({v})");
-                        let g = p.w_lin[k] as f64 * v
-                            + p.w_pos[k] as f64 * v.max(0.0)
-                            + p.w_neg[k] as f64 * v.min(0.0)
-                            + p.w_sq[k] as f64 * v * v
-                            + p.w_one[k] as f64;
-                        assert_eq!(g, t.sign * t.weight.apply(v), "{rule} term {k} g({v})");
+                let in_pass: Vec<usize> =
+                    (0..k).filter(|&j| p.term_pass1[j] as usize == pi).collect();
+                for &x in xs {
+                    for w in [-1.5f64, -0.25, 0.0, 0.5, 2.0] {
+                        let want: f64 = pass
+                            .terms
+                            .iter()
+                            .map(|t| t.sign * t.input.apply(x) * t.weight.apply(w))
+                            .sum();
+                        let got: f64 = in_pass
+                            .iter()
+                            .map(|&j| {
+                                let f = p.x_lin[j] as f64 * x
+                                    + p.x_pos[j] as f64 * x.max(0.0)
+                                    + p.x_neg[j] as f64 * x.min(0.0)
+                                    + p.x_one[j] as f64;
+                                f * p.weight_mod(j, w as f32) as f64
+                            })
+                            .sum();
+                        assert!(
+                            (got - want).abs() <= 1e-6 * want.abs().max(1.0),
+                            "{rule} pass {pi} at x {x}, w {w}: {got} vs {want}"
+                        );
                     }
-                    assert_eq!(p.term_pass1[k] as usize, pi);
-                    assert_eq!(p.term_coef[k] as f64, pass.coefficient);
-                    k += 1;
+                }
+                for &j in &in_pass {
+                    assert_eq!(p.term_coef[j] as f64, pass.coefficient, "{rule}");
                 }
             }
         }
