@@ -32,6 +32,8 @@ pub struct BenchConfig {
     /// Upload f32 values even where the input is 8-bit and the backend prefers bytes (to measure
     /// what the byte upload gains).
     pub f32_upload: bool,
+    /// Threads of the CPU engine (`None`: one per core).
+    pub threads: Option<usize>,
 }
 
 /// One measurement: one line of `bench --json`.
@@ -204,7 +206,7 @@ pub fn run(cfg: &BenchConfig, report: &mut dyn FnMut(&BenchResult)) -> Result<Ve
                         BackendChoice::Reference => BackendChoice::Reference,
                         _ => BackendChoice::Cpu,
                     };
-                    let (b, notes) = select_backend(cpu, &net, &method, batch)?;
+                    let (b, notes) = select_backend(cpu, &net, &method, batch, cfg.threads)?;
                     for note in notes.iter().skip(1) {
                         eprintln!("{note}");
                     }

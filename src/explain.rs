@@ -73,14 +73,22 @@ pub fn asset_path(rel: &str) -> PathBuf {
 
 /// Builds the backend for (network, method). Returns the backend and messages for the user
 /// (which backend was chosen and why, clamped batch sizes).
+///
+/// `threads` sets the CPU engine's thread count (default: one per core).
 pub fn select_backend(
     choice: BackendChoice,
     net: &Network,
     method: &Method,
     batch_size: usize,
+    threads: Option<usize>,
 ) -> Result<(Box<dyn Backend>, Vec<String>)> {
-    let cpu =
-        || -> Result<Box<dyn Backend>> { Ok(Box::new(crate::cpu::FastBackend::new(net, method)?)) };
+    let cpu = || -> Result<Box<dyn Backend>> {
+        let engine = crate::cpu::FastBackend::new(net, method)?;
+        Ok(Box::new(match threads {
+            Some(t) => engine.with_threads(t),
+            None => engine,
+        }))
+    };
     let gpu = |ctx: crate::gpu::GpuContext| -> Result<(Box<dyn Backend>, Vec<String>)> {
         let backend = crate::gpu::GpuBackend::new(&ctx, net, method, batch_size)?;
         let mut notes = backend.notes();
@@ -140,6 +148,8 @@ pub struct ExplainConfig {
     pub normalize: Option<(f64, f64)>,
     /// Show a progress bar on stderr.
     pub progress: bool,
+    /// Threads of the CPU engine (`None`: one per core).
+    pub threads: Option<usize>,
 }
 
 /// One row of summary.csv.
@@ -270,7 +280,7 @@ fn resolve_targets(
 /// Runs the whole job and writes the outputs into `cfg.out`.
 pub fn run(cfg: &ExplainConfig) -> Result<ExplainReport> {
     run_with(cfg, |net, method, batch_size| {
-        select_backend(cfg.backend, net, method, batch_size)
+        select_backend(cfg.backend, net, method, batch_size, cfg.threads)
     })
 }
 

@@ -69,6 +69,9 @@ struct ExplainArgs {
     /// Samples per batch (default: 1024 on the GPU, 256 on the CPU).
     #[arg(long)]
     batch_size: Option<usize>,
+    /// Threads of the CPU engine (default: one per core).
+    #[arg(long)]
+    threads: Option<usize>,
     /// Explain only the first N samples.
     #[arg(long)]
     limit: Option<usize>,
@@ -458,6 +461,9 @@ struct BenchArgs {
     /// Print one JSON object per line instead of a table.
     #[arg(long)]
     json: bool,
+    /// Threads of the CPU engine (default: one per core).
+    #[arg(long)]
+    threads: Option<usize>,
     /// Upload f32 values to the GPU even for 8-bit inputs (by default their bytes go up, a
     /// quarter of the traffic), to measure what the byte upload gains.
     #[arg(long)]
@@ -488,6 +494,7 @@ fn bench(a: BenchArgs) -> taylormap::Result<()> {
         batch_sizes: a.batch_sizes,
         min_seconds: a.min_seconds,
         f32_upload: a.f32_upload,
+        threads: threads_flag(a.threads)?,
     };
     if !a.json {
         println!(
@@ -527,6 +534,14 @@ fn bench(a: BenchArgs) -> taylormap::Result<()> {
         }
     })?;
     Ok(())
+}
+
+/// `--threads N`: at least 1.
+fn threads_flag(threads: Option<usize>) -> taylormap::Result<Option<usize>> {
+    match threads {
+        Some(0) => Err(taylormap::Error::usage("--threads", "must be at least 1")),
+        t => Ok(t),
+    }
 }
 
 /// The path given, or the bundled asset.
@@ -587,6 +602,7 @@ fn explain_config(a: ExplainArgs) -> taylormap::Result<ExplainConfig> {
         bounds,
         normalize,
         progress: !a.quiet,
+        threads: threads_flag(a.threads)?,
     })
 }
 

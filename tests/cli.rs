@@ -305,6 +305,8 @@ fn bad_input_exits_2_names_the_culprit_and_writes_nothing() {
         (vec!["--target", "99"], "99"),
         (vec!["--bounds", "1"], "--bounds"),
         (vec!["--model", "/nonexistent/model.onnx"], "model.onnx"),
+        (vec!["--backend", "cpu", "--threads", "0"], "--threads"),
+        (vec!["--backend", "gpus"], "--backend"),
     ];
     for (extra, needle) in cases {
         let o = case.explain(&extra);
@@ -345,6 +347,10 @@ fn bench_json_prints_one_line_per_backend_and_batch_size() {
         &input,
         "--backend",
         "cpu",
+        "--backend",
+        "reference",
+        "--threads",
+        "1",
         "--batch-sizes",
         "1,3",
         "--min-seconds",
@@ -356,10 +362,18 @@ fn bench_json_prints_one_line_per_backend_and_batch_size() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(lines.len(), 2);
-    for (line, batch) in lines.iter().zip([1, 3]) {
-        assert_eq!(line["backend"], "cpu");
+    assert_eq!(lines.len(), 4);
+    for (line, (backend, batch)) in
+        lines
+            .iter()
+            .zip([("cpu", 1), ("cpu", 3), ("reference", 1), ("reference", 3)])
+    {
+        assert_eq!(line["backend"], backend);
         assert_eq!(line["batch_size"], batch);
+        if backend == "cpu" {
+            assert_eq!(line["adapter"], "CPU engine (f32, 1 thread)", "--threads 1");
+        }
+        assert_eq!(line["input"], "f32", "a float NPY goes up as f32");
         assert_eq!(line["composite"], "deep-taylor");
         assert!(line["samples"].as_u64().unwrap() >= batch);
         assert!(line["heatmaps_per_second"].as_f64().unwrap() > 0.0);

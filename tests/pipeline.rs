@@ -72,6 +72,7 @@ impl Case {
             bounds: None,
             normalize: None,
             progress: false,
+            threads: None,
         }
     }
 
@@ -84,7 +85,8 @@ impl Case {
             high: 1.0,
         };
         let method = cfg.composite.resolve(&self.net, bounds, &[]).unwrap();
-        let (mut backend, _) = explain::select_backend(cfg.backend, &self.net, &method, n).unwrap();
+        let (mut backend, _) =
+            explain::select_backend(cfg.backend, &self.net, &method, n, None).unwrap();
         let targets: Option<Vec<usize>> = match cfg.target {
             TargetChoice::Predicted => None,
             TargetChoice::Label => Some(self.labels.clone()),
@@ -396,7 +398,8 @@ fn without_hanging<T: Send + 'static>(job: impl FnOnce() -> T + Send + 'static) 
 fn run_poisoned(cfg: ExplainConfig, poison: usize) -> taylormap::Result<explain::ExplainReport> {
     without_hanging(move || {
         explain::run_with(&cfg, |net, method, batch| {
-            let (inner, notes) = explain::select_backend(BackendChoice::Cpu, net, method, batch)?;
+            let (inner, notes) =
+                explain::select_backend(BackendChoice::Cpu, net, method, batch, None)?;
             let backend = Poisoned {
                 inner,
                 poison,

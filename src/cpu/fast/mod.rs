@@ -209,7 +209,10 @@ impl Backend for FastBackend {
     }
 
     fn adapter(&self) -> String {
-        format!("CPU engine (f32, {} threads)", self.threads)
+        match self.threads {
+            1 => "CPU engine (f32, 1 thread)".into(),
+            t => format!("CPU engine (f32, {t} threads)"),
+        }
     }
 
     fn run(
