@@ -823,6 +823,41 @@ fn eight_bit_sources_keep_their_bytes_and_a_table_that_gives_x_exactly() {
             assert_eq!(expanded, d.x, "{what}: after check_against and limit");
         }
     }
+    // A folder of 8-bit RGB PNGs keeps its bytes in (N, C, H, W) order; one 16-bit image drops
+    // them (its values are not bytes).
+    let folder = dir.path().join("pngs");
+    std::fs::create_dir(&folder).unwrap();
+    let rgb: Vec<Vec<u8>> = (0..3).map(|_| random_bytes(&mut rng, 4 * 5 * 3)).collect();
+    for (i, img) in rgb.iter().enumerate() {
+        let path = folder.join(format!("{i}.png"));
+        png_file(&path, 5, 4, png::ColorType::Rgb, png::BitDepth::Eight, img);
+    }
+    let d = data::load(&folder, None, Some((mean, std))).unwrap();
+    let p = d.pixels.as_ref().expect("8-bit PNGs keep their bytes");
+    assert_eq!(p.bytes.shape(), &[3, 3, 4, 5]);
+    for (i, img) in rgb.iter().enumerate() {
+        for (k, &b) in img.iter().enumerate() {
+            // interleaved RGB on disk, channel-major in the dataset
+            let (y, x, c) = (k / 15, (k / 3) % 5, k % 3);
+            assert_eq!(p.bytes[[i, c, y, x]], b, "png {i} value {k}");
+        }
+    }
+    let expanded = p.bytes.mapv(|b| p.lut[usize::from(b)]);
+    assert!(expanded
+        .iter()
+        .zip(&d.x)
+        .all(|(a, b)| a.to_bits() == b.to_bits()));
+    let deep: Vec<u8> = random_bytes(&mut rng, 4 * 5 * 3 * 2);
+    let path = folder.join("9.png");
+    png_file(
+        &path,
+        5,
+        4,
+        png::ColorType::Rgb,
+        png::BitDepth::Sixteen,
+        &deep,
+    );
+    assert!(data::load(&folder, None, None).unwrap().pixels.is_none());
     // Float data keeps no bytes.
     let values = random_f32(&mut rng, n * 20);
     let f = write(dir.path(), "f.npy", &npy_bytes_f32(&[n, 20], &values));

@@ -15,7 +15,7 @@
 //! are the smallest and largest value present; pass `--bounds L,H` when the model's true input
 //! range differs.
 //!
-//! 8-bit sources (IDX, `'|u1'` NPY) also keep their bytes ([`Pixels`]): every value of `x` is a
+//! 8-bit sources (IDX, `'|u1'` NPY, folders of 8-bit PNG files) also keep their bytes ([`Pixels`]): every value of `x` is a
 //! table lookup of its byte, so an engine can upload one byte per value instead of four.
 //!
 //! CSV needs the preprocessing its model was trained with, so [`load`] refuses it; load it with
@@ -319,13 +319,17 @@ fn byte_table(normalize: Option<(f64, f64)>) -> [f32; 256] {
 fn read_raw(path: &Path) -> Result<Raw> {
     let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
     let raw = if meta.is_dir() {
-        let (shape, values) = png_folder::read_folder(path)?;
+        let png_folder::Folder {
+            shape,
+            values,
+            bytes,
+        } = png_folder::read_folder(path)?;
         Raw {
             kind: "png-folder",
             shape,
             values,
             unit_range: true,
-            bytes: None,
+            bytes,
         }
     } else {
         let ext = path

@@ -16,6 +16,9 @@ pub struct Image {
     pub height: usize,
     pub width: usize,
     pub values: Vec<f32>,
+    /// The 8-bit samples themselves, in the same order (`values[i]` is `bytes[i] / 255`);
+    /// `None` for a 16-bit image.
+    pub bytes: Option<Vec<u8>>,
 }
 
 /// The `.png` files directly inside `dir` (case-insensitive extension), sorted by file name.
@@ -77,6 +80,11 @@ pub fn read_png(path: &Path) -> Result<Image> {
     let bytes_per_sample = if sixteen { 2 } else { 1 };
     let line = frame.line_size;
     let mut values = vec![0f32; keep * height * width];
+    let mut bytes = if sixteen {
+        None
+    } else {
+        Some(vec![0u8; values.len()])
+    };
     for y in 0..height {
         let row = &buf[y * line..y * line + width * stored * bytes_per_sample];
         for x in 0..width {
@@ -88,6 +96,9 @@ pub fn read_png(path: &Path) -> Result<Image> {
                     row[k] as f64 / 255.0
                 };
                 values[(c * height + y) * width + x] = v as f32;
+                if let Some(b) = &mut bytes {
+                    b[(c * height + y) * width + x] = row[k];
+                }
             }
         }
     }
@@ -96,14 +107,25 @@ pub fn read_png(path: &Path) -> Result<Image> {
         height,
         width,
         values,
+        bytes,
     })
 }
 
-/// Reads every PNG in `dir`: the shape `[N, C, H, W]` and the values in [0, 1].
+/// The images of a folder, stacked.
+pub struct Folder {
+    /// `[N, C, H, W]`.
+    pub shape: Vec<usize>,
+    /// The values in [0, 1], in that order.
+    pub values: Vec<f32>,
+    /// The bytes behind the values when every image is 8-bit.
+    pub bytes: Option<Vec<u8>>,
+}
+
+/// Reads every PNG in `dir`.
 ///
 /// All images must have the size and channel count of the first one; the error names the first
 /// file that differs.
-pub fn read_folder(dir: &Path) -> Result<(Vec<usize>, Vec<f32>)> {
+pub fn read_folder(dir: &Path) -> Result<Folder> {
     let files = list_png_files(dir)?;
     let Some(first_path) = files.first() else {
         return Err(Error::input(
@@ -116,6 +138,8 @@ pub fn read_folder(dir: &Path) -> Result<(Vec<usize>, Vec<f32>)> {
     let (c, h, w) = (first.channels, first.height, first.width);
     let mut values = Vec::with_capacity(files.len() * c * h * w);
     values.extend_from_slice(&first.values);
+    // the bytes too, while every image is 8-bit
+    let mut bytes = first.bytes;
     for path in &files[1..] {
         let img = read_png(path)?;
         if (img.height, img.width) != (h, w) {
@@ -142,6 +166,17 @@ pub fn read_folder(dir: &Path) -> Result<(Vec<usize>, Vec<f32>)> {
             ));
         }
         values.extend_from_slice(&img.values);
+        bytes = match (bytes, img.bytes) {
+            (Some(mut all), Some(b)) => {
+                all.extend_from_slice(&b);
+                Some(all)
+            }
+            _ => None,
+        };
     }
-    Ok((vec![files.len(), c, h, w], values))
+    Ok(Folder {
+        shape: vec![files.len(), c, h, w],
+        values,
+        bytes,
+    })
 }
