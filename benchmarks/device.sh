@@ -72,6 +72,10 @@ PY
     --batch-sizes 1,64,1024,4096,16384 --min-seconds 2
   echo "== bench: GPU with f32 upload instead of bytes (what the byte upload gains)"
   $B bench --backend gpu --composite deep-taylor-bounded --batch-sizes 1024,4096 --min-seconds 2 --f32-upload
+  echo "== bench: GPU batches as 1, 2 (default) and 4 submissions (how much overlap pays)"
+  for k in 1 2 4; do
+    $B bench --backend gpu --composite deep-taylor-bounded --batch-sizes 4096,16384 --min-seconds 2 --submissions $k
+  done
   echo "== peers: taylormap vs Zennit on the same GPU (and the CPU engine vs Zennit on CPU)"
   TAYLORMAP=$B BACKENDS="--backend gpu --backend cpu" benchmarks/compare.sh assets/models/mnist-cnn.onnx deep-taylor-bounded 64,1024,4096 cuda
   echo "== explain end-to-end, 10,000 images (GPU), with and without PNGs"

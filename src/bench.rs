@@ -34,6 +34,8 @@ pub struct BenchConfig {
     pub f32_upload: bool,
     /// Threads of the CPU engine (`None`: one per core).
     pub threads: Option<usize>,
+    /// Submissions a GPU batch is split into (`None`: the backend's default).
+    pub submissions: Option<usize>,
 }
 
 /// One measurement: one line of `bench --json`.
@@ -189,6 +191,9 @@ pub fn run(cfg: &BenchConfig, report: &mut dyn FnMut(&BenchResult)) -> Result<Ve
             let mut measured = match &ctx {
                 Some(ctx) => {
                     let mut b = GpuBackend::new(ctx, &net, &method, batch)?;
+                    if let Some(k) = cfg.submissions {
+                        b.set_submissions(k);
+                    }
                     for note in b.notes() {
                         eprintln!("{note}");
                     }

@@ -464,6 +464,10 @@ struct BenchArgs {
     /// Threads of the CPU engine (default: one per core).
     #[arg(long)]
     threads: Option<usize>,
+    /// Split each GPU batch of at least 512 samples into up to K submissions of at least 256
+    /// (default 2), to tune how upload, GPU work and read-back overlap.
+    #[arg(long)]
+    submissions: Option<usize>,
     /// Upload f32 values to the GPU even for 8-bit inputs (by default their bytes go up, a
     /// quarter of the traffic), to measure what the byte upload gains.
     #[arg(long)]
@@ -495,6 +499,15 @@ fn bench(a: BenchArgs) -> taylormap::Result<()> {
         min_seconds: a.min_seconds,
         f32_upload: a.f32_upload,
         threads: threads_flag(a.threads)?,
+        submissions: match a.submissions {
+            Some(0) => {
+                return Err(taylormap::Error::usage(
+                    "--submissions",
+                    "must be at least 1",
+                ))
+            }
+            k => k,
+        },
     };
     if !a.json {
         println!(

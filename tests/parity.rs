@@ -655,6 +655,23 @@ fn batch_sizes_streaming_and_reuse() {
         1024,
         "515 samples, batch 1024 (two halves)",
     );
+    // The same batch as 1, 3 or 4 submissions (of 515, then 256 or more): the same bits.
+    if let Some(Engine::Gpu(ctx)) = engines.get(1) {
+        let mut want = None;
+        for k in [2, 1, 3, 4] {
+            let mut backend = GpuBackend::new(ctx, &net, &method, 1024).unwrap();
+            backend.set_submissions(k);
+            let out = backend.run(x_big.view(), None).unwrap();
+            let bits: Vec<u32> = out.relevance.iter().map(|v| v.to_bits()).collect();
+            match &want {
+                None => want = Some((bits, out.targets)),
+                Some((b, t)) => {
+                    assert!(*b == bits, "{k} submissions: relevance differs");
+                    assert_eq!(*t, out.targets, "{k} submissions");
+                }
+            }
+        }
+    }
     // One backend, runs of different lengths and target modes: uniforms follow each run.
     let classes = net.num_outputs();
     let explicit: Vec<usize> = (0..11).map(|_| rng.random_range(0..classes)).collect();

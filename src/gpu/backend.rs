@@ -10,14 +10,20 @@ use super::context::GpuContext;
 use super::plan::{footprint, BatchInput, BatchResult, Footprint, Pending, Plan, StageTotals};
 use crate::{Backend, BatchOutput, Error, Method, Network, Result};
 
-/// Batches of at least twice this many samples run as two submissions (see `run`).
+/// Batches of at least twice this many samples run as several submissions (see `run`), none
+/// smaller than this.
 const OVERLAP_MIN: usize = 256;
+
+/// Submissions a batch that fits the plan is split into by default.
+const DEFAULT_SUBMISSIONS: usize = 2;
 
 /// The GPU explainer for one (network, method), planned for one batch size.
 pub struct GpuBackend {
     ctx: GpuContext,
     plan: Plan,
     host: HostTimes,
+    /// Submissions a batch that fits the plan is split into (see `run`).
+    submissions: usize,
     input_shape: Vec<usize>,
     classes: usize,
     notes: Vec<String>,
@@ -49,6 +55,7 @@ impl GpuBackend {
         let plan = Plan::new(ctx, net, method, batch)?;
         Ok(GpuBackend {
             host: HostTimes::default(),
+            submissions: DEFAULT_SUBMISSIONS,
             ctx: ctx.clone(),
             plan,
             input_shape: net.input_shape.clone(),
@@ -78,6 +85,14 @@ impl GpuBackend {
     /// buffer per submission instead of a queue write.
     pub fn enable_stage_timing(&mut self) -> Result<bool> {
         self.plan.enable_timing()
+    }
+
+    /// Splits a batch of at least 512 samples that fits the plan into up to `k` submissions of
+    /// at least 256 samples (default 2; 1 = one submission), so that the upload of one overlaps
+    /// the GPU work of another and the read-back of each the GPU work of the next. The results
+    /// are the same; only the overlap changes (for tuning, see `bench --submissions`).
+    pub fn set_submissions(&mut self, k: usize) {
+        self.submissions = k.max(1);
     }
 
     /// Host time per step of `run`, summed over every run so far.
@@ -323,11 +338,11 @@ impl GpuBackend {
         let mut logits = vec![0f64; n * self.classes];
         let mut chosen = vec![0u32; n];
         let batch = self.plan.capacity();
-        // A large batch that fits the plan goes as two submissions, so that the host uploads
-        // the second half while the GPU runs the first and reads the first back while the GPU
-        // runs the second; longer inputs overlap likewise batch by batch.
-        let chunk = if n <= batch && n >= 2 * OVERLAP_MIN {
-            n.div_ceil(2)
+        // A large batch that fits the plan goes as several submissions (two by default), so
+        // that the host uploads the next part while the GPU runs one and reads one back while
+        // the GPU runs the next; longer inputs overlap likewise batch by batch.
+        let chunk = if n <= batch && n >= 2 * OVERLAP_MIN && self.submissions > 1 {
+            n.div_ceil(self.submissions).max(OVERLAP_MIN)
         } else {
             batch
         };
