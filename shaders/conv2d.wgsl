@@ -94,6 +94,13 @@ struct ConvParams {
     mode: u32,
     // 1: the forward pass applies the following ReLU layer (fused; the plan skips that layer)
     relu: u32,
+    // 0, or 1 + the offset in wv of the constant-input terms' share of z' (their f is a constant,
+    // so it is the same for every sample): per (output-channel block, output pixel), the vec4 of
+    // pass 0 then that of pass 1. z_partial then skips those terms.
+    z_const: u32,
+    pad0: u32,
+    pad1: u32,
+    pad2: u32,
     rule: RuleParams,
 }
 
@@ -134,6 +141,12 @@ fn xmod(v: f32, t: u32) -> f32 {
 // Offset in wb of the precomputed sign_t g_t(W) of term t, laid out like W [oc, c, kh, kw].
 fn wmod_base(t: u32) -> u32 {
     return P.rule.term_layout.y + t * P.rule.term_layout.z;
+}
+
+// Whether term t's input modifier is a constant (no data): its share of z' is in P.z_const.
+fn precomputed(t: u32) -> bool {
+    let r = P.rule;
+    return P.z_const != 0u && r.x_lin[t] == 0.0 && r.x_pos[t] == 0.0 && r.x_neg[t] == 0.0;
 }
 
 // h_p(b) for the two passes.
@@ -337,7 +350,15 @@ fn z_partial(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgro
     let xbase = b.n * in_len();
     var z0 = vec4<f32>(0.0);
     var z1 = vec4<f32>(0.0);
+    if (P.z_const != 0u && b.k == 0u) {
+        let zc = P.z_const - 1u + (ob * ohw + b.p) * 2u;
+        z0 = wv[zc];
+        z1 = wv[zc + 1u];
+    }
     for (var t = 0u; t < terms(); t++) {
+        if (precomputed(t)) {
+            continue;
+        }
         let wt = out_weights(t + 1u, ob);
         var acc = vec4<f32>(0.0);
         for (var ch = c0; ch < c1; ch++) {

@@ -608,6 +608,19 @@ fn long_reductions_beyond_the_loop_cap() {
         Method::Lrp {
             rules: vec![Rule::Gamma(0.25), Rule::Zero],
         },
+        // constant-input terms (z^B's L and H, w^2's 1) over a split receptive field
+        Method::Lrp {
+            rules: vec![
+                Rule::ZBox {
+                    low: -0.5,
+                    high: 1.5,
+                },
+                Rule::Zero,
+            ],
+        },
+        Method::Lrp {
+            rules: vec![Rule::WSquare, Rule::Zero],
+        },
         Method::Sensitivity,
     ] {
         compare(&engines, &net, &method, &x, None, 1, "conv 20->4 k8 s2 p1");

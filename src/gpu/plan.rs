@@ -277,6 +277,10 @@ fn layer_plans(net: &Network, method: &Method) -> Result<(Vec<LayerPlan>, Footpr
                     bias_offset: u32_of(weight.len(), "weights", &name)?,
                     mode: mode.gradient() as u32,
                     relu: 0,
+                    z_const: 0,
+                    pad0: 0,
+                    pad1: 0,
+                    pad2: 0,
                     rule,
                 };
                 u32_of(in_len as usize, "input values per sample", &name)?;
@@ -484,6 +488,61 @@ pub(crate) struct BatchResult<'a> {
     pub relevance: &'a mut Vec<f32>,
     pub logits: &'a mut [f64],
     pub targets: &'a mut [u32],
+}
+
+/// The share of z' of a convolution's constant-input terms (f = c, e.g. z^B's merged L and H
+/// term): per (output-channel block, output pixel, pass), the vec4 over the block's channels of
+/// sum_t c_t sum_{ch, ky, kx real} sign_t g_t(w). It is the same for every sample, so the plan
+/// computes it once and z_partial reads it instead of looping over those terms. `None` when the
+/// rule has no such term.
+fn constant_z(p: &ConvParams, rp: &RuleParams, weight: &ndarray::Array4<f32>) -> Option<Vec<f32>> {
+    let r = rp;
+    let constant: Vec<usize> = (0..r.term_layout[0] as usize)
+        .filter(|&t| r.x_lin[t] == 0.0 && r.x_pos[t] == 0.0 && r.x_neg[t] == 0.0)
+        .collect();
+    if constant.is_empty() {
+        return None;
+    }
+    let (oc, c, kh, kw) = weight.dim();
+    let cb = CONV_BLOCK as usize;
+    let (oh, ow) = (p.oh as usize, p.ow as usize);
+    // real kernel rows (columns) of output row (column) o
+    let real = |o: usize, stride: u32, pad: u32, k: usize, size: u32| {
+        (0..k).filter(move |&kk| {
+            let i = (o * stride as usize + kk) as i64 - pad as i64;
+            i >= 0 && i < size as i64
+        })
+    };
+    let mut out = Vec::with_capacity(oc.div_ceil(cb) * oh * ow * 2 * cb);
+    for ob in 0..oc.div_ceil(cb) {
+        for pix in 0..oh * ow {
+            let (oy, ox) = (pix / ow, pix % ow);
+            for pass in 0..2 {
+                for l in 0..cb {
+                    let o = ob * cb + l;
+                    let mut z = 0.0f64;
+                    for &t in constant
+                        .iter()
+                        .filter(|&&t| r.term_pass1[t] as usize == pass)
+                    {
+                        if o >= oc {
+                            break;
+                        }
+                        for ch in 0..c {
+                            for ky in real(oy, p.stride_y, p.pad_top, kh, p.h) {
+                                for kx in real(ox, p.stride_x, p.pad_left, kw, p.w) {
+                                    let g = rp.weight_mod(t, weight[[o, ch, ky, kx]]);
+                                    z += f64::from(r.x_one[t]) * f64::from(g);
+                                }
+                            }
+                        }
+                    }
+                    out.push(z as f32);
+                }
+            }
+        }
+    }
+    Some(out)
 }
 
 fn storage(device: &wgpu::Device, label: &str, bytes: u64) -> wgpu::Buffer {
@@ -698,6 +757,7 @@ impl Plan {
                     // Conv2d: the plain and modified weights blocked by CONV_BLOCK channels
                     // (zero-padded vec4s), so a blocked multiply-add loads its weights at once.
                     let mut blocked: Vec<f32> = vec![];
+                    let mut z_const = 0;
                     if let Layer::Conv2d { weight, .. } = &net.layers[k] {
                         let (oc, c, kh, kw) = weight.dim();
                         let cb = CONV_BLOCK as usize;
@@ -744,6 +804,12 @@ impl Plan {
                                 }
                             }
                         }
+                        if let (LayerPlan::Conv(cp), false) = (p, mode.gradient()) {
+                            if let Some(zc) = constant_z(cp, &rp, weight) {
+                                z_const = (blocked.len() / cb + 1) as u32;
+                                blocked.extend(zc);
+                            }
+                        }
                         if blocked.len() as u64 * F > max_binding {
                             return Err(Error::Gpu(format!(
                                 "layer {} has {} bytes of blocked weights, more than the \
@@ -769,7 +835,11 @@ impl Plan {
                             Kernel::Dense,
                         ),
                         LayerPlan::Conv(c) => (
-                            Uniform::Conv(ConvParams { rule: rp, ..*c }),
+                            Uniform::Conv(ConvParams {
+                                rule: rp,
+                                z_const,
+                                ..*c
+                            }),
                             c.chunks_in as u64,
                             c.chunks_out as u64,
                             Kernel::Conv2d,

@@ -467,6 +467,12 @@ pub struct ConvParams {
     pub mode: u32,
     /// 1: the forward pass applies the following ReLU layer (fused)
     pub relu: u32,
+    /// 0, or 1 + the offset in the blocked weights (vec4s) of the constant-input terms' share
+    /// of z', precomputed per (output-channel block, output pixel, pass)
+    pub z_const: u32,
+    pub pad0: u32,
+    pub pad1: u32,
+    pub pad2: u32,
     pub rule: RuleParams,
 }
 
