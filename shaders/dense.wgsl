@@ -75,7 +75,10 @@ struct DenseParams {
     mode: u32,
     // 1: the forward pass applies the following ReLU layer (fused; the plan skips that layer)
     relu: u32,
-    pad0: u32,
+    // 0, or 1 + the offset in wb of the constant-input terms' share of z' (their f is a constant,
+    // so it is the same for every sample): per output, pass 0 then pass 1. z_partial then skips
+    // those terms.
+    z_const: u32,
     pad1: u32,
     pad2: u32,
     rule: RuleParams,
@@ -116,6 +119,12 @@ fn wmod_index(t: u32, i: u32, j: u32) -> u32 {
 
 fn wmod_t_index(t: u32, i: u32, j: u32) -> u32 {
     return P.rule.term_layout.w + t * P.rule.term_layout.z + j * P.inputs + i;
+}
+
+// Whether term t's input modifier is a constant (no data): its share of z' is in P.z_const.
+fn precomputed(t: u32) -> bool {
+    let r = P.rule;
+    return P.z_const != 0u && r.x_lin[t] == 0.0 && r.x_pos[t] == 0.0 && r.x_neg[t] == 0.0;
 }
 
 // h_p(b) for the two passes.
@@ -229,7 +238,15 @@ fn z_partial(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgro
     let xr = rows(n0, P.inputs);
     var z0 = vec4<f32>(0.0);
     var z1 = vec4<f32>(0.0);
+    if (P.z_const != 0u && k == 0u) {
+        let zc = P.z_const - 1u + j * 2u;
+        z0 = vec4<f32>(wb[zc]);
+        z1 = vec4<f32>(wb[zc + 1u]);
+    }
     for (var t = 0u; t < terms(); t++) {
+        if (precomputed(t)) {
+            continue;
+        }
         var acc = vec4<f32>(0.0);
         for (var i = start; i < end; i++) {
             acc += xmod4(x4(xr, i), t) * wb[wmod_index(t, i, j)];

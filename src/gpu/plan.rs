@@ -227,7 +227,7 @@ fn layer_plans(net: &Network, method: &Method) -> Result<(Vec<LayerPlan>, Footpr
                     bias_offset: u32_of(i * o, "weights", &name)?,
                     mode: mode.gradient() as u32,
                     relu: 0,
-                    pad0: 0,
+                    z_const: 0,
                     pad1: 0,
                     pad2: 0,
                     rule: rule()?,
@@ -497,9 +497,7 @@ pub(crate) struct BatchResult<'a> {
 /// rule has no such term.
 fn constant_z(p: &ConvParams, rp: &RuleParams, weight: &ndarray::Array4<f32>) -> Option<Vec<f32>> {
     let r = rp;
-    let constant: Vec<usize> = (0..r.term_layout[0] as usize)
-        .filter(|&t| r.x_lin[t] == 0.0 && r.x_pos[t] == 0.0 && r.x_neg[t] == 0.0)
-        .collect();
+    let constant = r.constant_terms();
     if constant.is_empty() {
         return None;
     }
@@ -730,6 +728,7 @@ impl Plan {
                         }
                     }
                     let mut transposed = 0;
+                    let mut dense_z_const = 0;
                     if let Layer::Dense { weight, .. } = &net.layers[k] {
                         transposed = data.len();
                         let (inputs, outputs) = weight.dim();
@@ -737,6 +736,26 @@ impl Plan {
                             for j in 0..outputs {
                                 for i in 0..inputs {
                                     data.push(rp.weight_mod(t, weight[[i, j]]));
+                                }
+                            }
+                        }
+                        // The constant-input terms' share of z', per (output, pass).
+                        let constant = rp.constant_terms();
+                        if !mode.gradient() && !constant.is_empty() {
+                            dense_z_const = data.len() as u32 + 1;
+                            for j in 0..outputs {
+                                for pass in 0..2 {
+                                    let mut z = 0.0f64;
+                                    for &t in &constant {
+                                        if rp.term_pass1[t] as usize != pass {
+                                            continue;
+                                        }
+                                        for i in 0..inputs {
+                                            let g = rp.weight_mod(t, weight[[i, j]]);
+                                            z += f64::from(rp.x_one[t]) * f64::from(g);
+                                        }
+                                    }
+                                    data.push(z as f32);
                                 }
                             }
                         }
@@ -829,7 +848,11 @@ impl Plan {
                         fn(LinearEntry) -> Kernel,
                     ) = match p {
                         LayerPlan::Dense(d) => (
-                            Uniform::Dense(DenseParams { rule: rp, ..*d }),
+                            Uniform::Dense(DenseParams {
+                                rule: rp,
+                                z_const: dense_z_const,
+                                ..*d
+                            }),
                             d.chunks_in as u64,
                             d.chunks_out as u64,
                             Kernel::Dense,

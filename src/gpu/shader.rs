@@ -408,6 +408,14 @@ impl RuleParams {
         p
     }
 
+    /// The terms whose input modifier is a constant (f = x_one): their share of z' does not
+    /// depend on the data, so the plan precomputes it.
+    pub fn constant_terms(&self) -> Vec<usize> {
+        (0..self.term_layout[0] as usize)
+            .filter(|&t| self.x_lin[t] == 0.0 && self.x_pos[t] == 0.0 && self.x_neg[t] == 0.0)
+            .collect()
+    }
+
     /// sign_k g_k(w) of term k (the kernels read these precomputed, see `term_layout`).
     pub fn weight_mod(&self, k: usize, w: f32) -> f32 {
         self.w_lin[k] * w
@@ -433,7 +441,9 @@ pub struct DenseParams {
     pub mode: u32,
     /// 1: the forward pass applies the following ReLU layer (fused)
     pub relu: u32,
-    pub pad0: u32,
+    /// 0, or 1 + the offset in the weight buffer of the constant-input terms' share of z',
+    /// precomputed per (output, pass)
+    pub z_const: u32,
     pub pad1: u32,
     pub pad2: u32,
     pub rule: RuleParams,
