@@ -496,8 +496,7 @@ pub(crate) struct BatchResult<'a> {
 /// computes it once and z_partial reads it instead of looping over those terms. `None` when the
 /// rule has no such term.
 fn constant_z(p: &ConvParams, rp: &RuleParams, weight: &ndarray::Array4<f32>) -> Option<Vec<f32>> {
-    let r = rp;
-    let constant = r.constant_terms();
+    let constant = rp.constant_terms();
     if constant.is_empty() {
         return None;
     }
@@ -511,32 +510,37 @@ fn constant_z(p: &ConvParams, rp: &RuleParams, weight: &ndarray::Array4<f32>) ->
             i >= 0 && i < size as i64
         })
     };
+    // z of output channel o at output pixel (oy, ox) in pass `pass`
+    let z = |o: usize, oy: usize, ox: usize, pass: usize| {
+        let mut z = 0.0f64;
+        for &t in constant
+            .iter()
+            .filter(|&&t| rp.term_pass1[t] as usize == pass)
+        {
+            for ch in 0..c {
+                for ky in real(oy, p.stride_y, p.pad_top, kh, p.h) {
+                    for kx in real(ox, p.stride_x, p.pad_left, kw, p.w) {
+                        let g = rp.weight_mod(t, weight[[o, ch, ky, kx]]);
+                        z += f64::from(rp.x_one[t]) * f64::from(g);
+                    }
+                }
+            }
+        }
+        z as f32
+    };
     let mut out = Vec::with_capacity(oc.div_ceil(cb) * oh * ow * 2 * cb);
     for ob in 0..oc.div_ceil(cb) {
         for pix in 0..oh * ow {
-            let (oy, ox) = (pix / ow, pix % ow);
             for pass in 0..2 {
-                for l in 0..cb {
+                // lanes past the last channel are never read; 0 keeps them defined
+                out.extend((0..cb).map(|l| {
                     let o = ob * cb + l;
-                    let mut z = 0.0f64;
-                    for &t in constant
-                        .iter()
-                        .filter(|&&t| r.term_pass1[t] as usize == pass)
-                    {
-                        if o >= oc {
-                            break;
-                        }
-                        for ch in 0..c {
-                            for ky in real(oy, p.stride_y, p.pad_top, kh, p.h) {
-                                for kx in real(ox, p.stride_x, p.pad_left, kw, p.w) {
-                                    let g = rp.weight_mod(t, weight[[o, ch, ky, kx]]);
-                                    z += f64::from(r.x_one[t]) * f64::from(g);
-                                }
-                            }
-                        }
+                    if o < oc {
+                        z(o, pix / ow, pix % ow, pass)
+                    } else {
+                        0.0
                     }
-                    out.push(z as f32);
-                }
+                }));
             }
         }
     }
