@@ -22,6 +22,10 @@ use window::Geom;
 /// activations and im2col matrices stay in the core's cache.
 const CHUNK: usize = 16;
 
+/// Scratch memory one worker may use for a chunk, in f32 values (64 MiB): a network with large
+/// activations or im2col matrices gets smaller chunks (down to one sample).
+const SCRATCH_BUDGET: usize = 16 << 20;
+
 /// Buffers a worker reuses from chunk to chunk, so that the steady state allocates nothing.
 #[derive(Default)]
 struct Scratch {
@@ -97,6 +101,9 @@ pub struct FastBackend {
     outputs: usize,
     backward: Backward,
     threads: usize,
+    /// Most samples per chunk: [`CHUNK`], or fewer when a chunk would need more than
+    /// [`SCRATCH_BUDGET`] of scratch.
+    max_chunk: usize,
     /// One per worker thread, kept between batches.
     scratch: Vec<Scratch>,
 }
@@ -180,6 +187,19 @@ impl FastBackend {
             steps.push(step);
         }
         let threads = std::thread::available_parallelism().map_or(1, |t| t.get());
+        // Scratch per sample, in values: every activation, the relevance above and below a
+        // layer and a modified input, plus the largest layer's im2col matrix and z'.
+        let activations: usize = shapes.iter().map(|s| s.iter().product::<usize>()).sum();
+        let largest = shapes.iter().map(|s| s.iter().product::<usize>()).max();
+        let cols = steps
+            .iter()
+            .filter_map(|s| match s {
+                Step::Linear(op) => Some(op.geom.patch() * op.geom.plane_out()),
+                _ => None,
+            })
+            .max();
+        let per_sample = activations + 4 * largest.unwrap_or(0) + cols.unwrap_or(0);
+        let max_chunk = (SCRATCH_BUDGET / per_sample.max(1)).clamp(1, CHUNK);
         Ok(FastBackend {
             steps,
             shapes: shapes.iter().map(|s| chw(s)).collect(),
@@ -187,6 +207,7 @@ impl FastBackend {
             outputs: net.num_outputs(),
             backward,
             threads,
+            max_chunk,
             scratch: Vec::new(),
         })
     }
@@ -231,8 +252,8 @@ impl Backend for FastBackend {
         let mut relevance = vec![0f32; n * in_len];
         let mut logits = vec![0f64; n * outputs];
         let mut chosen = vec![0usize; n];
-        // Chunks of up to CHUNK samples, smaller when that keeps every thread busy.
-        let chunk = CHUNK.min(n.div_ceil(self.threads)).max(1);
+        // Chunks of up to `max_chunk` samples, smaller when that keeps every thread busy.
+        let chunk = self.max_chunk.min(n.div_ceil(self.threads)).max(1);
         let threads = self.threads.min(n.div_ceil(chunk)).max(1);
         let mut scratch = std::mem::take(&mut self.scratch);
         scratch.resize_with(threads.max(scratch.len()), Scratch::default);
@@ -439,6 +460,81 @@ impl FastBackend {
         scratch.give(r);
         for a in acts {
             scratch.give(a);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ndarray::{Array1, Array2, Array4, ArrayD, IxDyn};
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    use super::*;
+    use crate::lrp::Rule;
+    use crate::model::Window;
+
+    /// A network whose chunk of 16 samples would need over 256 MiB of scratch: conv 3x3 to 16
+    /// channels on a 200 x 200 image, global average pooling, dense; random weights.
+    fn large(rng: &mut StdRng) -> Network {
+        let conv = Layer::Conv2d {
+            weight: Array4::from_shape_fn((16, 1, 3, 3), |_| rng.random_range(-0.5..0.5)),
+            bias: Array1::from_shape_fn(16, |_| rng.random_range(-0.2..0.0)),
+            window: Window {
+                kernel: [3, 3],
+                stride: [1, 1],
+                pad: [0; 4],
+            },
+        };
+        let pool = Layer::AvgPool2d {
+            window: Window {
+                kernel: [198, 198],
+                stride: [1, 1],
+                pad: [0; 4],
+            },
+            count_include_pad: false,
+            sum: false,
+        };
+        let dense = Layer::Dense {
+            weight: Array2::from_shape_fn((16, 2), |_| rng.random_range(-1.0..1.0)),
+            bias: Array1::from_shape_fn(2, |_| rng.random_range(-0.2..0.2)),
+        };
+        let layers = vec![conv, Layer::Relu, pool, Layer::Flatten, dense];
+        Network::new(vec![1, 200, 200], layers, vec![]).unwrap()
+    }
+
+    #[test]
+    fn large_activations_get_smaller_chunks_with_the_same_result() {
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64);
+        eprintln!("seed {seed}");
+        let mut rng = StdRng::seed_from_u64(seed);
+        let net = large(&mut rng);
+        let method = Method::Lrp {
+            rules: vec![Rule::ZPlus, Rule::Epsilon(0.1)],
+        };
+        let mut engine = FastBackend::new(&net, &method).unwrap().with_threads(2);
+        assert!(engine.max_chunk < CHUNK, "max chunk {}", engine.max_chunk);
+        assert!(engine.max_chunk >= 1);
+        // 9 samples: several chunks of at most max_chunk
+        let x = ArrayD::from_shape_fn(IxDyn(&[9, 1, 200, 200]), |_| rng.random_range(0.0..1.0));
+        let got = engine.run(x.view(), None).unwrap();
+        let want = crate::cpu::explain(&net, &method, x.mapv(f64::from).view(), None).unwrap();
+        assert_eq!(got.targets, want.targets);
+        for (i, (g, w)) in got
+            .relevance
+            .outer_iter()
+            .zip(want.relevance.outer_iter())
+            .enumerate()
+        {
+            let (mut num, mut den) = (0.0f64, 0.0f64);
+            for (a, b) in g.iter().zip(w.iter()) {
+                num += (f64::from(*a) - b).powi(2);
+                den += b * b;
+            }
+            let err = (num / den.max(1e-300)).sqrt();
+            assert!(err <= 1e-4, "sample {i}: relative L2 error {err:e}");
         }
     }
 }
