@@ -30,6 +30,8 @@ const SCRATCH_BUDGET: usize = 16 << 20;
 #[derive(Default)]
 struct Scratch {
     free: Vec<Vec<f32>>,
+    /// The arg-max indices of each max-pooling step (empty for other steps).
+    argmax: Vec<Vec<u32>>,
 }
 
 impl Scratch {
@@ -357,13 +359,13 @@ impl FastBackend {
         swap_outer(m, c0, h0 * w0, x, &mut input);
         // Forward, keeping every activation (and the arg-max of every max pooling).
         let mut acts = vec![input];
-        let mut argmax_of = Vec::with_capacity(self.steps.len());
+        let mut argmax_of = std::mem::take(&mut scratch.argmax);
+        argmax_of.resize_with(self.steps.len(), Vec::new);
         for (k, step) in self.steps.iter().enumerate() {
             let a = &acts[k];
             let (c, h, w) = self.shapes[k];
             let (oc, oh, ow) = self.shapes[k + 1];
             let mut next = scratch.take(oc * m * oh * ow);
-            let mut arg = Vec::new();
             match step {
                 Step::Linear(op) => op.forward(m, a, &mut next, scratch),
                 Step::Relu => {
@@ -372,8 +374,10 @@ impl FastBackend {
                     }
                 }
                 Step::MaxPool(geom) => {
-                    arg = vec![0; next.len()];
-                    geom.max_pool(c * m, a, &mut next, &mut arg);
+                    // every index is written by max_pool
+                    let arg = &mut argmax_of[k];
+                    arg.resize(next.len(), 0);
+                    geom.max_pool(c * m, a, &mut next, arg);
                 }
                 Step::AvgPool { geom, divisor } => {
                     geom.window_sum(c * m, a, &mut next);
@@ -386,7 +390,6 @@ impl FastBackend {
                 Step::Flatten => flatten(m, h * w, a, &mut next),
             }
             acts.push(next);
-            argmax_of.push(arg);
         }
         // Logits, targets and the seed at the output.
         let last = acts.last().expect("the input at least");
@@ -461,6 +464,7 @@ impl FastBackend {
         for a in acts {
             scratch.give(a);
         }
+        scratch.argmax = argmax_of;
     }
 }
 
