@@ -4,8 +4,7 @@
 // Bindings (group 0):
 //   0 P       uniform ConvParams: shapes, window, chunking, mode and the rule's modifier terms
 //   1 x       storage read        layer input, [n, c, h, w]
-//   2 wb      storage read        W [oc, c, kh, kw] row-major, b [oc] at P.bias_offset, then the
-//                                 modified weights per term (P.rule.term_layout)
+//   2 wb      storage read        W [oc, c, kh, kw] row-major, b [oc] at P.bias_offset
 //   3 y       storage read_write  layer output, [n, oc, oh, ow]                   (forward)
 //   4 part    storage read_write  split-K partial sums, vec4 per (n, chunk, unit)  (long reductions)
 //   5 r_in    storage read        upper relevance (or gradient), [n, oc, oh, ow]
@@ -15,7 +14,9 @@
 //                                 blocked multiply-add loads its 4 weights at once: per output-
 //                                 channel block ob [c, kh, kw] for the plain weights, then for
 //                                 each term's modified weights; from P.rule.term_layout.w, per
-//                                 term and input-channel block cb [oc, kh, kw] modified weights
+//                                 term and input-channel block cb [oc, kh, kw] modified weights,
+//                                 or, for a single input channel (c = 1), one block [oc, kh, kw]
+//                                 whose lane t holds term t's modified weight
 // Dispatch: 1-D over invocations, 64 per workgroup, folded into (x, y) workgroups when there are
 // more than the per-dimension limit; index = gid.x + gid.y * num_workgroups.x * 64.
 //   forward_partial, z_partial: n * chunks_in * ceil(oc/4) * (oh*ow) invocations; each computes
@@ -35,9 +36,8 @@
 // Rule terms: as in dense.wgsl (up to four (pass, f, g, sign) terms over up to two passes).
 // Modifiers are branch-free: linear combinations of v, max(0,v), min(0,v), v^2 and 1 with
 // per-term coefficients from the uniform (e.g. zplus: f = max(0,x), g = max(0,w); gamma:
-// g = w + G max(0,w)). The weight modifiers sign_k g_k(W) are precomputed by the host (in wb
-// after the bias, once per term, for the single-channel gather; blocked in wv for the rest); the
-// kernels loop over the P.rule.term_layout.x terms in use only. Split-K partials hold the
+// g = w + G max(0,w)). The weight modifiers sign_k g_k(W) are precomputed by the host (blocked
+// in wv); the kernels loop over the P.rule.term_layout.x terms in use only. Split-K partials hold the
 // per-pass sums (z_partial: (z'_0, z'_1)) or the partial R (c_partial, in .x). A ReLU right
 // after the layer is applied by the forward pass when P.relu = 1.
 // mode 0: LRP; mode 1: gradient (s = R, no division; the terms are set to (one, w)).
@@ -64,9 +64,8 @@ struct RuleParams {
     bias1: vec4<f32>,
     // x: bias constant of pass 0, y: of pass 1, z: eps, w: number of passes
     extra: vec4<f32>,
-    // x: number of terms in use; y: offset in wb of the precomputed sign_k g_k(W) of term 0
-    // (laid out like W, term k at y + k * z; read by the single-channel gather); z: values per
-    // term; w: offset in wv (vec4s) of the input-channel-blocked modified weights
+    // x: number of terms in use; y, z: unused here (Dense's weight layout); w: offset in wv
+    // (vec4s) of the input-channel-blocked modified weights
     term_layout: vec4<u32>,
 }
 
@@ -136,11 +135,6 @@ fn terms() -> u32 {
 fn xmod(v: f32, t: u32) -> f32 {
     let r = P.rule;
     return r.x_lin[t] * v + r.x_pos[t] * max(v, 0.0) + r.x_neg[t] * min(v, 0.0) + r.x_one[t];
-}
-
-// Offset in wb of the precomputed sign_t g_t(W) of term t, laid out like W [oc, c, kh, kw].
-fn wmod_base(t: u32) -> u32 {
-    return P.rule.term_layout.y + t * P.rule.term_layout.z;
 }
 
 // Whether term t's input modifier is a constant (no data): its share of z' is in P.z_const.
@@ -439,31 +433,32 @@ fn c_partial(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgro
     let sbase = n * out_len();
     let ilen = in_len();
     if (P.c == 1u) {
-        // One input channel (e.g. grayscale images): a scalar gather, no idle lanes.
+        // One input channel (e.g. grayscale images): the gather's lanes are the rule's terms
+        // (wv holds sign_t g_t(W) in lane t, zero past the last term), so each s value is
+        // loaded once for all terms and no lane idles.
         let v = x[n * ilen + p];
-        var r1 = 0.0;
-        for (var t = 0u; t < terms(); t++) {
-            let pass1 = P.rule.term_pass1[t] > 0.5;
-            let wt = wmod_base(t);
-            var acc = 0.0;
-            for (var o = o0; o < o1; o++) {
-                let wo = wt + o * kk;
-                let so = sbase + o * P.oh * P.ow;
-                var oy = ry.out_first;
-                for (var ky = ry.first; ky < ry.end; ky += P.stride_y) {
-                    let wr = wo + ky * P.kw;
-                    let sr = so + oy * P.ow;
-                    var ox = rx.out_first;
-                    for (var kx = rx.first; kx < rx.end; kx += P.stride_x) {
-                        let sj = s[sr + ox];
-                        acc += select(sj.x, sj.y, pass1) * wb[wr + kx];
-                        ox -= 1u;
-                    }
-                    oy -= 1u;
+        let rr = P.rule;
+        let pass1 = rr.term_pass1 > vec4<f32>(0.5);
+        let wt = in_weights(0u, 0u);
+        var acc = vec4<f32>(0.0);
+        for (var o = o0; o < o1; o++) {
+            let wo = wt + o * kk;
+            let so = sbase + o * P.oh * P.ow;
+            var oy = ry.out_first;
+            for (var ky = ry.first; ky < ry.end; ky += P.stride_y) {
+                let wr = wo + ky * P.kw;
+                let sr = so + oy * P.ow;
+                var ox = rx.out_first;
+                for (var kx = rx.first; kx < rx.end; kx += P.stride_x) {
+                    let sj = s[sr + ox];
+                    acc += select(vec4<f32>(sj.x), vec4<f32>(sj.y), pass1) * wv[wr + kx];
+                    ox -= 1u;
                 }
+                oy -= 1u;
             }
-            r1 += P.rule.term_coef[t] * xmod(v, t) * acc;
         }
+        let fx = rr.x_lin * v + rr.x_pos * max(v, 0.0) + rr.x_neg * min(v, 0.0) + rr.x_one;
+        let r1 = dot(rr.term_coef * fx, acc);
         if (P.chunks_out == 1u) {
             r_out[n * ilen + p] = r1;
         } else {

@@ -277,20 +277,24 @@ fn every_rule_on_dense_layers() {
 fn every_rule_on_conv_layers() {
     let engines = engines();
     let mut rng = rng("every_rule_on_conv_layers");
-    for rule in every_rule(0.0, 1.0) {
-        let what = format!("cnn {rule}");
-        let (net, method, x) = useful(&mut rng, &what, |rng| {
-            let (c, h, w) = (
-                rng.random_range(1..4),
-                rng.random_range(7..12),
-                rng.random_range(7..12),
-            );
-            let net = random_cnn(rng, c, h, w, false);
-            let x = random_input(rng, &net, 3, 0.0, 1.0);
-            (net.clone(), same_rule(&net, rule), x)
-        });
-        let what = format!("{what} {:?}", net.input_shape);
-        compare(&engines, &net, &method, &x, None, 2, &what);
+    // Signed inputs, so that every term of a rule carries weight (alpha-beta's x- terms too),
+    // on a single-channel input (the gather whose lanes are the terms) and on several channels.
+    for rule in every_rule(-1.0, 1.0) {
+        for single in [true, false] {
+            let what = format!("cnn {rule}");
+            let (net, method, x) = useful(&mut rng, &what, |rng| {
+                let (c, h, w) = (
+                    if single { 1 } else { rng.random_range(2..4) },
+                    rng.random_range(7..12),
+                    rng.random_range(7..12),
+                );
+                let net = random_cnn(rng, c, h, w, false);
+                let x = random_input(rng, &net, 3, -1.0, 1.0);
+                (net.clone(), same_rule(&net, rule), x)
+            });
+            let what = format!("{what} {:?}", net.input_shape);
+            compare(&engines, &net, &method, &x, None, 2, &what);
+        }
     }
 }
 

@@ -717,8 +717,9 @@ impl Plan {
                     let weights = data.len();
                     data.extend(bias.iter().copied());
                     // The rule's weight modifiers sign_k g_k(W), precomputed once per term (the
-                    // kernels read them instead of evaluating them per multiply-add); Dense also
-                    // gets them transposed ([outputs, inputs]) for a coalesced back-projection.
+                    // kernels read them instead of evaluating them per multiply-add): for Dense
+                    // here, as laid out in W and transposed ([outputs, inputs]) for a coalesced
+                    // back-projection; for Conv2d blocked by channels in `blocked` below.
                     let mut rp = match p {
                         LayerPlan::Dense(d) => d.rule,
                         LayerPlan::Conv(c) => c.rule,
@@ -726,14 +727,14 @@ impl Plan {
                     };
                     let terms = rp.term_layout[0] as usize;
                     let offset = data.len();
-                    for t in 0..terms {
-                        for i in 0..weights {
-                            data.push(rp.weight_mod(t, data[i]));
-                        }
-                    }
                     let mut transposed = 0;
                     let mut dense_z_const = 0;
                     if let Layer::Dense { weight, .. } = &net.layers[k] {
+                        for t in 0..terms {
+                            for i in 0..weights {
+                                data.push(rp.weight_mod(t, data[i]));
+                            }
+                        }
                         transposed = data.len();
                         let (inputs, outputs) = weight.dim();
                         for t in 0..terms {
@@ -807,8 +808,25 @@ impl Plan {
                             }
                         }
                         transposed = blocked.len() / cb;
+                        if c == 1 {
+                            // One input channel: c_partial's lanes are the terms instead,
+                            // [oc, kh, kw] with term t's modified weight in lane t.
+                            for o in 0..oc {
+                                for ky in 0..kh {
+                                    for kx in 0..kw {
+                                        for l in 0..cb {
+                                            blocked.push(if l < terms {
+                                                value(Some(l), o, 0, ky, kx)
+                                            } else {
+                                                0.0
+                                            });
+                                        }
+                                    }
+                                }
+                            }
+                        }
                         // Per term and input-channel block: [oc, kh, kw].
-                        for t in 0..terms {
+                        for t in (0..terms).filter(|_| c > 1) {
                             for ib in 0..c.div_ceil(cb) {
                                 for o in 0..oc {
                                     for ky in 0..kh {

@@ -22,6 +22,10 @@ pub const MAX_WINDOW: u32 = 16_384;
 /// forward_partial and z_partial take a block of output channels, c_partial of input channels.
 pub const CONV_BLOCK: u32 = 4;
 
+// The single-channel c_partial gather puts the rule's terms (at most 4, `RuleParams`) in the
+// lanes of a block.
+const _: () = assert!(CONV_BLOCK == 4);
+
 /// Samples one invocation of the Dense partial kernels computes (`BLOCK` in dense.wgsl), so
 /// each weight is loaded once per block of samples.
 pub const DENSE_BLOCK: u32 = 4;
