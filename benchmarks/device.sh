@@ -70,6 +70,8 @@ PY
   echo "== bench: GPU (with per-stage times), CPU engine, reference"
   $B bench --backend gpu --backend cpu --composite deep-taylor-bounded \
     --batch-sizes 1,64,1024,4096,16384 --min-seconds 2
+  echo "== bench: GPU time per kernel (each dispatch in its own pass): which kernels to tune"
+  $B bench --backend gpu --composite deep-taylor-bounded --batch-sizes 1024,4096 --min-seconds 1 --kernel-times
   echo "== bench: GPU with f32 upload instead of bytes (what the byte upload gains)"
   $B bench --backend gpu --composite deep-taylor-bounded --batch-sizes 1024,4096 --min-seconds 2 --f32-upload
   echo "== bench: GPU batches as 1, 2 (default) and 4 submissions (how much overlap pays)"

@@ -14,7 +14,7 @@ use serde::Serialize;
 
 use crate::data;
 use crate::explain::{select_backend, BackendChoice};
-use crate::gpu::{GpuBackend, GpuContext, HostTimes, StageTimes};
+use crate::gpu::{GpuBackend, GpuContext, HostTimes, KernelTimes, StageTimes};
 use crate::lrp::{Composite, Method};
 use crate::{Backend, Error, Network, Result};
 
@@ -36,6 +36,8 @@ pub struct BenchConfig {
     pub threads: Option<usize>,
     /// Submissions a GPU batch is split into (`None`: the backend's default).
     pub submissions: Option<usize>,
+    /// Time every GPU dispatch (each in its own compute pass), not only the stages.
+    pub kernel_times: bool,
 }
 
 /// One measurement: one line of `bench --json`.
@@ -65,6 +67,40 @@ pub struct BenchResult {
     /// stage times it shows where the wall time of a batch goes.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub host_seconds: Option<HostSeconds>,
+    /// GPU time per batch of each dispatch, in plan order (GPU backend with `--kernel-times`,
+    /// where the adapter has timestamp queries; absent otherwise).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kernel_seconds: Option<Vec<KernelSeconds>>,
+}
+
+/// One dispatch's GPU seconds per batch (an element of `kernel_seconds`).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct KernelSeconds {
+    /// The layer's label and the kernel's entry point, e.g. "layer.0.conv1 c_partial".
+    pub kernel: String,
+    pub seconds: f64,
+}
+
+impl KernelSeconds {
+    /// The per-batch averages between `before` and `after` (`before` None: since the start)
+    /// over `batches` batches, without the byte unpack when the inputs were f32.
+    fn between(
+        before: Option<&KernelTimes>,
+        after: &KernelTimes,
+        batches: usize,
+        bytes: bool,
+    ) -> Vec<Self> {
+        after
+            .kernels
+            .iter()
+            .enumerate()
+            .skip(usize::from(!bytes))
+            .map(|(i, (kernel, s))| KernelSeconds {
+                kernel: kernel.clone(),
+                seconds: (s - before.map_or(0.0, |b| b.kernels[i].1)) / batches.max(1) as f64,
+            })
+            .collect()
+    }
 }
 
 /// Host seconds per batch in each step of the GPU backend (the `host_seconds` of a JSON line).
@@ -147,6 +183,13 @@ impl Measured {
             Measured::Other(_) => None,
         }
     }
+
+    fn kernel_times(&self) -> Option<KernelTimes> {
+        match self {
+            Measured::Gpu(b) => b.kernel_times(),
+            Measured::Other(_) => None,
+        }
+    }
 }
 
 /// A batch of `batch` samples cycled from `x` (so any batch size can be measured).
@@ -197,7 +240,12 @@ pub fn run(cfg: &BenchConfig, report: &mut dyn FnMut(&BenchResult)) -> Result<Ve
                     for note in b.notes() {
                         eprintln!("{note}");
                     }
-                    if !b.enable_stage_timing()? && !said_untimed {
+                    let timed = if cfg.kernel_times {
+                        b.enable_kernel_timing()?
+                    } else {
+                        b.enable_stage_timing()?
+                    };
+                    if !timed && !said_untimed {
                         eprintln!(
                             "note: the adapter '{}' has no timestamp queries; no per-stage times",
                             ctx.summary().name
@@ -233,6 +281,7 @@ pub fn run(cfg: &BenchConfig, report: &mut dyn FnMut(&BenchResult)) -> Result<Ve
             explain(backend)?; // warm-up: pipelines compiled, buffers touched
             let before = measured.stage_times();
             let host_before = measured.host_times();
+            let kernels_before = measured.kernel_times();
             let backend = measured.backend();
             let (mut samples, mut batches, start) = (0, 0, Instant::now());
             while samples == 0 || start.elapsed().as_secs_f64() < cfg.min_seconds {
@@ -248,6 +297,9 @@ pub fn run(cfg: &BenchConfig, report: &mut dyn FnMut(&BenchResult)) -> Result<Ve
             let host_seconds = host_before
                 .zip(measured.host_times())
                 .map(|(b, a)| HostSeconds::between(&b, &a));
+            let kernel_seconds = measured.kernel_times().map(|a| {
+                KernelSeconds::between(kernels_before.as_ref(), &a, batches, bytes.is_some())
+            });
             let backend = measured.backend();
             let r = BenchResult {
                 backend: backend.kind().into(),
@@ -264,6 +316,7 @@ pub fn run(cfg: &BenchConfig, report: &mut dyn FnMut(&BenchResult)) -> Result<Ve
                 input: if bytes.is_some() { "u8" } else { "f32" },
                 stage_seconds,
                 host_seconds,
+                kernel_seconds,
             };
             report(&r);
             results.push(r);

@@ -472,6 +472,10 @@ struct BenchArgs {
     /// quarter of the traffic), to measure what the byte upload gains.
     #[arg(long)]
     f32_upload: bool,
+    /// Also time every GPU dispatch (layer and kernel), each in its own compute pass (the pass
+    /// boundaries cost some throughput), to see which kernel the GPU time goes to
+    #[arg(long)]
+    kernel_times: bool,
 }
 
 fn bench(a: BenchArgs) -> taylormap::Result<()> {
@@ -498,6 +502,7 @@ fn bench(a: BenchArgs) -> taylormap::Result<()> {
         batch_sizes: a.batch_sizes,
         min_seconds: a.min_seconds,
         f32_upload: a.f32_upload,
+        kernel_times: a.kernel_times,
         threads: threads_flag(a.threads)?,
         submissions: match a.submissions {
             Some(0) => {
@@ -532,6 +537,17 @@ fn bench(a: BenchArgs) -> taylormap::Result<()> {
                     st.relevance * 1e3,
                     st.readback * 1e3
                 );
+            }
+            if let Some(ks) = &r.kernel_seconds {
+                let total: f64 = ks.iter().map(|k| k.seconds).sum();
+                for k in ks {
+                    println!(
+                        "          {:<48} {:>9.3} ms {:>5.1}%",
+                        k.kernel,
+                        k.seconds * 1e3,
+                        100.0 * k.seconds / total.max(f64::MIN_POSITIVE)
+                    );
+                }
             }
             if let Some(h) = &r.host_seconds {
                 println!(

@@ -8,11 +8,13 @@ mod common;
 use std::process::Command;
 use std::time::Instant;
 
+use rand::Rng;
+
 use common::gpu::context;
 use common::{random_cnn, random_input, rng};
 use taylormap::gpu::GpuBackend;
 use taylormap::lrp::{Bounds, Composite};
-use taylormap::Backend;
+use taylormap::{Backend, Layer};
 
 const BOUNDS: Bounds = Bounds {
     low: 0.0,
@@ -134,34 +136,39 @@ fn bench_json_reports_stage_seconds_on_the_gpu() {
     taylormap::model::onnx::save(&net, &model).unwrap();
     let data: Vec<f32> = x.iter().copied().collect();
     std::fs::write(&input, taylormap::data::npy_bytes_f32(x.shape(), &data)).unwrap();
-    let o = Command::new(env!("CARGO_BIN_EXE_taylormap"))
-        .args(["bench", "--model"])
-        .arg(&model)
-        .arg("--input")
-        .arg(&input)
-        .args([
-            "--backend",
-            "gpu",
-            "--json",
-            "--batch-sizes",
-            "2",
-            "--min-seconds",
-            "0",
-        ])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&o.stdout);
-    assert!(
-        o.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    let lines: Vec<serde_json::Value> = stdout
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    assert_eq!(lines.len(), 1, "{stdout}");
-    let line = &lines[0];
+    let bench = |extra: &[&str]| {
+        let o = Command::new(env!("CARGO_BIN_EXE_taylormap"))
+            .args(["bench", "--model"])
+            .arg(&model)
+            .arg("--input")
+            .arg(&input)
+            .args([
+                "--backend",
+                "gpu",
+                "--json",
+                "--batch-sizes",
+                "2",
+                "--min-seconds",
+                "0",
+            ])
+            .args(extra)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&o.stdout).to_string();
+        assert!(
+            o.status.success(),
+            "{stdout}\n{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let lines: Vec<serde_json::Value> = stdout
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 1, "{stdout}");
+        (lines[0].clone(), stdout)
+    };
+    let (line, stdout) = bench(&[]);
+    assert!(line.get("kernel_seconds").is_none(), "{stdout}");
     assert_eq!(line["backend"], "gpu");
     assert_eq!(line["batch_size"], 2);
     let seconds = line["seconds"].as_f64().unwrap();
@@ -200,4 +207,109 @@ fn bench_json_reports_stage_seconds_on_the_gpu() {
     ] {
         assert!(!line[key].is_null(), "{key}: {stdout}");
     }
+
+    // --kernel-times: every dispatch per batch (no byte unpack for f32 NPY input), together the
+    // forward and relevance stages but for the unpack's empty pass.
+    let (line, stdout) = bench(&["--kernel-times"]);
+    let kernels = line["kernel_seconds"].as_array().expect(&stdout);
+    assert!(kernels.len() >= 10, "{stdout}");
+    let mut sum = 0.0;
+    for k in kernels {
+        let name = k["kernel"].as_str().expect(&stdout);
+        assert!(!name.contains("unpack"), "{stdout}");
+        let s = k["seconds"].as_f64().expect(&stdout);
+        assert!(s.is_finite() && s >= 0.0, "{name}: {stdout}");
+        sum += s;
+    }
+    let stages = &line["stage_seconds"];
+    let fr = stages["forward"].as_f64().unwrap() + stages["relevance"].as_f64().unwrap();
+    assert!(
+        sum > 0.0 && sum <= fr * (1.0 + 1e-6),
+        "{sum} vs {fr}: {stdout}"
+    );
+}
+
+#[test]
+fn kernel_times_name_every_dispatch_add_up_to_the_stages_and_change_no_result() {
+    let Some(ctx) = context() else { return };
+    let mut rng = rng("kernel_times");
+    let net = random_cnn(&mut rng, 1, 9, 9, false);
+    let method = Composite::DeepTaylorBounded
+        .resolve(&net, BOUNDS, &[])
+        .unwrap();
+    // 10 samples in batches of 4, as bytes: the unpack runs and is timed too.
+    let bytes = ndarray::ArrayD::from_shape_fn(ndarray::IxDyn(&[10, 1, 9, 9]), |_| {
+        rng.random_range(0..=255u8)
+    });
+    let lut: [f32; 256] = std::array::from_fn(|b| b as f32 / 255.0);
+    let mut plain = GpuBackend::new(&ctx, &net, &method, 4).unwrap();
+    let mut timed = GpuBackend::new(&ctx, &net, &method, 4).unwrap();
+    assert!(timed.enable_stage_timing().unwrap());
+    assert!(timed.kernel_times().is_none(), "stage timing alone");
+    timed.run_pixels(bytes.view(), &lut, None).unwrap();
+    // Switching to kernel timing starts the totals afresh.
+    assert!(timed.enable_kernel_timing().unwrap());
+    assert_eq!(timed.stage_times().unwrap().batches, 0);
+    assert_eq!(timed.kernel_times().unwrap().batches, 0);
+
+    let expected = plain.run_pixels(bytes.view(), &lut, None).unwrap();
+    let got = timed.run_pixels(bytes.view(), &lut, None).unwrap();
+    let bits: fn(&f32) -> u32 = |v| v.to_bits();
+    assert!(expected
+        .relevance
+        .iter()
+        .map(bits)
+        .eq(got.relevance.iter().map(bits)));
+    assert_eq!(expected.logits, got.logits);
+    assert_eq!(expected.targets, got.targets);
+
+    let k = timed.kernel_times().unwrap();
+    let st = timed.stage_times().unwrap();
+    assert_eq!((k.batches, st.batches), (3, 3));
+    let names: Vec<&str> = k.kernels.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names[0], "input.unpack unpack_u8", "{names:?}");
+    // Every layer's kernels, named by layer label and entry point: each Conv2d and Dense layer
+    // has its forward, z' and back-projection dispatches, each pooling layer two.
+    for (k, layer) in net.layers.iter().enumerate() {
+        let of_layer: Vec<&str> = names
+            .iter()
+            .filter(|n| n.starts_with(&format!("layer.{k}.")))
+            .map(|n| n.rsplit(' ').next().unwrap())
+            .collect();
+        let want: &[&str] = match layer {
+            Layer::Conv2d { .. } | Layer::Dense { .. } => {
+                &["forward_partial", "z_partial", "c_partial"]
+            }
+            Layer::MaxPool2d { .. } => &["max_forward", "max_relevance"],
+            Layer::AvgPool2d { .. } => &["avg_forward", "avg_s", "avg_relevance"],
+            _ => &[],
+        };
+        for entry in want {
+            assert!(
+                of_layer.contains(entry),
+                "layer {k}: no {entry} in {names:?}"
+            );
+        }
+    }
+    let seed = names.iter().position(|n| *n == "seed seed").unwrap();
+    assert!(
+        names[..seed].iter().all(|n| !n.contains("c_partial")),
+        "{names:?}"
+    );
+    assert!(
+        names[seed..].iter().all(|n| !n.contains("forward")),
+        "{names:?}"
+    );
+    for (name, s) in &k.kernels {
+        assert!(s.is_finite() && *s >= 0.0, "{name}: {s}");
+    }
+    assert!(k.kernels[0].1 > 0.0, "the unpack ran: {:?}", k.kernels[0]);
+    // The stages are sums of the same timestamps: forward (with the unpack) and relevance
+    // together are the dispatches' total.
+    let sum: f64 = k.kernels.iter().map(|(_, s)| s).sum();
+    let stages = st.forward_s + st.relevance_s;
+    assert!(
+        (sum - stages).abs() <= 1e-9 * stages.max(1e-9),
+        "{sum} vs {stages}"
+    );
 }

@@ -84,7 +84,28 @@ impl GpuBackend {
     /// timestamp queries. Results are unchanged; the input then goes up through a mapped
     /// buffer per submission instead of a queue write.
     pub fn enable_stage_timing(&mut self) -> Result<bool> {
-        self.plan.enable_timing()
+        self.plan.enable_timing(false)
+    }
+
+    /// Times every dispatch of every submission from now on, as well as the stages (for `bench
+    /// --kernel-times`; see [`GpuBackend::kernel_times`]): each dispatch then runs in its own
+    /// compute pass, whose boundaries add some GPU time. Returns false, changing nothing, when
+    /// the adapter has no timestamp queries.
+    pub fn enable_kernel_timing(&mut self) -> Result<bool> {
+        self.plan.enable_timing(true)
+    }
+
+    /// GPU time per dispatch summed over the submissions since
+    /// [`GpuBackend::enable_kernel_timing`] (None before, or without timestamp queries).
+    pub fn kernel_times(&self) -> Option<KernelTimes> {
+        self.plan.kernel_totals().map(|t| KernelTimes {
+            kernels: t
+                .kernels
+                .into_iter()
+                .map(|(k, ns)| (k, ns * 1e-9))
+                .collect(),
+            batches: t.batches,
+        })
     }
 
     /// Splits a batch of at least 512 samples that fits the plan into up to `k` submissions of
@@ -166,6 +187,17 @@ impl From<StageTotals> for StageTimes {
             batches: t.batches,
         }
     }
+}
+
+/// GPU time per dispatch, summed over `batches` submissions, in seconds (from timestamp
+/// queries; see [`GpuBackend::kernel_times`]): the byte unpack first (idle for f32 inputs), then
+/// every dispatch of the plan in order, each named by its layer and entry point (e.g.
+/// `layer.0.conv1 c_partial`).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct KernelTimes {
+    pub kernels: Vec<(String, f64)>,
+    /// Submissions timed.
+    pub batches: usize,
 }
 
 /// The largest batch size up to `requested` whose buffers fit the adapter's limits, with a note

@@ -35,7 +35,8 @@
 //!   has timestamp queries: timestamps after the input upload, forward, relevance and read-back
 //!   copies of each submission are resolved into its staging buffer and read back with it (no
 //!   extra submission); the input then goes up through a mapped buffer per staging slot. Other
-//!   commands never enable it.
+//!   commands never enable it. `bench --kernel-times` ([`GpuBackend::enable_kernel_timing`])
+//!   also times every dispatch, each in its own compute pass, named by layer and entry point.
 
 pub mod backend;
 pub mod context;
@@ -43,5 +44,5 @@ mod pipeline;
 mod plan;
 pub mod shader;
 
-pub use backend::{GpuBackend, HostTimes, StageTimes};
+pub use backend::{GpuBackend, HostTimes, KernelTimes, StageTimes};
 pub use context::{adapters, AdapterSummary, GpuContext};

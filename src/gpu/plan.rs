@@ -18,11 +18,21 @@ use crate::{Error, Layer, Method, Network, Result};
 /// Bytes per f32 / u32.
 const F: u64 = 4;
 
-/// Timestamps per timed batch: start, after the upload copy, after the forward dispatches (with
-/// the seed), after the relevance dispatches, after the read-back copies.
+/// Timestamps per batch timed by stage: start, after the upload copy, after the forward
+/// dispatches (with the seed), after the relevance dispatches, after the read-back copies.
 const TIMESTAMPS: u32 = 5;
-/// Bytes the timestamps of one batch take at the end of its staging buffer.
-const TIMESTAMP_BYTES: u64 = TIMESTAMPS as u64 * wgpu::QUERY_SIZE as u64;
+
+/// Timestamps per batch timed by kernel, for a plan of `steps` dispatches: start, after the
+/// upload copy, after the byte unpack (an empty pass for f32 inputs), after each dispatch,
+/// after the read-back copies.
+fn kernel_timestamps(steps: usize) -> u32 {
+    steps as u32 + 4
+}
+
+/// Bytes `count` timestamps take.
+fn timestamp_bytes(count: u32) -> u64 {
+    u64::from(count) * wgpu::QUERY_SIZE as u64
+}
 
 /// Where the timestamps lie in a staging buffer whose results take `bytes`.
 fn timestamp_offset(bytes: u64) -> u64 {
@@ -34,6 +44,16 @@ fn timestamp_offset(bytes: u64) -> u64 {
 pub(crate) struct StageTotals {
     /// Nanoseconds: upload, forward, relevance, read-back.
     pub ns: [f64; 4],
+    /// Submissions timed.
+    pub batches: usize,
+}
+
+/// GPU time per dispatch summed over the batches timed by kernel (see [`Plan::enable_timing`]):
+/// the byte unpack first, then every dispatch of the plan in order.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(crate) struct KernelTotals {
+    /// Per dispatch: what it is (layer label and entry point) and its nanoseconds.
+    pub kernels: Vec<(String, f64)>,
     /// Submissions timed.
     pub batches: usize,
 }
@@ -52,6 +72,12 @@ struct Timing {
     /// Nanoseconds per timestamp tick.
     period: f64,
     totals: StageTotals,
+    /// Timed by kernel (every dispatch in its own pass), not only by stage.
+    kernels: bool,
+    /// Timestamps per batch: [`TIMESTAMPS`] or [`kernel_timestamps`].
+    per_slot: u32,
+    /// Nanoseconds per dispatch (the unpack, then each step), when timed by kernel.
+    kernel_ns: Vec<f64>,
 }
 
 type MapReceiver = std::sync::mpsc::Receiver<std::result::Result<(), wgpu::BufferAsyncError>>;
@@ -399,6 +425,7 @@ impl Uniform {
 /// samples.
 struct Step {
     pipeline: wgpu::ComputePipeline,
+    kernel: Kernel,
     bind_group: usize,
     per_sample: u64,
     sample_block: u64,
@@ -470,6 +497,8 @@ pub(crate) struct Plan {
     staging: [wgpu::Buffer; 2],
     uniforms: Vec<(wgpu::Buffer, Uniform)>,
     bind_groups: Vec<wgpu::BindGroup>,
+    /// The label of each bind group (the layer it serves), for naming dispatches.
+    bind_labels: Vec<String>,
     steps: Vec<Step>,
     /// `steps[..forward_steps]` are the forward pass and the seed, the rest the relevance pass.
     forward_steps: usize,
@@ -615,15 +644,6 @@ impl Plan {
         let part = storage(device, "scratch.partial", fp.partial * 4 * b * F);
         let targets = storage(device, "targets", b * F);
         let dummy = storage(device, "unused", 16);
-        // Two staging buffers, so one batch can be read back while the next one runs.
-        let staging = ["staging.0", "staging.1"].map(|label| {
-            device.create_buffer(&wgpu::BufferDescriptor {
-                label: Some(label),
-                size: (timestamp_offset(fp.staging * b) + TIMESTAMP_BYTES).next_multiple_of(16),
-                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-                mapped_at_creation: false,
-            })
-        });
         let rel = |p: Ping| match p {
             Ping::A => &rel_a,
             Ping::B => &rel_b,
@@ -649,6 +669,7 @@ impl Plan {
         let cache = ctx.pipelines();
         let mut uniforms = vec![];
         let mut bind_groups = vec![];
+        let mut bind_labels = vec![];
         let mut forward = vec![];
         let mut backward = vec![];
         let mut bind = |shader: Shader,
@@ -679,12 +700,14 @@ impl Plan {
             });
             uniforms.push((ubuf, uniform));
             bind_groups.push(bg);
+            bind_labels.push(label);
             bind_groups.len() - 1
         };
         let step = |list: &mut Vec<Step>, kernel: Kernel, bg: usize, per_sample: u64| {
             cache.get(device, kernel).map(|pipeline| {
                 list.push(Step {
                     pipeline,
+                    kernel,
                     bind_group: bg,
                     per_sample,
                     sample_block: kernel.sample_block() as u64,
@@ -1089,6 +1112,18 @@ impl Plan {
         let forward_steps = forward.len();
         let mut steps = forward;
         steps.extend(backward);
+        // Two staging buffers, so one batch can be read back while the next one runs; room at
+        // the end for the timestamps of a timed batch.
+        let stamps = kernel_timestamps(steps.len()).max(TIMESTAMPS);
+        let staging = ["staging.0", "staging.1"].map(|label| {
+            device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(label),
+                size: (timestamp_offset(fp.staging * b) + timestamp_bytes(stamps))
+                    .next_multiple_of(16),
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            })
+        });
         let result = rel(result_ping).clone();
         let input = act_buffers[0].clone();
         let mut buffers = owned;
@@ -1119,6 +1154,7 @@ impl Plan {
             staging,
             uniforms,
             bind_groups,
+            bind_labels,
             steps,
             forward_steps,
             timing: None,
@@ -1199,7 +1235,8 @@ impl Plan {
             label: Some("batch"),
         });
         let input_bytes = upload_data.len() as u64;
-        let base = slot as u32 * TIMESTAMPS;
+        let per_slot = self.timing.as_ref().map_or(TIMESTAMPS, |t| t.per_slot);
+        let base = slot as u32 * per_slot;
         if let Some(t) = &mut self.timing {
             // The upload buffer of this slot was re-mapped after its last batch (or, after an
             // error between unmapping and submitting, is mapped again here).
@@ -1230,25 +1267,34 @@ impl Plan {
                     end_of_pass_write_index: Some(base + i),
                 })
         };
-        // One compute pass, or (timed) the forward and relevance passes apart.
-        let passes: Vec<(&[Step], Option<wgpu::ComputePassTimestampWrites>)> =
-            if self.timing.is_some() {
+        // Bytes are expanded into the input activation first (in the forward pass).
+        let unpack = matches!(x, BatchInput::U8(..)).then_some(&self.unpack);
+        // One compute pass; timed by stage, the forward and relevance passes apart; timed by
+        // kernel, a pass per dispatch (the unpack's pass is empty for f32 inputs).
+        let passes: Vec<(Vec<&Step>, Option<wgpu::ComputePassTimestampWrites>)> = match &self.timing
+        {
+            None => vec![(unpack.into_iter().chain(&self.steps).collect(), None)],
+            Some(t) if !t.kernels => {
                 let (fw, bw) = self.steps.split_at(self.forward_steps);
-                vec![(fw, stamp(2)), (bw, stamp(3))]
-            } else {
-                vec![(&self.steps[..], None)]
-            };
-        for (i, (steps, timestamp_writes)) in passes.into_iter().enumerate() {
+                vec![
+                    (unpack.into_iter().chain(fw).collect(), stamp(2)),
+                    (bw.iter().collect(), stamp(3)),
+                ]
+            }
+            Some(_) => std::iter::once((unpack.into_iter().collect(), stamp(2)))
+                .chain(
+                    (self.steps.iter())
+                        .zip(3..)
+                        .map(|(st, i)| (vec![st], stamp(i))),
+                )
+                .collect(),
+        };
+        for (steps, timestamp_writes) in passes {
             let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
                 label: Some("batch.forward_backward"),
                 timestamp_writes,
             });
-            // Bytes are expanded into the input activation first (in the forward pass).
-            let unpack = match x {
-                BatchInput::U8(..) if i == 0 => Some(&self.unpack),
-                _ => None,
-            };
-            for st in unpack.into_iter().chain(steps) {
+            for st in steps {
                 let blocks = (n as u64).div_ceil(st.sample_block);
                 let (gx, gy) = self.workgroups(st.per_sample * blocks)?;
                 pass.set_pipeline(&st.pipeline);
@@ -1262,10 +1308,11 @@ impl Plan {
         enc.copy_buffer_to_buffer(&self.logits, 0, staging, lay.logit_off, lay.logit_bytes);
         enc.copy_buffer_to_buffer(&self.targets, 0, staging, lay.target_off, n as u64 * F);
         if let Some(t) = &self.timing {
-            mark(&mut enc, &t.queries, base + 4);
-            let at = slot as u64 * wgpu::QUERY_RESOLVE_BUFFER_ALIGNMENT;
-            enc.resolve_query_set(&t.queries, base..base + TIMESTAMPS, &t.resolve, at);
-            enc.copy_buffer_to_buffer(&t.resolve, at, staging, lay.ts_off, TIMESTAMP_BYTES);
+            mark(&mut enc, &t.queries, base + per_slot - 1);
+            let at = slot as u64 * resolve_stride(per_slot);
+            enc.resolve_query_set(&t.queries, base..base + per_slot, &t.resolve, at);
+            let bytes = timestamp_bytes(per_slot);
+            enc.copy_buffer_to_buffer(&t.resolve, at, staging, lay.ts_off, bytes);
         }
         let index = queue.submit([enc.finish()]);
         if let Some(t) = &mut self.timing {
@@ -1327,13 +1374,33 @@ impl Plan {
             let tg = &bytes[lay.target_off as usize..lay.target_off as usize + n * 4];
             out.targets[..n].copy_from_slice(bytemuck::cast_slice(tg));
             if let (true, Some(t)) = (pending.timed, &mut self.timing) {
-                let ts = &bytes[lay.ts_off as usize..(lay.ts_off + TIMESTAMP_BYTES) as usize];
-                let ticks: Vec<u64> = ts
+                let end = lay.ts_off + timestamp_bytes(t.per_slot);
+                let ns: Vec<f64> = bytes[lay.ts_off as usize..end as usize]
                     .chunks_exact(8)
                     .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
+                    .collect::<Vec<u64>>()
+                    .windows(2)
+                    .map(|w| w[1].saturating_sub(w[0]) as f64 * t.period)
                     .collect();
-                for (stage, w) in ticks.windows(2).enumerate() {
-                    t.totals.ns[stage] += w[1].saturating_sub(w[0]) as f64 * t.period;
+                if t.kernels {
+                    // ns: upload, unpack, each step, read-back.
+                    let fw = 1 + self.forward_steps;
+                    let stages = [
+                        ns[0],
+                        ns[1..=fw].iter().sum(),
+                        ns[fw + 1..ns.len() - 1].iter().sum(),
+                        ns[ns.len() - 1],
+                    ];
+                    for (total, v) in t.totals.ns.iter_mut().zip(stages) {
+                        *total += v;
+                    }
+                    for (total, v) in t.kernel_ns.iter_mut().zip(&ns[1..ns.len() - 1]) {
+                        *total += v;
+                    }
+                } else {
+                    for (total, v) in t.totals.ns.iter_mut().zip(&ns) {
+                        *total += v;
+                    }
                 }
                 t.totals.batches += 1;
             }
@@ -1372,14 +1439,28 @@ impl Plan {
     /// forward dispatches (with the seed), the relevance dispatches and the read-back copies,
     /// resolved into the staging buffer and read back with the results. The input then goes
     /// through a mapped upload buffer per slot instead of a queue write, so that its copy lies
-    /// inside the batch's command buffer. Returns false (and changes nothing) when the device
-    /// has no timestamp queries.
-    pub(crate) fn enable_timing(&mut self) -> Result<bool> {
-        if self.timing.is_some() {
+    /// inside the batch's command buffer. With `kernels`, every dispatch also runs in its own
+    /// compute pass with a timestamp at its end, which times each kernel (the pass boundaries
+    /// add some GPU time). Returns false (and changes nothing) when the device has no timestamp
+    /// queries. Call it with no batch pending.
+    pub(crate) fn enable_timing(&mut self, kernels: bool) -> Result<bool> {
+        if self.timing.as_ref().is_some_and(|t| t.kernels == kernels) {
             return Ok(true);
         }
         if !self.ctx.timestamps() {
             return Ok(false);
+        }
+        let per_slot = if kernels {
+            kernel_timestamps(self.steps.len())
+        } else {
+            TIMESTAMPS
+        };
+        if 2 * per_slot > wgpu::QUERY_SET_MAX_QUERIES {
+            return Err(Error::Gpu(format!(
+                "the plan has {} dispatches per batch, too many to time each ({} at most)",
+                self.steps.len(),
+                wgpu::QUERY_SET_MAX_QUERIES / 2 - 4
+            )));
         }
         let device = self.ctx.device();
         let scope = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
@@ -1387,11 +1468,11 @@ impl Plan {
         let queries = device.create_query_set(&wgpu::QuerySetDescriptor {
             label: Some("batch.timestamps"),
             ty: wgpu::QueryType::Timestamp,
-            count: 2 * TIMESTAMPS,
+            count: 2 * per_slot,
         });
         let resolve = device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("batch.timestamps.resolve"),
-            size: 2 * wgpu::QUERY_RESOLVE_BUFFER_ALIGNMENT,
+            size: 2 * resolve_stride(per_slot),
             usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
             mapped_at_creation: false,
         });
@@ -1420,6 +1501,9 @@ impl Plan {
             mapped: [true, true],
             period: f64::from(self.ctx.queue().get_timestamp_period()),
             totals: StageTotals::default(),
+            kernels,
+            per_slot,
+            kernel_ns: vec![0.0; 1 + self.steps.len()],
         });
         Ok(true)
     }
@@ -1428,6 +1512,27 @@ impl Plan {
     pub(crate) fn stage_totals(&self) -> Option<StageTotals> {
         self.timing.as_ref().map(|t| t.totals)
     }
+
+    /// The time of each dispatch summed since timing by kernel was enabled (None: not enabled).
+    pub(crate) fn kernel_totals(&self) -> Option<KernelTotals> {
+        let t = self.timing.as_ref().filter(|t| t.kernels)?;
+        let names = std::iter::once(&self.unpack).chain(&self.steps).map(|st| {
+            format!(
+                "{} {}",
+                self.bind_labels[st.bind_group],
+                st.kernel.entry_point()
+            )
+        });
+        Some(KernelTotals {
+            kernels: names.zip(t.kernel_ns.iter().copied()).collect(),
+            batches: t.totals.batches,
+        })
+    }
+}
+
+/// Bytes between the timestamps of the two slots in the resolve buffer.
+fn resolve_stride(per_slot: u32) -> u64 {
+    timestamp_bytes(per_slot).next_multiple_of(wgpu::QUERY_RESOLVE_BUFFER_ALIGNMENT)
 }
 
 /// An empty compute pass whose end writes timestamp `index` (after all earlier work).
