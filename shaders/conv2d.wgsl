@@ -19,14 +19,15 @@
 //                                 whose lane t holds term t's modified weight
 // Dispatch: 1-D over invocations, 64 per workgroup, folded into (x, y) workgroups when there are
 // more than the per-dimension limit; index = gid.x + gid.y * num_workgroups.x * 64.
-//   forward_partial, z_partial: n * chunks_in * ceil(oc/4) * (oh*ow) invocations; each computes
-//       4 output channels of one pixel over the receptive field of c_per_chunk input channels;
-//       chunks_in = 1: writes the result directly
+//   forward_partial, z_partial: n * chunks_in * ceil(oc/4) * oh * ceil(ow/4) invocations; each
+//       computes 4 output channels of a strip of 4 pixels of one output row over the receptive
+//       field of c_per_chunk input channels; chunks_in = 1: writes the result directly
 //   forward_reduce, s_reduce:   n * (oc*oh*ow) invocations (only when chunks_in > 1; s_reduce
 //                               also for the gradient)
-//   c_partial:                  n * chunks_out * ceil(c/4) * (h*w) invocations; each gathers, for
-//       4 input channels of one pixel, over the kernel positions of oc_per_chunk output channels
-//       that reach the pixel; chunks_out = 1: writes R directly
+//   c_partial:                  n * chunks_out * ceil(c/4) * h * ceil(w/4) invocations (stride_x
+//       = 1; h * w otherwise); each gathers, for 4 input channels of a strip of 4 pixels of one
+//       input row (of one pixel), over the kernel positions of oc_per_chunk output channels that
+//       reach the pixels; chunks_out = 1: writes R directly
 //   r_reduce:                   n * (c*h*w) invocations (only when chunks_out > 1)
 // The host sizes the chunks so that every invocation loops over at most max(1024, kh*kw) kernel
 // positions per term of the rule (kh*kw times the terms <= 16,384), or over the chunks, so no
@@ -131,12 +132,6 @@ fn terms() -> u32 {
     return min(P.rule.term_layout.x, 4u);
 }
 
-// f_t(v) of term t.
-fn xmod(v: f32, t: u32) -> f32 {
-    let r = P.rule;
-    return r.x_lin[t] * v + r.x_pos[t] * max(v, 0.0) + r.x_neg[t] * min(v, 0.0) + r.x_one[t];
-}
-
 // Whether term t's input modifier is a constant (no data): its share of z' is in P.z_const.
 fn precomputed(t: u32) -> bool {
     let r = P.rule;
@@ -156,31 +151,6 @@ fn out_len() -> u32 {
 
 fn in_len() -> u32 {
     return P.c * P.h * P.w;
-}
-
-// The receptive field of output pixel (oy, ox) clipped to the image: its first input row and
-// column (negative inside the padding) and the kernel rows [ky0, ky1) and columns [kx0, kx1)
-// that fall on real pixels.
-struct Field {
-    y0: i32,
-    x0: i32,
-    ky0: u32,
-    ky1: u32,
-    kx0: u32,
-    kx1: u32,
-}
-
-fn field(oy: u32, ox: u32) -> Field {
-    let y0 = i32(oy * P.stride_y) - i32(P.pad_top);
-    let x0 = i32(ox * P.stride_x) - i32(P.pad_left);
-    return Field(
-        y0,
-        x0,
-        u32(max(0, -y0)),
-        u32(clamp(i32(P.h) - y0, 0, i32(P.kh))),
-        u32(max(0, -x0)),
-        u32(clamp(i32(P.w) - x0, 0, i32(P.kw))),
-    );
 }
 
 // The kernel rows (or columns) that reach input row n = iy + pad through a real output row:
@@ -248,61 +218,113 @@ fn in_weights(t: u32, cb: u32) -> u32 {
     return P.rule.term_layout.w + (t * blocks(P.c) + cb) * P.oc * P.kh * P.kw;
 }
 
-// A blocked invocation of forward_partial / z_partial: sample, chunk of the receptive field,
-// first output channel of the block, and output pixel.
-struct OutBlock {
+// Output strips: forward_partial and z_partial compute STRIP (4) consecutive output pixels of
+// one output row for a block of BLOCK (4) output channels per invocation, so each weight vec4
+// is loaded once per strip and each input value feeds the block's 4 channels: 16 multiply-adds
+// per 5 loads. Pixels past the row's end compute on clamped inputs and write nothing.
+const STRIP: u32 = 4u;
+
+fn strips(width: u32) -> u32 {
+    return (width + STRIP - 1u) / STRIP;
+}
+
+// An invocation of forward_partial / z_partial: sample, chunk of the receptive field, first
+// output channel of the block, output row and first output column of the strip.
+struct OutStrip {
     n: u32,
     k: u32,
     o0: u32,
-    p: u32,
+    oy: u32,
+    ox0: u32,
 }
 
-fn out_block(idx: u32) -> OutBlock {
-    let ohw = P.oh * P.ow;
-    let p = idx % ohw;
-    let rest = idx / ohw;
+fn out_strip(idx: u32) -> OutStrip {
+    let per_block = P.oh * strips(P.ow);
+    let q = idx % per_block;
+    let rest = idx / per_block;
     let nb = blocks(P.oc);
     let nk = rest / nb;
-    return OutBlock(nk / P.chunks_in, nk % P.chunks_in, (rest % nb) * BLOCK, p);
+    let sw = strips(P.ow);
+    return OutStrip(nk / P.chunks_in, nk % P.chunks_in, (rest % nb) * BLOCK, q / sw, (q % sw) * STRIP);
 }
 
-// Forward, split-K: one invocation per (sample, chunk of the receptive field, block of output
-// channels, output pixel).
-@compute @workgroup_size(64)
-fn forward_partial(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let idx = flat_index(gid, nwg);
-    let ohw = P.oh * P.ow;
-    if (idx >= P.n * P.chunks_in * blocks(P.oc) * ohw) {
-        return;
-    }
-    let b = out_block(idx);
-    let f = field(b.p / P.ow, b.p % P.ow);
-    let kk = P.kh * P.kw;
-    let wbase = out_weights(0u, b.o0 / BLOCK);
-    let c0 = b.k * P.c_per_chunk;
+fn out_strip_count() -> u32 {
+    return P.n * P.chunks_in * blocks(P.oc) * P.oh * strips(P.ow);
+}
+
+// m.x v + m.y max(v, 0) + m.z min(v, 0) + m.w: an input modifier (m = (1, 0, 0, 0): v itself).
+fn modified(v: f32, m: vec4<f32>) -> f32 {
+    return m.x * v + m.y * max(v, 0.0) + m.z * min(v, 0.0) + m.w;
+}
+
+// The input modifier of term t as the coefficients of `modified`.
+fn term_mod(t: u32) -> vec4<f32> {
+    let r = P.rule;
+    return vec4<f32>(r.x_lin[t], r.x_pos[t], r.x_neg[t], r.x_one[t]);
+}
+
+// The modified input at column xi of the input row starting at xr; 0 in the padding (where
+// the receptive field has no input, for every modifier).
+fn input_at(xr: u32, xi: i32, m: vec4<f32>) -> f32 {
+    let v = x[xr + u32(clamp(xi, 0, i32(P.w) - 1))];
+    return select(0.0, modified(v, m), xi >= 0 && xi < i32(P.w));
+}
+
+// Sum of modified(x, m) * W over the chunk's receptive field for each pixel of strip `o` (one
+// vec4 over the block's channels per pixel); the weights are an output-channel block's
+// [c, kh, kw] vec4s starting at `wbase` in wv.
+fn strip_sum(o: OutStrip, wbase: u32, m: vec4<f32>) -> array<vec4<f32>, 4> {
+    let y0 = i32(o.oy * P.stride_y) - i32(P.pad_top);
+    let ky0 = u32(max(0, -y0));
+    let ky1 = u32(clamp(i32(P.h) - y0, 0, i32(P.kh)));
+    let x0 = i32(o.ox0 * P.stride_x) - i32(P.pad_left);
+    let sx = i32(P.stride_x);
+    let c0 = o.k * P.c_per_chunk;
     let c1 = min(c0 + P.c_per_chunk, P.c);
-    let xbase = b.n * in_len();
-    var acc = vec4<f32>(0.0);
+    let xbase = o.n * in_len();
+    var acc = array<vec4<f32>, 4>(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
     for (var ch = c0; ch < c1; ch++) {
-        let xc = i32(xbase + ch * P.h * P.w) + f.x0;
-        let wc = wbase + ch * kk;
-        for (var ky = f.ky0; ky < f.ky1; ky++) {
-            let xr = xc + (f.y0 + i32(ky)) * i32(P.w);
+        let xc = xbase + ch * P.h * P.w;
+        let wc = wbase + ch * P.kh * P.kw;
+        for (var ky = ky0; ky < ky1; ky++) {
+            let xr = xc + u32(y0 + i32(ky)) * P.w;
             let wr = wc + ky * P.kw;
-            for (var kx = f.kx0; kx < f.kx1; kx++) {
-                acc += x[u32(xr + i32(kx))] * wv[wr + kx];
+            for (var kx = 0u; kx < P.kw; kx++) {
+                let wk = wv[wr + kx];
+                let xi = x0 + i32(kx);
+                acc[0] += input_at(xr, xi, m) * wk;
+                acc[1] += input_at(xr, xi + sx, m) * wk;
+                acc[2] += input_at(xr, xi + 2 * sx, m) * wk;
+                acc[3] += input_at(xr, xi + 3 * sx, m) * wk;
             }
         }
     }
+    return acc;
+}
+
+// Forward, split-K: one invocation per (sample, chunk of the receptive field, block of output
+// channels, output strip).
+@compute @workgroup_size(64)
+fn forward_partial(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let idx = flat_index(gid, nwg);
+    if (idx >= out_strip_count()) {
+        return;
+    }
+    let o = out_strip(idx);
+    let acc = strip_sum(o, out_weights(0u, o.o0 / BLOCK), vec4<f32>(1.0, 0.0, 0.0, 0.0));
     let olen = out_len();
-    for (var l = 0u; l < BLOCK; l++) {
-        let o = b.o0 + l;
-        if (o < P.oc) {
-            let j = o * ohw + b.p;
-            if (P.chunks_in == 1u) {
-                y[b.n * olen + j] = activation(acc[l] + wb[P.bias_offset + o]);
-            } else {
-                part[(b.n * P.chunks_in + b.k) * olen + j] = vec4<f32>(acc[l], 0.0, 0.0, 0.0);
+    let ohw = P.oh * P.ow;
+    for (var j = 0u; j < STRIP; j++) {
+        let ox = o.ox0 + j;
+        for (var l = 0u; l < BLOCK; l++) {
+            let oc = o.o0 + l;
+            if (ox < P.ow && oc < P.oc) {
+                let i = oc * ohw + o.oy * P.ow + ox;
+                if (P.chunks_in == 1u) {
+                    y[o.n * olen + i] = activation(acc[j][l] + wb[P.bias_offset + oc]);
+                } else {
+                    part[(o.n * P.chunks_in + o.k) * olen + i] = vec4<f32>(acc[j][l], 0.0, 0.0, 0.0);
+                }
             }
         }
     }
@@ -326,62 +348,51 @@ fn forward_reduce(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wo
 }
 
 // Relevance step 1, modified forward per term: one invocation per (sample, chunk of the receptive
-// field, block of output channels, output pixel); loops over the rule's terms, each input's
-// modified value computed once per term and block.
+// field, block of output channels, output strip); loops over the rule's terms, skipping those
+// whose share of z' is precomputed (P.z_const).
 @compute @workgroup_size(64)
 fn z_partial(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let idx = flat_index(gid, nwg);
-    let ohw = P.oh * P.ow;
-    if (idx >= P.n * P.chunks_in * blocks(P.oc) * ohw) {
+    if (idx >= out_strip_count()) {
         return;
     }
-    let b = out_block(idx);
-    let f = field(b.p / P.ow, b.p % P.ow);
-    let kk = P.kh * P.kw;
-    let ob = b.o0 / BLOCK;
-    let c0 = b.k * P.c_per_chunk;
-    let c1 = min(c0 + P.c_per_chunk, P.c);
-    let xbase = b.n * in_len();
-    var z0 = vec4<f32>(0.0);
-    var z1 = vec4<f32>(0.0);
-    if (P.z_const != 0u && b.k == 0u) {
-        let zc = P.z_const - 1u + (ob * ohw + b.p) * 2u;
-        z0 = wv[zc];
-        z1 = wv[zc + 1u];
+    let o = out_strip(idx);
+    let ob = o.o0 / BLOCK;
+    let ohw = P.oh * P.ow;
+    let row = o.oy * P.ow;
+    var z0 = array<vec4<f32>, 4>(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
+    var z1 = z0;
+    if (P.z_const != 0u && o.k == 0u) {
+        for (var j = 0u; j < STRIP; j++) {
+            let zc = P.z_const - 1u + (ob * ohw + row + min(o.ox0 + j, P.ow - 1u)) * 2u;
+            z0[j] = wv[zc];
+            z1[j] = wv[zc + 1u];
+        }
     }
     for (var t = 0u; t < terms(); t++) {
         if (precomputed(t)) {
             continue;
         }
-        let wt = out_weights(t + 1u, ob);
-        var acc = vec4<f32>(0.0);
-        for (var ch = c0; ch < c1; ch++) {
-            let xc = i32(xbase + ch * P.h * P.w) + f.x0;
-            let wc = wt + ch * kk;
-            for (var ky = f.ky0; ky < f.ky1; ky++) {
-                let xr = xc + (f.y0 + i32(ky)) * i32(P.w);
-                let wr = wc + ky * P.kw;
-                for (var kx = f.kx0; kx < f.kx1; kx++) {
-                    acc += xmod(x[u32(xr + i32(kx))], t) * wv[wr + kx];
-                }
-            }
-        }
-        if (P.rule.term_pass1[t] > 0.5) {
-            z1 += acc;
-        } else {
-            z0 += acc;
+        let acc = strip_sum(o, out_weights(t + 1u, ob), term_mod(t));
+        let pass1 = P.rule.term_pass1[t] > 0.5;
+        for (var j = 0u; j < STRIP; j++) {
+            z0[j] += select(acc[j], vec4<f32>(0.0), pass1);
+            z1[j] += select(vec4<f32>(0.0), acc[j], pass1);
         }
     }
     let olen = out_len();
-    for (var l = 0u; l < BLOCK; l++) {
-        let o = b.o0 + l;
-        if (o < P.oc) {
-            let j = o * ohw + b.p;
-            let z = vec2<f32>(z0[l], z1[l]);
-            if (P.chunks_in == 1u) {
-                finish_s(b.n, j, z);
-            } else {
-                part[(b.n * P.chunks_in + b.k) * olen + j] = vec4<f32>(z, 0.0, 0.0);
+    for (var j = 0u; j < STRIP; j++) {
+        let ox = o.ox0 + j;
+        for (var l = 0u; l < BLOCK; l++) {
+            let oc = o.o0 + l;
+            if (ox < P.ow && oc < P.oc) {
+                let i = oc * ohw + row + ox;
+                let z = vec2<f32>(z0[j][l], z1[j][l]);
+                if (P.chunks_in == 1u) {
+                    finish_s(o.n, i, z);
+                } else {
+                    part[(o.n * P.chunks_in + o.k) * olen + i] = vec4<f32>(z, 0.0, 0.0);
+                }
             }
         }
     }
@@ -407,24 +418,135 @@ fn s_reduce(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgrou
 }
 
 // Relevance step 3, gather of the back-projection per term: one invocation per (sample, chunk of
-// the transposed reduction, block of input channels, input pixel); each s value is loaded once
-// per block, and R = sum_t coef_t f_t(x) c_t is formed per channel (split-K partials hold R).
+// the transposed reduction, block of input channels, input strip or pixel); R = sum_t coef_t
+// f_t(x) c_t is formed per channel (split-K partials hold R). With stride_x = 1 an invocation
+// gathers a strip of STRIP input pixels of one row (`c_strip`), so each weight vec4 is loaded
+// once per strip; otherwise one pixel (`c_pixel`), over the kernel positions that reach it.
 @compute @workgroup_size(64)
 fn c_partial(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let idx = flat_index(gid, nwg);
-    let hw = P.h * P.w;
+    let cols = select(P.w, strips(P.w), P.stride_x == 1u);
+    let per_block = P.h * cols;
     let nb = blocks(P.c);
-    if (idx >= P.n * P.chunks_out * nb * hw) {
+    if (idx >= P.n * P.chunks_out * nb * per_block) {
         return;
     }
-    let p = idx % hw;
-    let rest = idx / hw;
+    let q = idx % per_block;
+    let rest = idx / per_block;
     let ch0 = (rest % nb) * BLOCK;
     let nk = rest / nb;
+    if (P.stride_x == 1u) {
+        c_strip(nk, ch0, q / cols, (q % cols) * STRIP);
+    } else {
+        c_pixel(nk, ch0, q / cols, q % cols);
+    }
+}
+
+// Stores r, the lower relevance (or gradient) at flat index i (channel, row, column) of sample
+// n, or its split-K partial of chunk k, for nk = n * chunks_out + k.
+fn store_r(nk: u32, i: u32, r: f32) {
+    let ilen = in_len();
+    if (P.chunks_out == 1u) {
+        r_out[nk * ilen + i] = r;
+    } else {
+        part[nk * ilen + i] = vec4<f32>(r, 0.0, 0.0, 0.0);
+    }
+}
+
+// s of the output pixel in column ox of the s row starting at sr, per lane the pass of the lane
+// (pass1); 0 where ox is outside the output.
+fn s_at(sr: u32, ox: i32, pass1: vec4<bool>) -> vec4<f32> {
+    let sj = s[sr + u32(clamp(ox, 0, i32(P.ow) - 1))];
+    let v = select(vec4<f32>(sj.x), vec4<f32>(sj.y), pass1);
+    return select(vec4<f32>(0.0), v, ox >= 0 && ox < i32(P.ow));
+}
+
+// For each pixel of the strip of STRIP input pixels from (iy, ix0) (stride_x = 1): the sum over
+// chunk k's output channels and the kernel positions reaching the pixel of s * W', per lane;
+// W' are [oc, kh, kw] vec4s from `wbase` in wv.
+fn strip_gather(n: u32, k: u32, iy: u32, ix0: u32, wbase: u32, pass1: vec4<bool>) -> array<vec4<f32>, 4> {
+    let ry = reach(i32(iy + P.pad_top), P.stride_y, P.oh, P.kh);
+    let o0 = k * P.oc_per_chunk;
+    let o1 = min(o0 + P.oc_per_chunk, P.oc);
+    let sbase = n * out_len();
+    // the output column of pixel j at kernel column kx: nx0 + j - kx
+    let nx0 = i32(ix0 + P.pad_left);
+    var acc = array<vec4<f32>, 4>(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
+    for (var o = o0; o < o1; o++) {
+        let so = sbase + o * P.oh * P.ow;
+        let wo = wbase + o * P.kh * P.kw;
+        var oy = ry.out_first;
+        for (var ky = ry.first; ky < ry.end; ky += P.stride_y) {
+            let sr = so + oy * P.ow;
+            let wr = wo + ky * P.kw;
+            for (var kx = 0u; kx < P.kw; kx++) {
+                let wk = wv[wr + kx];
+                let ox = nx0 - i32(kx);
+                acc[0] += s_at(sr, ox, pass1) * wk;
+                acc[1] += s_at(sr, ox + 1, pass1) * wk;
+                acc[2] += s_at(sr, ox + 2, pass1) * wk;
+                acc[3] += s_at(sr, ox + 3, pass1) * wk;
+            }
+            oy -= 1u;
+        }
+    }
+    return acc;
+}
+
+// c_partial for a strip of input pixels (stride_x = 1).
+fn c_strip(nk: u32, ch0: u32, iy: u32, ix0: u32) {
     let k = nk % P.chunks_out;
     let n = nk / P.chunks_out;
-    let iy = p / P.w;
-    let ix = p % P.w;
+    let hw = P.h * P.w;
+    let xrow = n * in_len() + iy * P.w;
+    let rr = P.rule;
+    if (P.c == 1u) {
+        // One input channel: the lanes are the rule's terms (as in c_pixel).
+        let acc = strip_gather(n, k, iy, ix0, in_weights(0u, 0u), rr.term_pass1 > vec4<f32>(0.5));
+        for (var j = 0u; j < STRIP; j++) {
+            let ix = ix0 + j;
+            if (ix < P.w) {
+                let v = x[xrow + ix];
+                let fx = rr.x_lin * v + rr.x_pos * max(v, 0.0) + rr.x_neg * min(v, 0.0) + rr.x_one;
+                store_r(nk, iy * P.w + ix, dot(rr.term_coef * fx, acc[j]));
+            }
+        }
+        return;
+    }
+    // The strip's inputs, per pixel the vec4 over the block's channels.
+    var xs: array<vec4<f32>, 4>;
+    for (var j = 0u; j < STRIP; j++) {
+        let xl = lane_offsets(ch0, P.c, hw) + vec4<u32>(xrow + min(ix0 + j, P.w - 1u));
+        xs[j] = vec4<f32>(x[xl.x], x[xl.y], x[xl.z], x[xl.w]);
+    }
+    var r = array<vec4<f32>, 4>(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
+    for (var t = 0u; t < terms(); t++) {
+        let pass1 = rr.term_pass1[t] > 0.5;
+        let acc = strip_gather(n, k, iy, ix0, in_weights(t, ch0 / BLOCK), vec4<bool>(pass1));
+        for (var j = 0u; j < STRIP; j++) {
+            let fx = rr.x_lin[t] * xs[j] + rr.x_pos[t] * max(xs[j], vec4<f32>(0.0))
+                + rr.x_neg[t] * min(xs[j], vec4<f32>(0.0)) + rr.x_one[t];
+            r[j] += rr.term_coef[t] * fx * acc[j];
+        }
+    }
+    for (var j = 0u; j < STRIP; j++) {
+        for (var l = 0u; l < BLOCK; l++) {
+            let ix = ix0 + j;
+            let ch = ch0 + l;
+            if (ix < P.w && ch < P.c) {
+                store_r(nk, ch * hw + iy * P.w + ix, r[j][l]);
+            }
+        }
+    }
+}
+
+// c_partial for one input pixel (any stride): the gather runs over the kernel positions that
+// reach the pixel only.
+fn c_pixel(nk: u32, ch0: u32, iy: u32, ix: u32) {
+    let k = nk % P.chunks_out;
+    let n = nk / P.chunks_out;
+    let hw = P.h * P.w;
+    let p = iy * P.w + ix;
     let kk = P.kh * P.kw;
     let ry = reach(i32(iy + P.pad_top), P.stride_y, P.oh, P.kh);
     let rx = reach(i32(ix + P.pad_left), P.stride_x, P.ow, P.kw);
@@ -459,11 +581,7 @@ fn c_partial(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgro
         }
         let fx = rr.x_lin * v + rr.x_pos * max(v, 0.0) + rr.x_neg * min(v, 0.0) + rr.x_one;
         let r1 = dot(rr.term_coef * fx, acc);
-        if (P.chunks_out == 1u) {
-            r_out[n * ilen + p] = r1;
-        } else {
-            part[nk * ilen + p] = vec4<f32>(r1, 0.0, 0.0, 0.0);
-        }
+        store_r(nk, p, r1);
         return;
     }
     let cb = ch0 / BLOCK;
@@ -498,12 +616,7 @@ fn c_partial(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgro
     for (var l = 0u; l < BLOCK; l++) {
         let ch = ch0 + l;
         if (ch < P.c) {
-            let i = ch * hw + p;
-            if (P.chunks_out == 1u) {
-                r_out[n * ilen + i] = r[l];
-            } else {
-                part[(nk * ilen) + i] = vec4<f32>(r[l], 0.0, 0.0, 0.0);
-            }
+            store_r(nk, ch * hw + p, r[l]);
         }
     }
 }

@@ -10,8 +10,8 @@ use wgpu::util::DeviceExt;
 use super::context::GpuContext;
 use super::shader::{
     ConvParams, DenseParams, ElementwiseEntry, ElementwiseParams, InputEntry, InputParams, Kernel,
-    LinearEntry, PoolEntry, PoolParams, RuleParams, Shader, CHUNK, CONV_BLOCK, MAX_CHUNKS,
-    MAX_WINDOW, WORKGROUP,
+    LinearEntry, PoolEntry, PoolParams, RuleParams, Shader, CHUNK, CONV_BLOCK, CONV_STRIP,
+    MAX_CHUNKS, MAX_WINDOW, WORKGROUP,
 };
 use crate::{Error, Layer, Method, Network, Result};
 
@@ -929,11 +929,19 @@ impl Plan {
                     owned.push(wbuf);
                     owned.extend(wvbuf);
                     let (inl, outl) = (lens[k], lens[k + 1]);
-                    // Conv2d partial kernels compute CONV_BLOCK channels per invocation.
+                    // Conv2d partial kernels compute CONV_BLOCK channels per invocation, for a
+                    // strip of CONV_STRIP pixels of a row (the back-projection: with a
+                    // horizontal stride of 1, else for one pixel).
                     let (out_units, in_units) = match p {
                         LayerPlan::Conv(c) => (
-                            (c.oc.div_ceil(CONV_BLOCK) * c.oh * c.ow) as u64,
-                            (c.c.div_ceil(CONV_BLOCK) * c.h * c.w) as u64,
+                            (c.oc.div_ceil(CONV_BLOCK) * c.oh * c.ow.div_ceil(CONV_STRIP)) as u64,
+                            (c.c.div_ceil(CONV_BLOCK)
+                                * c.h
+                                * if c.stride_x == 1 {
+                                    c.w.div_ceil(CONV_STRIP)
+                                } else {
+                                    c.w
+                                }) as u64,
                         ),
                         _ => (outl, inl),
                     };

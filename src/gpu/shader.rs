@@ -22,6 +22,11 @@ pub const MAX_WINDOW: u32 = 16_384;
 /// forward_partial and z_partial take a block of output channels, c_partial of input channels.
 pub const CONV_BLOCK: u32 = 4;
 
+/// Pixels of one row that one invocation of the Conv2d forward_partial and z_partial kernels
+/// computes (`STRIP` in conv2d.wgsl), for its block of output channels; c_partial too, for its
+/// block of input channels, where the horizontal stride is 1.
+pub const CONV_STRIP: u32 = 4;
+
 // The single-channel c_partial gather puts the rule's terms (at most 4, `RuleParams`) in the
 // lanes of a block.
 const _: () = assert!(CONV_BLOCK == 4);
