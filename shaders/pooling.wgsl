@@ -16,8 +16,8 @@
 //   max_forward, avg_forward, avg_s:  n * c * oh * ow invocations (one per window)
 //   max_relevance, avg_relevance:     n * c * h * w invocations (one per input value; each gathers
 //                                     over the windows that contain it, no atomics)
-// Each invocation loops over kh * kw window positions; the host refuses windows of more than
-// 16,384 positions, far below llvmpipe's 65,535-iteration cap.
+// Each invocation loops over at most kh * kw window positions; the host refuses windows of more
+// than 16,384 positions, far below llvmpipe's 65,535-iteration cap.
 //
 // divisor: 0 number of real (non-padding) positions, 1 kernel area (count_include_pad), 2 none
 // (sum pooling). mode 0: LRP, mode 1: gradient.
@@ -74,25 +74,20 @@ fn window_input(ch: u32, oy: u32, ox: u32, ky: u32, kx: u32) -> u32 {
     return (ch * P.h + u32(iy)) * P.w + u32(ix);
 }
 
-// Flat output index (within the sample) of the window that holds input pixel (iy, ix) at window
-// position (ky, kx), or NONE when no window does.
-fn window_output(ch: u32, iy: u32, ix: u32, ky: u32, kx: u32) -> u32 {
-    let ny = i32(iy + P.pad_top) - i32(ky);
-    let nx = i32(ix + P.pad_left) - i32(kx);
-    if (ny < 0 || nx < 0) {
-        return NONE;
-    }
-    let uy = u32(ny);
-    let ux = u32(nx);
-    if (uy % P.stride_y != 0u || ux % P.stride_x != 0u) {
-        return NONE;
-    }
-    let oy = uy / P.stride_y;
-    let ox = ux / P.stride_x;
-    if (oy >= P.oh || ox >= P.ow) {
-        return NONE;
-    }
-    return (ch * P.oh + oy) * P.ow + ox;
+// The window rows (or columns) that hold input row n = iy + pad: ky = first, first + stride, ...
+// < end, the window's output row (n - ky) / stride counting down from out_first. One modulo per
+// input instead of one per window position.
+struct Reach {
+    first: u32,
+    end: u32,
+    out_first: u32,
+}
+
+fn reach(n: i32, stride: u32, outs: u32, k: u32) -> Reach {
+    let lo = max(n - i32((outs - 1u) * stride), 0);
+    let first = u32(lo) + u32(n - lo) % stride;
+    let end = u32(clamp(n + 1, 0, i32(k)));
+    return Reach(first, end, u32(max(n - i32(first), 0)) / stride);
 }
 
 // Max pooling forward: the first arg-max in row-major window order wins; padding never wins.
@@ -140,15 +135,21 @@ fn max_relevance(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wor
     let ch = i / (P.h * P.w);
     let iy = (i / P.w) % P.h;
     let ix = i % P.w;
-    let obase = n * out_len();
+    let obase = n * out_len() + ch * P.oh * P.ow;
+    let ry = reach(i32(iy + P.pad_top), P.stride_y, P.oh, P.kh);
+    let rx = reach(i32(ix + P.pad_left), P.stride_x, P.ow, P.kw);
     var acc = 0.0;
-    for (var ky = 0u; ky < P.kh; ky++) {
-        for (var kx = 0u; kx < P.kw; kx++) {
-            let j = window_output(ch, iy, ix, ky, kx);
-            if (j != NONE && arg[obase + j] == i) {
-                acc += r_in[obase + j];
+    var oy = ry.out_first;
+    for (var ky = ry.first; ky < ry.end; ky += P.stride_y) {
+        var ox = rx.out_first;
+        for (var kx = rx.first; kx < rx.end; kx += P.stride_x) {
+            let j = obase + oy * P.ow + ox;
+            if (arg[j] == i) {
+                acc += r_in[j];
             }
+            ox -= 1u;
         }
+        oy -= 1u;
     }
     r_out[idx] = acc;
 }
@@ -229,15 +230,18 @@ fn avg_relevance(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wor
     let ch = i / (P.h * P.w);
     let iy = (i / P.w) % P.h;
     let ix = i % P.w;
-    let obase = n * out_len();
+    let obase = n * out_len() + ch * P.oh * P.ow;
+    let ry = reach(i32(iy + P.pad_top), P.stride_y, P.oh, P.kh);
+    let rx = reach(i32(ix + P.pad_left), P.stride_x, P.ow, P.kw);
     var acc = 0.0;
-    for (var ky = 0u; ky < P.kh; ky++) {
-        for (var kx = 0u; kx < P.kw; kx++) {
-            let j = window_output(ch, iy, ix, ky, kx);
-            if (j != NONE) {
-                acc += s[obase + j];
-            }
+    var oy = ry.out_first;
+    for (var ky = ry.first; ky < ry.end; ky += P.stride_y) {
+        var ox = rx.out_first;
+        for (var kx = rx.first; kx < rx.end; kx += P.stride_x) {
+            acc += s[obase + oy * P.ow + ox];
+            ox -= 1u;
         }
+        oy -= 1u;
     }
     r_out[idx] = select(acc, x[idx] * acc, P.mode == 0u);
 }
