@@ -184,11 +184,11 @@ fn finish_s(n: u32, j: u32, z: vec2<f32>) {
     s[nj] = vec2<f32>(s0, s1);
 }
 
-// Channel blocking: forward_partial and z_partial compute BLOCK (4) output channels of one output
-// pixel per invocation, so each input value (and its modified value) is loaded once per block
-// rather than once per channel; c_partial computes BLOCK input channels of one input pixel, so
-// each s value is loaded once per block. Lanes past the last channel read a clamped channel and
-// write nothing.
+// Channel blocking: forward_partial and z_partial compute BLOCK (4) output channels per
+// invocation (for a strip of pixels, below), so each input value (and its modified value) is
+// loaded once per block rather than once per channel; c_partial computes BLOCK input channels
+// (of a strip or of one pixel), so each s value is loaded once per block. Lanes past the last
+// channel read a clamped channel and write nothing.
 const BLOCK: u32 = 4u;
 
 fn blocks(channels: u32) -> u32 {
@@ -252,15 +252,17 @@ fn out_strip_count() -> u32 {
     return P.n * P.chunks_in * blocks(P.oc) * P.oh * strips(P.ow);
 }
 
-// m.x v + m.y max(v, 0) + m.z min(v, 0) + m.w: an input modifier (m = (1, 0, 0, 0): v itself).
+// An input modifier as slopes: v m.y + m.z for v > 0, v m.x + m.z otherwise (m = (1, 1, 0, 0):
+// v itself); one compare, select and multiply-add per input in the inner loops.
 fn modified(v: f32, m: vec4<f32>) -> f32 {
-    return m.x * v + m.y * max(v, 0.0) + m.z * min(v, 0.0) + m.w;
+    return v * select(m.x, m.y, v > 0.0) + m.z;
 }
 
-// The input modifier of term t as the coefficients of `modified`.
+// Term t's input modifier f(v) = x_lin v + x_pos max(v, 0) + x_neg min(v, 0) + x_one as the
+// slopes of `modified`.
 fn term_mod(t: u32) -> vec4<f32> {
     let r = P.rule;
-    return vec4<f32>(r.x_lin[t], r.x_pos[t], r.x_neg[t], r.x_one[t]);
+    return vec4<f32>(r.x_lin[t] + r.x_neg[t], r.x_lin[t] + r.x_pos[t], r.x_one[t], 0.0);
 }
 
 // The modified input at column xi of the input row starting at xr; 0 in the padding (where
@@ -311,7 +313,7 @@ fn forward_partial(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_w
         return;
     }
     let o = out_strip(idx);
-    let acc = strip_sum(o, out_weights(0u, o.o0 / BLOCK), vec4<f32>(1.0, 0.0, 0.0, 0.0));
+    let acc = strip_sum(o, out_weights(0u, o.o0 / BLOCK), vec4<f32>(1.0, 1.0, 0.0, 0.0));
     let olen = out_len();
     let ohw = P.oh * P.ow;
     for (var j = 0u; j < STRIP; j++) {
