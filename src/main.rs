@@ -491,6 +491,16 @@ fn bench(a: BenchArgs) -> taylormap::Result<()> {
             .map(|b| b.parse::<BackendChoice>())
             .collect::<taylormap::Result<_>>()?
     };
+    if a.kernel_times
+        && !backends
+            .iter()
+            .any(|b| matches!(b, BackendChoice::Gpu | BackendChoice::Auto))
+    {
+        return Err(taylormap::Error::usage(
+            "--kernel-times",
+            "times the dispatches of the GPU backend; add --backend gpu",
+        ));
+    }
     if a.min_seconds.is_nan() || a.min_seconds < 0.0 {
         return Err(taylormap::Error::usage("--min-seconds", "must be >= 0"));
     }

@@ -391,6 +391,20 @@ fn bench_json_prints_one_line_per_backend_and_batch_size() {
         "0",
     ]);
     assert_eq!(o.status.code(), Some(2));
+    // Kernel times exist for the GPU backend only.
+    let o = taylormap(&[
+        "bench",
+        "--model",
+        &model,
+        "--input",
+        &input,
+        "--backend",
+        "cpu",
+        "--kernel-times",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("--kernel-times"), "{err}");
 }
 
 #[test]
