@@ -291,6 +291,25 @@ fn strip_sum(o: OutStrip, wbase: u32, m: vec4<f32>) -> array<vec4<f32>, 4> {
         for (var ky = ky0; ky < ky1; ky++) {
             let xr = xc + u32(y0 + i32(ky)) * P.w;
             let wr = wc + ky * P.kw;
+            if (sx == 1) {
+                // Stride 1: pixel j's input at kernel column kx + 1 is pixel j + 1's at kx, so
+                // the four slide along the row and each step loads one new input.
+                var v0 = input_at(xr, x0, m);
+                var v1 = input_at(xr, x0 + 1, m);
+                var v2 = input_at(xr, x0 + 2, m);
+                for (var kx = 0u; kx < P.kw; kx++) {
+                    let v3 = input_at(xr, x0 + i32(kx) + 3, m);
+                    let wk = wv[wr + kx];
+                    acc[0] += v0 * wk;
+                    acc[1] += v1 * wk;
+                    acc[2] += v2 * wk;
+                    acc[3] += v3 * wk;
+                    v0 = v1;
+                    v1 = v2;
+                    v2 = v3;
+                }
+                continue;
+            }
             for (var kx = 0u; kx < P.kw; kx++) {
                 let wk = wv[wr + kx];
                 let xi = x0 + i32(kx);
@@ -481,13 +500,21 @@ fn strip_gather(n: u32, k: u32, iy: u32, ix0: u32, wbase: u32, pass1: vec4<bool>
         for (var ky = ry.first; ky < ry.end; ky += P.stride_y) {
             let sr = so + oy * P.ow;
             let wr = wo + ky * P.kw;
+            // Pixel j's s at kernel column kx + 1 is pixel j - 1's at kx: the four slide along
+            // the row and each step loads one new s.
+            var s1 = s_at(sr, nx0 + 1, pass1);
+            var s2 = s_at(sr, nx0 + 2, pass1);
+            var s3 = s_at(sr, nx0 + 3, pass1);
             for (var kx = 0u; kx < P.kw; kx++) {
+                let s0 = s_at(sr, nx0 - i32(kx), pass1);
                 let wk = wv[wr + kx];
-                let ox = nx0 - i32(kx);
-                acc[0] += s_at(sr, ox, pass1) * wk;
-                acc[1] += s_at(sr, ox + 1, pass1) * wk;
-                acc[2] += s_at(sr, ox + 2, pass1) * wk;
-                acc[3] += s_at(sr, ox + 3, pass1) * wk;
+                acc[0] += s0 * wk;
+                acc[1] += s1 * wk;
+                acc[2] += s2 * wk;
+                acc[3] += s3 * wk;
+                s3 = s2;
+                s2 = s1;
+                s1 = s0;
             }
             oy -= 1u;
         }
