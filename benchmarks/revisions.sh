@@ -5,7 +5,8 @@
 #   benchmarks/revisions.sh "REV1 REV2 ..." [ROUNDS] [-- BENCH_ARGS...]
 #
 # Each revision is checked out as a git worktree under .dev/revisions/ and built in release mode
-# with one shared target directory (the dependencies build once); then every round runs
+# with one shared target directory (the dependencies build once; a revision's binary is kept as
+# .dev/revisions/taylormap-SHA and reused by later calls); then every round runs
 # `taylormap bench --json BENCH_ARGS` with each revision's binary in turn, and prints one line per
 # measurement: revision, backend, batch size, heatmaps/s and, where the backend has them, the
 # forward and relevance GPU milliseconds per batch. ROUNDS defaults to 3; BENCH_ARGS to the
@@ -35,9 +36,15 @@ SHAS=()
 for rev in $REVS; do
   sha=$(git rev-parse --short "$rev^{commit}")
   dir=$ROOT/$sha
-  [ -d "$dir" ] || git worktree add --detach "$dir" "$sha" >/dev/null
-  CARGO_TARGET_DIR="$PWD/$ROOT/target" cargo build --release --quiet --manifest-path "$dir/Cargo.toml"
-  cp "$ROOT/target/release/taylormap" "$ROOT/taylormap-$sha"
+  if [ ! -x "$ROOT/taylormap-$sha" ]; then
+    [ -d "$dir" ] || git worktree add --detach "$dir" "$sha" >/dev/null
+    # The target directory is shared: cargo would call this revision fresh after building
+    # another one and leave the other's binary in place, so its sources are touched first.
+    find "$dir/src" "$dir/shaders" -type f -exec touch {} +
+    CARGO_TARGET_DIR="$PWD/$ROOT/target" cargo build --release --quiet --manifest-path "$dir/Cargo.toml"
+    cp "$ROOT/target/release/taylormap" "$ROOT/taylormap-$sha.partial"
+    mv "$ROOT/taylormap-$sha.partial" "$ROOT/taylormap-$sha"
+  fi
   SHAS+=("$sha")
 done
 for round in $(seq "$ROUNDS"); do
