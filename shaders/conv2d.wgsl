@@ -187,8 +187,9 @@ fn finish_s(n: u32, j: u32, z: vec2<f32>) {
 // Channel blocking: forward_partial and z_partial compute BLOCK (4) output channels per
 // invocation (for a strip of pixels, below), so each input value (and its modified value) is
 // loaded once per block rather than once per channel; c_partial computes BLOCK input channels
-// (of a strip or of one pixel), so each s value is loaded once per block. Lanes past the last
-// channel read a clamped channel and write nothing.
+// (of a strip or of one pixel), so each s value is loaded once per block (with a single input
+// channel the lanes hold the rule's terms instead). Lanes past the last channel read a clamped
+// channel and write nothing.
 const BLOCK: u32 = 4u;
 
 fn blocks(channels: u32) -> u32 {
@@ -221,7 +222,8 @@ fn in_weights(t: u32, cb: u32) -> u32 {
 // Output strips: forward_partial and z_partial compute STRIP (4) consecutive output pixels of
 // one output row for a block of BLOCK (4) output channels per invocation, so each weight vec4
 // is loaded once per strip and each input value feeds the block's 4 channels: 16 multiply-adds
-// per 5 loads. Pixels past the row's end compute on clamped inputs and write nothing.
+// per 5 loads, or per 2 with stride 1, where the strip's inputs slide along the row. Pixels past
+// the row's end compute on clamped inputs and write nothing.
 const STRIP: u32 = 4u;
 
 fn strips(width: u32) -> u32 {
