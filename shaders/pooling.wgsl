@@ -122,16 +122,9 @@ fn max_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workg
     arg[idx] = best_i;
 }
 
-// Max pooling relevance (LRP) and gradient alike: each input gathers R_j of every window it won.
-@compute @workgroup_size(64)
-fn max_relevance(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let idx = flat_index(gid, nwg);
-    let ilen = in_len();
-    if (idx >= P.n * ilen) {
-        return;
-    }
-    let i = idx % ilen;
-    let n = idx / ilen;
+// What the windows holding input value i of sample n send it: max pooling (is_max), the R_j
+// of every window it won; average pooling, the sum of their s_j.
+fn gathered(n: u32, i: u32, is_max: bool) -> f32 {
     let ch = i / (P.h * P.w);
     let iy = (i / P.w) % P.h;
     let ix = i % P.w;
@@ -144,14 +137,27 @@ fn max_relevance(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wor
         var ox = rx.out_first;
         for (var kx = rx.first; kx < rx.end; kx += P.stride_x) {
             let j = obase + oy * P.ow + ox;
-            if (arg[j] == i) {
+            if (!is_max) {
+                acc += s[j];
+            } else if (arg[j] == i) {
                 acc += r_in[j];
             }
             ox -= 1u;
         }
         oy -= 1u;
     }
-    r_out[idx] = acc;
+    return acc;
+}
+
+// Max pooling relevance (LRP) and gradient alike: each input gathers R_j of every window it won.
+@compute @workgroup_size(64)
+fn max_relevance(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let idx = flat_index(gid, nwg);
+    let ilen = in_len();
+    if (idx >= P.n * ilen) {
+        return;
+    }
+    r_out[idx] = gathered(idx / ilen, idx % ilen, true);
 }
 
 // Sum of the real inputs of output j's window in sample n, and their count (as f32).
@@ -225,23 +231,6 @@ fn avg_relevance(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wor
     if (idx >= P.n * ilen) {
         return;
     }
-    let i = idx % ilen;
-    let n = idx / ilen;
-    let ch = i / (P.h * P.w);
-    let iy = (i / P.w) % P.h;
-    let ix = i % P.w;
-    let obase = n * out_len() + ch * P.oh * P.ow;
-    let ry = reach(i32(iy + P.pad_top), P.stride_y, P.oh, P.kh);
-    let rx = reach(i32(ix + P.pad_left), P.stride_x, P.ow, P.kw);
-    var acc = 0.0;
-    var oy = ry.out_first;
-    for (var ky = ry.first; ky < ry.end; ky += P.stride_y) {
-        var ox = rx.out_first;
-        for (var kx = rx.first; kx < rx.end; kx += P.stride_x) {
-            acc += s[obase + oy * P.ow + ox];
-            ox -= 1u;
-        }
-        oy -= 1u;
-    }
+    let acc = gathered(idx / ilen, idx % ilen, false);
     r_out[idx] = select(acc, x[idx] * acc, P.mode == 0u);
 }
