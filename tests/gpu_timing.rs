@@ -1,6 +1,7 @@
 //! Per-stage GPU timing (`GpuBackend::enable_stage_timing`, `bench`'s `stage_seconds`): times are
-//! positive, finite and within the wall time, and timing leaves the results bit-identical.
-//! Needs an adapter with timestamp queries (llvmpipe has them); fails rather than skips under
+//! positive, finite and within the wall time, and timing leaves the results bit-identical. Per-
+//! kernel timing (`enable_kernel_timing`, `bench --kernel-times`): every layer's dispatches are
+//! named, their times add up to the stages, results are unchanged. Needs an adapter with timestamp queries (llvmpipe has them); fails rather than skips under
 //! `TAYLORMAP_REQUIRE_GPU=1`.
 
 mod common;
