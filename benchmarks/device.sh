@@ -5,7 +5,9 @@
 # end-to-end explain with and without PNGs). Every figure in BENCHMARKS.md's GPU sections comes
 # from a run of this script.
 #
-#   benchmarks/device.sh prepare   # here, with cargo: builds into .dev/, fetches .gl/ and .whl/
+#   benchmarks/device.sh prepare   # here, with cargo: builds into .dev/ (this build and, for a
+#                                  # before/after, BASE: default the last build measured on the
+#                                  # H200), fetches .gl/ and .whl/
 #   benchmarks/device.sh run       # on the device, from the repository root (carry .dev .gl .whl)
 #
 # `prepare` needs network access to Debian's and PyPI's mirrors once (the Vulkan loader is not
@@ -16,6 +18,7 @@ cd "$(dirname "$0")/.."
 case "${1:-}" in
 prepare)
   set -e
+  rm -rf .dev # only what this run prepares is carried to the device
   mkdir -p .dev .gl .whl
   cargo build --release
   cp target/release/taylormap .dev/taylormap
@@ -26,7 +29,13 @@ for l in sys.stdin:
     if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "parity" and m.get("executable"):
         print(m["executable"])')
   cp "$parity" .dev/parity
-  strip .dev/taylormap .dev/parity
+  # The build last measured on the H200 (BENCHMARKS.md, per-stage run), for a before/after on
+  # the same card in one session.
+  base=$(git rev-parse --short "${BASE:-6ee2a60}^{commit}")
+  benchmarks/revisions.sh "$base" 0
+  cp "target/revisions/taylormap-$base" .dev/taylormap-base
+  echo "$base" > .dev/base-revision
+  strip .dev/taylormap .dev/parity .dev/taylormap-base
   (cd .gl && apt-get download -oAPT::Architecture=amd64 libvulkan1 libglvnd0 libegl1 libgl1 libgles2 \
     libglx0 libopengl0)
   python3 -m pip download --no-deps -d .whl zennit==0.5.1
@@ -70,6 +79,13 @@ PY
   echo "== bench: GPU (with per-stage times), CPU engine, reference"
   $B bench --backend gpu --backend cpu --composite deep-taylor-bounded \
     --batch-sizes 1,64,1024,4096,16384 --min-seconds 2
+  echo "== bench: the build last measured on this card ($(cat .dev/base-revision)) vs this one, alternating"
+  for round in 1 2; do
+    for bin in .dev/taylormap-base $B; do
+      echo "$bin"
+      $bin bench --backend gpu --composite deep-taylor-bounded --batch-sizes 1024,4096 --min-seconds 2
+    done
+  done
   echo "== bench: GPU time per kernel (each dispatch in its own pass): which kernels to tune"
   $B bench --backend gpu --composite deep-taylor-bounded --batch-sizes 1024,4096 --min-seconds 1 --kernel-times
   echo "== bench: GPU with f32 upload instead of bytes (what the byte upload gains)"

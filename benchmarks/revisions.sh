@@ -4,14 +4,15 @@
 #
 #   benchmarks/revisions.sh "REV1 REV2 ..." [ROUNDS] [-- BENCH_ARGS...]
 #
-# Each revision is checked out as a git worktree under .dev/revisions/ and built in release mode
-# with one shared target directory (the dependencies build once; a revision's binary is kept as
-# .dev/revisions/taylormap-SHA and reused by later calls); then every round runs
+# Each revision is checked out as a git worktree under target/revisions/ (not .dev/, which is
+# carried to the device) and built in release mode with one shared target directory (the
+# dependencies build once; a revision's binary is kept as target/revisions/taylormap-SHA and
+# reused by later calls; ROUNDS 0 only builds); then every round runs
 # `taylormap bench --json BENCH_ARGS` with each revision's binary in turn, and prints one line per
 # measurement: revision, backend, batch size, heatmaps/s and, where the backend has them, the
 # forward and relevance GPU milliseconds per batch. ROUNDS defaults to 3; BENCH_ARGS to the
 # llvmpipe comparison: --backend gpu --composite deep-taylor-bounded --batch-sizes 16
-# --min-seconds 4. Remove the worktrees with `git worktree prune` after deleting .dev/revisions.
+# --min-seconds 4. Remove the worktrees with `git worktree prune` after deleting target/revisions.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ $# -lt 1 ]; then
@@ -30,7 +31,7 @@ ARGS=("$@")
 if [ ${#ARGS[@]} -eq 0 ]; then
   ARGS=(--backend gpu --composite deep-taylor-bounded --batch-sizes 16 --min-seconds 4)
 fi
-ROOT=.dev/revisions
+ROOT=target/revisions
 mkdir -p "$ROOT"
 SHAS=()
 for rev in $REVS; do
