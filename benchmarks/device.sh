@@ -36,9 +36,11 @@ for l in sys.stdin:
   cp "target/revisions/taylormap-$base" .dev/taylormap-base
   echo "$base" > .dev/base-revision
   strip .dev/taylormap .dev/parity .dev/taylormap-base
-  (cd .gl && apt-get download -oAPT::Architecture=amd64 libvulkan1 libglvnd0 libegl1 libgl1 libgles2 \
-    libglx0 libopengl0)
-  python3 -m pip download --no-deps -d .whl zennit==0.5.1
+  # downloaded once (kept between runs)
+  ls .gl/libvulkan1_*.deb >/dev/null 2>&1 ||
+    (cd .gl && apt-get download -oAPT::Architecture=amd64 libvulkan1 libglvnd0 libegl1 libgl1 \
+      libgles2 libglx0 libopengl0)
+  ls .whl/zennit-*.whl >/dev/null 2>&1 || python3 -m pip download --no-deps -d .whl zennit==0.5.1
   echo "ready: run on the device with carry [\".dev\", \".gl\", \".whl\"]"
   ;;
 run)
