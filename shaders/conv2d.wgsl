@@ -465,6 +465,19 @@ fn c_partial(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgro
     }
 }
 
+// f_t(v) of every term t (lane t), for one input value v.
+fn every_term(v: f32) -> vec4<f32> {
+    let r = P.rule;
+    return r.x_lin * v + r.x_pos * max(v, 0.0) + r.x_neg * min(v, 0.0) + r.x_one;
+}
+
+// f_t of term t for four input values (lanes: the channels of a block).
+fn term_of(t: u32, xv: vec4<f32>) -> vec4<f32> {
+    let r = P.rule;
+    return r.x_lin[t] * xv + r.x_pos[t] * max(xv, vec4<f32>(0.0)) + r.x_neg[t] * min(xv, vec4<f32>(0.0))
+        + r.x_one[t];
+}
+
 // Stores r, the lower relevance (or gradient) at flat index i (channel, row, column) of sample
 // n, or its split-K partial of chunk k, for nk = n * chunks_out + k.
 fn store_r(nk: u32, i: u32, r: f32) {
@@ -537,9 +550,7 @@ fn c_strip(nk: u32, ch0: u32, iy: u32, ix0: u32) {
         for (var j = 0u; j < STRIP; j++) {
             let ix = ix0 + j;
             if (ix < P.w) {
-                let v = x[xrow + ix];
-                let fx = rr.x_lin * v + rr.x_pos * max(v, 0.0) + rr.x_neg * min(v, 0.0) + rr.x_one;
-                store_r(nk, iy * P.w + ix, dot(rr.term_coef * fx, acc[j]));
+                store_r(nk, iy * P.w + ix, dot(rr.term_coef * every_term(x[xrow + ix]), acc[j]));
             }
         }
         return;
@@ -555,9 +566,7 @@ fn c_strip(nk: u32, ch0: u32, iy: u32, ix0: u32) {
         let pass1 = rr.term_pass1[t] > 0.5;
         let acc = strip_gather(n, k, iy, ix0, in_weights(t, ch0 / BLOCK), vec4<bool>(pass1));
         for (var j = 0u; j < STRIP; j++) {
-            let fx = rr.x_lin[t] * xs[j] + rr.x_pos[t] * max(xs[j], vec4<f32>(0.0))
-                + rr.x_neg[t] * min(xs[j], vec4<f32>(0.0)) + rr.x_one[t];
-            r[j] += rr.term_coef[t] * fx * acc[j];
+            r[j] += rr.term_coef[t] * term_of(t, xs[j]) * acc[j];
         }
     }
     for (var j = 0u; j < STRIP; j++) {
@@ -571,6 +580,35 @@ fn c_strip(nk: u32, ch0: u32, iy: u32, ix0: u32) {
     }
 }
 
+// For one input pixel (any stride): the sum over chunk k's output channels and the kernel
+// positions that reach the pixel of s * W', per lane (pass 1's s in the lanes where pass1); W'
+// are [oc, kh, kw] vec4s from `wbase` in wv.
+fn pixel_gather(n: u32, k: u32, iy: u32, ix: u32, wbase: u32, pass1: vec4<bool>) -> vec4<f32> {
+    let ry = reach(i32(iy + P.pad_top), P.stride_y, P.oh, P.kh);
+    let rx = reach(i32(ix + P.pad_left), P.stride_x, P.ow, P.kw);
+    let o0 = k * P.oc_per_chunk;
+    let o1 = min(o0 + P.oc_per_chunk, P.oc);
+    let sbase = n * out_len();
+    var acc = vec4<f32>(0.0);
+    for (var o = o0; o < o1; o++) {
+        let wo = wbase + o * P.kh * P.kw;
+        let so = sbase + o * P.oh * P.ow;
+        var oy = ry.out_first;
+        for (var ky = ry.first; ky < ry.end; ky += P.stride_y) {
+            let wr = wo + ky * P.kw;
+            let sr = so + oy * P.ow;
+            var ox = rx.out_first;
+            for (var kx = rx.first; kx < rx.end; kx += P.stride_x) {
+                let sj = s[sr + ox];
+                acc += select(vec4<f32>(sj.x), vec4<f32>(sj.y), pass1) * wv[wr + kx];
+                ox -= 1u;
+            }
+            oy -= 1u;
+        }
+    }
+    return acc;
+}
+
 // c_partial for one input pixel (any stride): the gather runs over the kernel positions that
 // reach the pixel only.
 fn c_pixel(nk: u32, ch0: u32, iy: u32, ix: u32) {
@@ -578,71 +616,23 @@ fn c_pixel(nk: u32, ch0: u32, iy: u32, ix: u32) {
     let n = nk / P.chunks_out;
     let hw = P.h * P.w;
     let p = iy * P.w + ix;
-    let kk = P.kh * P.kw;
-    let ry = reach(i32(iy + P.pad_top), P.stride_y, P.oh, P.kh);
-    let rx = reach(i32(ix + P.pad_left), P.stride_x, P.ow, P.kw);
-    let o0 = k * P.oc_per_chunk;
-    let o1 = min(o0 + P.oc_per_chunk, P.oc);
-    let sbase = n * out_len();
-    let ilen = in_len();
+    let xbase = n * in_len();
+    let rr = P.rule;
     if (P.c == 1u) {
         // One input channel (e.g. grayscale images): the gather's lanes are the rule's terms
         // (wv holds sign_t g_t(W) in lane t, zero past the last term), so each s value is
         // loaded once for all terms and no lane idles.
-        let v = x[n * ilen + p];
-        let rr = P.rule;
-        let pass1 = rr.term_pass1 > vec4<f32>(0.5);
-        let wt = in_weights(0u, 0u);
-        var acc = vec4<f32>(0.0);
-        for (var o = o0; o < o1; o++) {
-            let wo = wt + o * kk;
-            let so = sbase + o * P.oh * P.ow;
-            var oy = ry.out_first;
-            for (var ky = ry.first; ky < ry.end; ky += P.stride_y) {
-                let wr = wo + ky * P.kw;
-                let sr = so + oy * P.ow;
-                var ox = rx.out_first;
-                for (var kx = rx.first; kx < rx.end; kx += P.stride_x) {
-                    let sj = s[sr + ox];
-                    acc += select(vec4<f32>(sj.x), vec4<f32>(sj.y), pass1) * wv[wr + kx];
-                    ox -= 1u;
-                }
-                oy -= 1u;
-            }
-        }
-        let fx = rr.x_lin * v + rr.x_pos * max(v, 0.0) + rr.x_neg * min(v, 0.0) + rr.x_one;
-        let r1 = dot(rr.term_coef * fx, acc);
-        store_r(nk, p, r1);
+        let acc = pixel_gather(n, k, iy, ix, in_weights(0u, 0u), rr.term_pass1 > vec4<f32>(0.5));
+        store_r(nk, p, dot(rr.term_coef * every_term(x[xbase + p]), acc));
         return;
     }
-    let cb = ch0 / BLOCK;
-    let xl = lane_offsets(ch0, P.c, hw) + vec4<u32>(n * ilen + p);
+    let xl = lane_offsets(ch0, P.c, hw) + vec4<u32>(xbase + p);
     let xv = vec4<f32>(x[xl.x], x[xl.y], x[xl.z], x[xl.w]);
     var r = vec4<f32>(0.0);
     for (var t = 0u; t < terms(); t++) {
-        let pass1 = P.rule.term_pass1[t] > 0.5;
-        let wt = in_weights(t, cb);
-        var acc = vec4<f32>(0.0);
-        for (var o = o0; o < o1; o++) {
-            let wo = wt + o * kk;
-            let so = sbase + o * P.oh * P.ow;
-            var oy = ry.out_first;
-            for (var ky = ry.first; ky < ry.end; ky += P.stride_y) {
-                let wr = wo + ky * P.kw;
-                let sr = so + oy * P.ow;
-                var ox = rx.out_first;
-                for (var kx = rx.first; kx < rx.end; kx += P.stride_x) {
-                    let sj = s[sr + ox];
-                    acc += select(sj.x, sj.y, pass1) * wv[wr + kx];
-                    ox -= 1u;
-                }
-                oy -= 1u;
-            }
-        }
-        let rr = P.rule;
-        let fx = rr.x_lin[t] * xv + rr.x_pos[t] * max(xv, vec4<f32>(0.0))
-            + rr.x_neg[t] * min(xv, vec4<f32>(0.0)) + rr.x_one[t];
-        r += rr.term_coef[t] * fx * acc;
+        let pass1 = vec4<bool>(rr.term_pass1[t] > 0.5);
+        let acc = pixel_gather(n, k, iy, ix, in_weights(t, ch0 / BLOCK), pass1);
+        r += rr.term_coef[t] * term_of(t, xv) * acc;
     }
     for (var l = 0u; l < BLOCK; l++) {
         let ch = ch0 + l;
