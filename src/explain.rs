@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 use crate::data::{self, Dataset};
 use crate::lrp::{Bounds, Composite, LayerSelector, Method, SampleStats, TargetChoice};
 use crate::render::{self, Colormap};
-use crate::{Backend, BatchOutput, Error, Network, Result};
+use crate::{Backend, BatchOutput, Error, Network, Result, Samples, StreamBatch};
 
 /// Where the bundled model lives, relative to the crate root.
 pub const DEFAULT_MODEL: &str = "assets/models/mnist-cnn.onnx";
@@ -585,9 +585,10 @@ fn explain_all(
     Ok((rows, grid_relevance, compute, rest))
 }
 
-/// The backend thread: runs the backend on every batch in input order and hands each output to
-/// the writer. Returns the seconds spent inside the backend. Stops early, without an error of its
-/// own, when the writer has stopped (its queue is closed): the writer reports why.
+/// The backend thread: streams every batch through the backend in input order (on the GPU the
+/// next batch is in flight while one is handed over) and hands each output to the writer.
+/// Returns the seconds spent in the backend (hand-overs excluded). Stops early, without an error
+/// of its own, when the writer has stopped (its queue is closed): the writer reports why.
 fn produce(dataset: &Dataset, run: Run, batches: mpsc::SyncSender<Batch>) -> Result<f64> {
     let Run {
         backend,
@@ -595,26 +596,29 @@ fn produce(dataset: &Dataset, run: Run, batches: mpsc::SyncSender<Batch>) -> Res
         batch_size,
     } = run;
     let n = dataset.len();
-    let mut compute = 0.0;
-    let mut start = 0;
-    while start < n {
+    // 8-bit inputs go as bytes to a backend that uploads them (a quarter of the traffic).
+    let bytes = dataset.pixels.as_ref().filter(|_| backend.prefers_bytes());
+    let mut stream = (0..n).step_by(batch_size.max(1)).map(|start| {
         let end = (start + batch_size).min(n);
         let batch = Slice::from(start..end);
-        let t = Instant::now();
-        let batch_targets = targets.map(|t| &t[start..end]);
-        // 8-bit inputs go as bytes to a backend that uploads them (a quarter of the traffic).
-        let out = match &dataset.pixels {
-            Some(p) if backend.prefers_bytes() => {
-                backend.run_pixels(p.bytes.slice_axis(Axis(0), batch), &p.lut, batch_targets)
-            }
-            _ => backend.run(dataset.x.slice_axis(Axis(0), batch), batch_targets),
+        StreamBatch {
+            samples: match bytes {
+                Some(p) => Samples::U8(p.bytes.slice_axis(Axis(0), batch), &p.lut),
+                None => Samples::F32(dataset.x.slice_axis(Axis(0), batch)),
+            },
+            targets: targets.map(|t| &t[start..end]),
         }
-        .map_err(|e| in_batch(e, start, end))?;
-        compute += t.elapsed().as_secs_f64();
+    });
+    let kind = backend.kind();
+    let (mut start, mut handing_over) = (0, 0.0);
+    let t = Instant::now();
+    backend.run_stream(&mut stream, &mut |out| {
+        let handing = Instant::now();
+        let end = (start + batch_size).min(n);
         if out.relevance.shape().first() != Some(&(end - start)) || out.targets.len() != end - start
         {
             return Err(Error::Shape {
-                layer: format!("{} backend output", backend.kind()),
+                layer: format!("{kind} backend output"),
                 expected: format!("relevance and targets of {} samples", end - start),
                 got: format!(
                     "relevance of shape {:?} and {} targets",
@@ -623,24 +627,12 @@ fn produce(dataset: &Dataset, run: Run, batches: mpsc::SyncSender<Batch>) -> Res
                 ),
             });
         }
-        if batches.send((start, out)).is_err() {
-            break;
-        }
+        let open = batches.send((start, out)).is_ok();
         start = end;
-    }
-    Ok(compute)
-}
-
-/// Says which batch an error about "input sample i" (counted within the batch) came from.
-fn in_batch(e: Error, start: usize, end: usize) -> Error {
-    match e {
-        Error::NonFinite { what } => Error::NonFinite {
-            what: format!(
-                "{what} of the batch of samples {start}..{end} (sample {start} counts as 0 there)"
-            ),
-        },
-        e => e,
-    }
+        handing_over += handing.elapsed().as_secs_f64();
+        Ok(open)
+    })?;
+    Ok(t.elapsed().as_secs_f64() - handing_over)
 }
 
 /// The writer's outputs: relevance into its file, PNG jobs to the encoders.

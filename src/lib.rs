@@ -19,6 +19,7 @@ pub mod train;
 
 pub use error::{Error, Result};
 pub use lrp::{
-    Backend, BatchOutput, Bounds, Composite, LayerSelector, Method, Rule, SampleStats, TargetChoice,
+    Backend, BatchOutput, Bounds, Composite, LayerSelector, Method, Rule, SampleStats, Samples,
+    StreamBatch, TargetChoice,
 };
 pub use model::{Layer, Network};

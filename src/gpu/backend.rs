@@ -2,19 +2,21 @@
 //! through in fixed-size batches (the last one partial), reusing the plan's buffers, so device
 //! memory stays flat however many samples stream through; results land in input order.
 
+use std::collections::VecDeque;
 use std::time::Instant;
 
 use ndarray::{Array2, ArrayD, ArrayViewD, Axis, IxDyn, Slice};
 
 use super::context::GpuContext;
 use super::plan::{footprint, BatchInput, BatchResult, Footprint, Pending, Plan, StageTotals};
-use crate::{Backend, BatchOutput, Error, Method, Network, Result};
+use crate::{Backend, BatchOutput, Error, Method, Network, Result, Samples, StreamBatch};
 
 /// Batches of at least twice this many samples run as several submissions (see `run`), none
 /// smaller than this.
 const OVERLAP_MIN: usize = 256;
 
-/// Submissions a batch that fits the plan is split into by default.
+/// Submissions a lone batch (a `run`) that fits the plan is split into by default; batches of
+/// a stream overlap with each other instead, one submission each.
 const DEFAULT_SUBMISSIONS: usize = 2;
 
 /// The GPU explainer for one (network, method), planned for one batch size.
@@ -22,8 +24,8 @@ pub struct GpuBackend {
     ctx: GpuContext,
     plan: Plan,
     host: HostTimes,
-    /// Submissions a batch that fits the plan is split into (see `run`).
-    submissions: usize,
+    /// Submissions a batch that fits the plan is split into, when set (see `set_submissions`).
+    submissions: Option<usize>,
     input_shape: Vec<usize>,
     classes: usize,
     notes: Vec<String>,
@@ -55,7 +57,7 @@ impl GpuBackend {
         let plan = Plan::new(ctx, net, method, batch)?;
         Ok(GpuBackend {
             host: HostTimes::default(),
-            submissions: DEFAULT_SUBMISSIONS,
+            submissions: None,
             ctx: ctx.clone(),
             plan,
             input_shape: net.input_shape.clone(),
@@ -109,11 +111,13 @@ impl GpuBackend {
     }
 
     /// Splits a batch of at least 512 samples that fits the plan into up to `k` submissions of
-    /// at least 256 samples (default 2; 1 = one submission), so that the upload of one overlaps
-    /// the GPU work of another and the read-back of each the GPU work of the next. The results
-    /// are the same; only the overlap changes (for tuning, see `bench --submissions`).
+    /// at least 256 samples (1 = one submission), so that the upload of one overlaps the GPU
+    /// work of another and the read-back of each the GPU work of the next. By default a lone
+    /// batch (`run`) goes as 2 and the batches of a stream (`run_stream`, which overlap with
+    /// each other) as 1 each. The results are the same; only the overlap changes (for tuning,
+    /// see `bench --submissions`).
     pub fn set_submissions(&mut self, k: usize) {
-        self.submissions = k.max(1);
+        self.submissions = Some(k.max(1));
     }
 
     /// Host time per step of `run`, summed over every run so far.
@@ -266,7 +270,7 @@ impl Backend for GpuBackend {
         x: ArrayViewD<'_, f32>,
         targets: Option<&[usize]>,
     ) -> Result<BatchOutput<f32>> {
-        self.run_input(RunInput::F32(x), targets)
+        self.run_input(Samples::F32(x), targets)
     }
 
     fn prefers_bytes(&self) -> bool {
@@ -280,73 +284,127 @@ impl Backend for GpuBackend {
         lut: &[f32; 256],
         targets: Option<&[usize]>,
     ) -> Result<BatchOutput<f32>> {
-        self.run_input(RunInput::U8(bytes, lut), targets)
+        self.run_input(Samples::U8(bytes, lut), targets)
+    }
+
+    /// Keeps the next batch in flight while one is read back and handed over: the GPU does
+    /// not idle between batches as long as the host's part (read-back copy, `sink`, queueing the
+    /// next) takes less time than the GPU's. Each batch is one submission per plan capacity.
+    fn run_stream<'a>(
+        &mut self,
+        batches: &mut dyn Iterator<Item = StreamBatch<'a>>,
+        sink: &mut dyn FnMut(BatchOutput<f32>) -> Result<bool>,
+    ) -> Result<()> {
+        self.stream(batches, sink, false, true)
     }
 }
 
-/// The samples of a run: f32 values, or bytes and the value of each byte.
-enum RunInput<'a> {
-    F32(ArrayViewD<'a, f32>),
-    U8(ArrayViewD<'a, u8>, &'a [f32; 256]),
-}
-
-impl RunInput<'_> {
-    fn shape(&self) -> &[usize] {
-        match self {
-            RunInput::F32(x) => x.shape(),
-            RunInput::U8(b, _) => b.shape(),
-        }
-    }
-
-    /// Samples `start..start + m` (of `per` values each) as one submission's input: in place
-    /// when the batch is contiguous, else copied into `f` or `u`.
-    fn batch<'b>(
-        &'b self,
-        start: usize,
-        m: usize,
-        per: usize,
-        f: &'b mut Vec<f32>,
-        u: &'b mut Vec<u8>,
-    ) -> BatchInput<'b> {
-        let range = start * per..(start + m) * per;
-        let samples = Slice::from(start..start + m);
-        match self {
-            RunInput::F32(x) => BatchInput::F32(match x.as_slice() {
+/// Samples `start..start + m` (of `per` values each) of a batch as one submission's input: in
+/// place when the batch is contiguous, else copied into `f` or `u`.
+fn submission_input<'b>(
+    samples: &'b Samples<'_>,
+    start: usize,
+    m: usize,
+    per: usize,
+    f: &'b mut Vec<f32>,
+    u: &'b mut Vec<u8>,
+) -> BatchInput<'b> {
+    let range = start * per..(start + m) * per;
+    let part = Slice::from(start..start + m);
+    match samples {
+        Samples::F32(x) => BatchInput::F32(match x.as_slice() {
+            Some(flat) => &flat[range],
+            None => {
+                f.clear();
+                f.extend(x.slice_axis(Axis(0), part).iter());
+                &f[..]
+            }
+        }),
+        Samples::U8(b, lut) => BatchInput::U8(
+            match b.as_slice() {
                 Some(flat) => &flat[range],
                 None => {
-                    f.clear();
-                    f.extend(x.slice_axis(Axis(0), samples).iter());
-                    &f[..]
+                    u.clear();
+                    u.extend(b.slice_axis(Axis(0), part).iter());
+                    &u[..]
                 }
-            }),
-            RunInput::U8(b, lut) => BatchInput::U8(
-                match b.as_slice() {
-                    Some(flat) => &flat[range],
-                    None => {
-                        u.clear();
-                        u.extend(b.slice_axis(Axis(0), samples).iter());
-                        &u[..]
-                    }
-                },
-                lut,
-            ),
+            },
+            lut,
+        ),
+    }
+}
+
+/// The batch of a stream whose submissions are being queued.
+struct Queuing<'a> {
+    samples: Samples<'a>,
+    targets: Option<Vec<u32>>,
+    n: usize,
+    /// Samples queued so far.
+    queued: usize,
+    /// Samples per submission.
+    chunk: usize,
+}
+
+/// A batch of a stream being read back: its outputs so far.
+struct Collecting {
+    n: usize,
+    /// Samples read back so far.
+    done: usize,
+    relevance: Vec<f32>,
+    logits: Vec<f64>,
+    chosen: Vec<u32>,
+}
+
+impl Collecting {
+    fn new(n: usize, input_len: usize, classes: usize) -> Collecting {
+        Collecting {
+            n,
+            done: 0,
+            // filled submission by submission, straight from the mapped staging buffers
+            relevance: Vec::with_capacity(n * input_len),
+            logits: vec![0f64; n * classes],
+            chosen: vec![0u32; n],
         }
+    }
+
+    /// Where the next `m` samples read back go.
+    fn next(&mut self, m: usize, classes: usize) -> BatchResult<'_> {
+        let s = self.done;
+        self.done += m;
+        BatchResult {
+            relevance: &mut self.relevance,
+            logits: &mut self.logits[s * classes..(s + m) * classes],
+            targets: &mut self.chosen[s..s + m],
+        }
+    }
+
+    fn into_output(self, input_shape: &[usize], classes: usize) -> Result<BatchOutput<f32>> {
+        let mut rshape = vec![self.n];
+        rshape.extend(input_shape);
+        let relevance = ArrayD::from_shape_vec(IxDyn(&rshape), self.relevance)
+            .map_err(|e| Error::Gpu(format!("relevance shape: {e}")))?;
+        let logits = Array2::from_shape_vec((self.n, classes), self.logits)
+            .map_err(|e| Error::Gpu(format!("logits shape: {e}")))?;
+        Ok(BatchOutput {
+            relevance,
+            logits,
+            targets: self.chosen.into_iter().map(|t| t as usize).collect(),
+        })
     }
 }
 
 impl GpuBackend {
-    fn run_input(
-        &mut self,
-        x: RunInput<'_>,
-        targets: Option<&[usize]>,
-    ) -> Result<BatchOutput<f32>> {
+    /// Checks a batch (shape, values, targets) and plans its submissions: one per `capacity`
+    /// samples, or a batch of at least 512 samples that fits the plan in up to `submissions`
+    /// parts of at least 256 (by default 2 for a `lone` batch, so that it overlaps with itself,
+    /// and 1 in a stream).
+    fn queue_batch<'a>(&mut self, batch: StreamBatch<'a>, lone: bool) -> Result<Queuing<'a>> {
         let checking = Instant::now();
         self.host.runs += 1;
-        let n = crate::lrp::check_batch(x.shape(), &self.input_shape)?;
-        let input_len: usize = self.input_shape.iter().product();
-        match &x {
-            RunInput::F32(v) => crate::lrp::check_finite(v.view())?,
-            RunInput::U8(_, lut) => {
+        let n = crate::lrp::check_batch(batch.samples.shape(), &self.input_shape)?;
+        match &batch.samples {
+            Samples::F32(v) => crate::lrp::check_finite(v.view())?,
+            Samples::U8(_, lut) => {
                 if let Some(b) = lut.iter().position(|v| !v.is_finite()) {
                     return Err(Error::NonFinite {
                         what: format!("the input value of byte {b} (8-bit input)"),
@@ -354,89 +412,153 @@ impl GpuBackend {
                 }
             }
         }
-        if let Some(t) = targets {
+        if let Some(t) = batch.targets {
             crate::lrp::check_targets(t, n, self.classes)?;
         }
         self.host.check_s += checking.elapsed().as_secs_f64();
-        let targets: Option<Vec<u32>> = targets.map(|t| {
+        let targets = batch.targets.map(|t| {
             if self.classes == 1 {
                 vec![0; n]
             } else {
                 t.iter().map(|&c| c as u32).collect()
             }
         });
-        // Filled batch by batch, in order, straight from the mapped staging buffers (no zeroing).
-        let mut relevance = Vec::with_capacity(n * input_len);
-        let mut logits = vec![0f64; n * self.classes];
-        let mut chosen = vec![0u32; n];
-        let batch = self.plan.capacity();
-        // A large batch that fits the plan goes as several submissions (two by default), so
-        // that the host uploads the next part while the GPU runs one and reads one back while
-        // the GPU runs the next; longer inputs overlap likewise batch by batch.
-        let chunk = if n <= batch && n >= 2 * OVERLAP_MIN && self.submissions > 1 {
-            n.div_ceil(self.submissions).max(OVERLAP_MIN)
+        let capacity = self.plan.capacity();
+        let parts = (self.submissions).unwrap_or(if lone { DEFAULT_SUBMISSIONS } else { 1 });
+        let chunk = if n <= capacity && n >= 2 * OVERLAP_MIN && parts > 1 {
+            n.div_ceil(parts).max(OVERLAP_MIN)
         } else {
-            batch
+            capacity
         };
-        let (mut buf_f32, mut buf_u8) = (Vec::new(), Vec::new());
-        let mut pending: Option<(Pending, usize, usize)> = None;
-        let (mut start, mut slot) = (0, 0);
-        while start < n {
-            let m = chunk.min(n - start);
-            let inputs = x.batch(start, m, input_len, &mut buf_f32, &mut buf_u8);
-            let submitting = Instant::now();
-            let submitted = self.plan.submit(
-                inputs,
-                m,
-                targets.as_ref().map(|t| &t[start..start + m]),
-                slot,
-            );
-            self.host.submit_s += submitting.elapsed().as_secs_f64();
-            let done = match (&submitted, pending.take()) {
-                (Ok(_), Some((p, s0, m0))) => self.finish(
-                    p,
-                    BatchResult {
-                        relevance: &mut relevance,
-                        logits: &mut logits[s0 * self.classes..(s0 + m0) * self.classes],
-                        targets: &mut chosen[s0..s0 + m0],
-                    },
-                ),
-                (Err(_), Some((p, _, _))) => {
-                    self.plan.abandon(p);
-                    Ok(())
-                }
-                (_, None) => Ok(()),
-            };
-            let submitted = submitted?;
-            if let Err(e) = done {
-                self.plan.abandon(submitted);
-                return Err(e);
-            }
-            pending = Some((submitted, start, m));
-            slot ^= 1;
-            start += m;
-        }
-        if let Some((p, s0, m0)) = pending {
-            self.finish(
-                p,
-                BatchResult {
-                    relevance: &mut relevance,
-                    logits: &mut logits[s0 * self.classes..(s0 + m0) * self.classes],
-                    targets: &mut chosen[s0..s0 + m0],
-                },
-            )?;
-        }
-        let mut rshape = vec![n];
-        rshape.extend(&self.input_shape);
-        let relevance = ArrayD::from_shape_vec(IxDyn(&rshape), relevance)
-            .map_err(|e| Error::Gpu(format!("relevance shape: {e}")))?;
-        let logits = Array2::from_shape_vec((n, self.classes), logits)
-            .map_err(|e| Error::Gpu(format!("logits shape: {e}")))?;
-        Ok(BatchOutput {
-            relevance,
-            logits,
-            targets: chosen.into_iter().map(|t| t as usize).collect(),
+        Ok(Queuing {
+            samples: batch.samples,
+            targets,
+            n,
+            queued: 0,
+            chunk,
         })
+    }
+
+    /// The streaming loop behind [`Backend::run`] and [`Backend::run_stream`]: submissions go
+    /// to the GPU in order, alternating between the plan's two staging slots, and each is read
+    /// back only once the next one is queued, so the GPU runs one while the host reads back the
+    /// previous one, hands its batch over and queues the next. `lone`: see `queue_batch`;
+    /// `label`: errors about an input sample name the stream's samples of its batch.
+    fn stream<'a>(
+        &mut self,
+        batches: &mut dyn Iterator<Item = StreamBatch<'a>>,
+        sink: &mut dyn FnMut(BatchOutput<f32>) -> Result<bool>,
+        lone: bool,
+        label: bool,
+    ) -> Result<()> {
+        let mut pending: Option<Pending> = None;
+        let result = self.stream_into(batches, sink, lone, label, &mut pending);
+        if let Some(p) = pending {
+            // an error or an early stop left a submission in flight
+            self.plan.abandon(p);
+        }
+        result
+    }
+
+    fn stream_into<'a>(
+        &mut self,
+        batches: &mut dyn Iterator<Item = StreamBatch<'a>>,
+        sink: &mut dyn FnMut(BatchOutput<f32>) -> Result<bool>,
+        lone: bool,
+        label: bool,
+        pending: &mut Option<Pending>,
+    ) -> Result<()> {
+        let input_len: usize = self.input_shape.iter().product();
+        let classes = self.classes;
+        // Batches pulled but not handed over yet, oldest first: at most the one being read
+        // back and the one being queued (and empty ones behind them).
+        let mut collecting: VecDeque<Collecting> = VecDeque::new();
+        let mut queuing: Option<Queuing<'a>> = None;
+        let (mut buf_f32, mut buf_u8) = (Vec::new(), Vec::new());
+        let (mut pulled, mut slot) = (0, 0);
+        // A batch that failed its checks: the stream ends with its error once the batches
+        // before it are handed over.
+        let mut failed = None;
+        loop {
+            // The next submission: samples left in the batch being queued, or in the next one.
+            while failed.is_none() && queuing.as_ref().is_none_or(|q| q.queued == q.n) {
+                queuing = None;
+                let Some(batch) = batches.next() else {
+                    break;
+                };
+                let n = batch.samples.len();
+                match self.queue_batch(batch, lone) {
+                    Ok(q) => {
+                        pulled += q.n;
+                        collecting.push_back(Collecting::new(q.n, input_len, classes));
+                        queuing = Some(q);
+                    }
+                    Err(e) if label => failed = Some(crate::lrp::in_batch(e, pulled, pulled + n)),
+                    Err(e) => failed = Some(e),
+                }
+            }
+            let submitted = match &mut queuing {
+                Some(q) => {
+                    let m = q.chunk.min(q.n - q.queued);
+                    let input = submission_input(
+                        &q.samples,
+                        q.queued,
+                        m,
+                        input_len,
+                        &mut buf_f32,
+                        &mut buf_u8,
+                    );
+                    let targets = q.targets.as_ref().map(|t| &t[q.queued..q.queued + m]);
+                    let submitting = Instant::now();
+                    let p = self.plan.submit(input, m, targets, slot)?;
+                    self.host.submit_s += submitting.elapsed().as_secs_f64();
+                    q.queued += m;
+                    slot ^= 1;
+                    Some(p)
+                }
+                None => None,
+            };
+            // Read back the previous submission while the GPU runs this one.
+            let previous = std::mem::replace(pending, submitted);
+            if let Some(p) = previous {
+                let m = p.len();
+                let oldest = collecting
+                    .iter_mut()
+                    .find(|c| c.done < c.n)
+                    .expect("a pending submission belongs to a batch being read back");
+                self.finish(p, oldest.next(m, classes))?;
+            }
+            // Hand over every batch that is complete, in order.
+            while collecting.front().is_some_and(|c| c.done == c.n) {
+                let done = collecting.pop_front().expect("checked");
+                if !sink(done.into_output(&self.input_shape, classes)?)? {
+                    return Ok(());
+                }
+            }
+            if pending.is_none() {
+                return failed.map_or(Ok(()), Err);
+            }
+        }
+    }
+}
+
+impl GpuBackend {
+    fn run_input<'a>(
+        &mut self,
+        samples: Samples<'a>,
+        targets: Option<&'a [usize]>,
+    ) -> Result<BatchOutput<f32>> {
+        let mut out = None;
+        self.stream(
+            &mut std::iter::once(StreamBatch { samples, targets }),
+            &mut |o| {
+                out = Some(o);
+                Ok(true)
+            },
+            true,
+            false,
+        )?;
+        Ok(out.expect("a stream of one batch hands over one output"))
     }
 }
 

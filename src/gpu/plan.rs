@@ -1592,3 +1592,10 @@ pub(crate) struct Pending {
     /// Whether the batch wrote timestamps.
     timed: bool,
 }
+
+impl Pending {
+    /// Samples in the batch.
+    pub(crate) fn len(&self) -> usize {
+        self.n
+    }
+}

@@ -229,4 +229,92 @@ pub trait Backend: Send {
         let x = bytes.mapv(|b| lut[usize::from(b)]);
         self.run(x.view(), targets)
     }
+
+    /// Explains one batch given as [`Samples`]: [`Backend::run`] or [`Backend::run_pixels`].
+    fn run_samples(
+        &mut self,
+        samples: Samples<'_>,
+        targets: Option<&[usize]>,
+    ) -> Result<BatchOutput<f32>> {
+        match samples {
+            Samples::F32(x) => self.run(x, targets),
+            Samples::U8(bytes, lut) => self.run_pixels(bytes, lut, targets),
+        }
+    }
+
+    /// Explains a stream of batches in order, handing each batch's output to `sink` as soon as
+    /// it is ready; `sink` returns whether to go on (false ends the stream early, without an
+    /// error). An error about an input sample names the stream's samples of its batch.
+    ///
+    /// By default one [`Backend::run_samples`] per batch. The GPU backend keeps the next batch
+    /// in flight while it reads back and hands over the previous one, so that the GPU does not
+    /// idle between batches: `explain` and `bench` stream their batches through here.
+    fn run_stream<'a>(
+        &mut self,
+        batches: &mut dyn Iterator<Item = StreamBatch<'a>>,
+        sink: &mut dyn FnMut(BatchOutput<f32>) -> Result<bool>,
+    ) -> Result<()> {
+        let mut start = 0;
+        for batch in batches {
+            let n = batch.samples.len();
+            let out = self
+                .run_samples(batch.samples, batch.targets)
+                .map_err(|e| in_batch(e, start, start + n))?;
+            start += n;
+            if !sink(out)? {
+                break;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The samples of one batch: f32 values, or 8-bit values with the value of each byte (the
+/// [`Pixels`] of an 8-bit source; see [`Backend::run_pixels`]).
+///
+/// [`Pixels`]: crate::data::Pixels
+#[derive(Clone, Debug)]
+pub enum Samples<'a> {
+    F32(ArrayViewD<'a, f32>),
+    U8(ArrayViewD<'a, u8>, &'a [f32; 256]),
+}
+
+impl Samples<'_> {
+    /// The batch's shape, `(n, per-sample input shape...)`.
+    pub fn shape(&self) -> &[usize] {
+        match self {
+            Samples::F32(x) => x.shape(),
+            Samples::U8(b, _) => b.shape(),
+        }
+    }
+
+    /// Samples in the batch (0 for a batch without a sample axis).
+    pub fn len(&self) -> usize {
+        self.shape().first().copied().unwrap_or(0)
+    }
+
+    /// Whether the batch has no sample.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// One batch of a [`Backend::run_stream`]: its samples and, optionally, one target per sample.
+#[derive(Clone, Debug)]
+pub struct StreamBatch<'a> {
+    pub samples: Samples<'a>,
+    pub targets: Option<&'a [usize]>,
+}
+
+/// Says which samples of a stream an error about "input sample i" (counted within its batch of
+/// the stream's samples `start..end`) came from.
+pub(crate) fn in_batch(e: crate::Error, start: usize, end: usize) -> crate::Error {
+    match e {
+        crate::Error::NonFinite { what } => crate::Error::NonFinite {
+            what: format!(
+                "{what} of the batch of samples {start}..{end} (sample {start} counts as 0 there)"
+            ),
+        },
+        e => e,
+    }
 }
