@@ -1,10 +1,13 @@
 //! `taylormap bench`: relevance throughput per backend and batch size (SPEC section 6).
 //!
-//! For each backend and batch size: build the plan once, warm up with one batch, then explain
-//! batches (inputs cycled from the dataset) until at least `min_seconds` have passed. The time
-//! covers upload, forward, relevance and reading relevance and scores back to the host; PNG
-//! encoding is excluded. On the GPU, where the adapter has timestamp queries, each measurement
-//! also gives the GPU time per stage (upload, forward, relevance, read-back copy) per batch.
+//! For each backend and batch size: build the plan once, warm up with one batch, then stream
+//! batches (inputs cycled from the dataset) through the backend as `explain` does, until at
+//! least `min_seconds` have passed. The time covers upload, forward, relevance and reading
+//! relevance and scores back to the host; PNG encoding is excluded. On the GPU, where the
+//! adapter has timestamp queries, a shorter timed phase follows (a quarter of `min_seconds`)
+//! and gives the GPU time per stage (upload, forward, relevance, read-back copy), or with
+//! `--kernel-times` per dispatch, per batch: timing costs some throughput, so the throughput
+//! figure comes from the untimed phase.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -16,7 +19,7 @@ use crate::data;
 use crate::explain::{select_backend, BackendChoice};
 use crate::gpu::{GpuBackend, GpuContext, HostTimes, KernelTimes, StageTimes};
 use crate::lrp::{Composite, Method};
-use crate::{Backend, Error, Network, Result};
+use crate::{Backend, Error, Network, Result, Samples, StreamBatch};
 
 /// What to measure.
 #[derive(Clone, Debug)]
@@ -170,23 +173,9 @@ impl Measured {
         }
     }
 
-    fn stage_times(&self) -> Option<StageTimes> {
-        match self {
-            Measured::Gpu(b) => b.stage_times(),
-            Measured::Other(_) => None,
-        }
-    }
-
     fn host_times(&self) -> Option<HostTimes> {
         match self {
             Measured::Gpu(b) => Some(b.host_times()),
-            Measured::Other(_) => None,
-        }
-    }
-
-    fn kernel_times(&self) -> Option<KernelTimes> {
-        match self {
-            Measured::Gpu(b) => b.kernel_times(),
             Measured::Other(_) => None,
         }
     }
@@ -203,6 +192,32 @@ fn cycled_batch<T: Copy>(x: &ArrayD<T>, batch: usize) -> ArrayD<T> {
         .flat_map(|i| flat[(i % n) * per..(i % n + 1) * per].iter().copied())
         .collect();
     ArrayD::from_shape_vec(IxDyn(&shape), data).expect("shape matches")
+}
+
+/// The timed phase's length, as a share of `--min-seconds` (at least one batch).
+const TIMED_SHARE: f64 = 0.25;
+
+/// Streams copies of one batch through `backend`, as `explain` streams its batches (on the GPU
+/// the next one is in flight while one is read back), until at least `min_seconds` have passed
+/// and at least one batch is done. Returns the batches done and the seconds they took.
+fn stream_for<'a>(
+    backend: &mut dyn Backend,
+    one: &dyn Fn() -> StreamBatch<'a>,
+    min_seconds: f64,
+) -> Result<(usize, f64)> {
+    let (mut pulled, start) = (0, Instant::now());
+    let mut stream = std::iter::from_fn(|| {
+        let more = pulled == 0 || start.elapsed().as_secs_f64() < min_seconds;
+        pulled += usize::from(more);
+        more.then(one)
+    });
+    let mut batches = 0;
+    backend.run_stream(&mut stream, &mut |out| {
+        std::hint::black_box(&out);
+        batches += 1;
+        Ok(true)
+    })?;
+    Ok((batches, start.elapsed().as_secs_f64()))
 }
 
 /// Runs the measurements, calling `report` after each one.
@@ -240,18 +255,6 @@ pub fn run(cfg: &BenchConfig, report: &mut dyn FnMut(&BenchResult)) -> Result<Ve
                     for note in b.notes() {
                         eprintln!("{note}");
                     }
-                    let timed = if cfg.kernel_times {
-                        b.enable_kernel_timing()?
-                    } else {
-                        b.enable_stage_timing()?
-                    };
-                    if !timed && !said_untimed {
-                        eprintln!(
-                            "note: the adapter '{}' has no timestamp queries; no per-stage times",
-                            ctx.summary().name
-                        );
-                        said_untimed = true;
-                    }
                     Measured::Gpu(Box::new(b))
                 }
                 None => {
@@ -273,33 +276,54 @@ pub fn run(cfg: &BenchConfig, report: &mut dyn FnMut(&BenchResult)) -> Result<Ve
                 }
                 _ => None,
             };
-            let explain = |backend: &mut dyn Backend| match &bytes {
-                Some((b, lut)) => backend.run_pixels(b.view(), lut, None),
-                None => backend.run(x.view(), None),
+            let one = || StreamBatch {
+                samples: match &bytes {
+                    Some((b, lut)) => Samples::U8(b.view(), lut),
+                    None => Samples::F32(x.view()),
+                },
+                targets: None,
             };
-            let backend = measured.backend();
-            explain(backend)?; // warm-up: pipelines compiled, buffers touched
-            let before = measured.stage_times();
+            // warm-up: pipelines compiled, buffers touched
+            measured.backend().run_samples(one().samples, None)?;
+            // Throughput, untimed: timestamps and the mapped upload they need cost some.
             let host_before = measured.host_times();
-            let kernels_before = measured.kernel_times();
-            let backend = measured.backend();
-            let (mut samples, mut batches, start) = (0, 0, Instant::now());
-            while samples == 0 || start.elapsed().as_secs_f64() < cfg.min_seconds {
-                let out = explain(backend)?;
-                std::hint::black_box(&out);
-                samples += batch;
-                batches += 1;
-            }
-            let seconds = start.elapsed().as_secs_f64();
-            let stage_seconds = before
-                .zip(measured.stage_times())
-                .map(|(b, a)| StageSeconds::between(&b, &a, batches));
+            let (batches, seconds) = stream_for(measured.backend(), &one, cfg.min_seconds)?;
+            let samples = batches * batch;
             let host_seconds = host_before
                 .zip(measured.host_times())
                 .map(|(b, a)| HostSeconds::between(&b, &a));
-            let kernel_seconds = measured.kernel_times().map(|a| {
-                KernelSeconds::between(kernels_before.as_ref(), &a, batches, bytes.is_some())
-            });
+            // Then, on the GPU, a shorter timed phase for the stage (or kernel) times.
+            let (mut stage_seconds, mut kernel_seconds) = (None, None);
+            if let Measured::Gpu(gpu) = &mut measured {
+                let timed = if cfg.kernel_times {
+                    gpu.enable_kernel_timing()?
+                } else {
+                    gpu.enable_stage_timing()?
+                };
+                if timed {
+                    gpu.run_samples(one().samples, None)?; // timing buffers touched
+                    let (before, kernels_before) = (gpu.stage_times(), gpu.kernel_times());
+                    let (timed_batches, _) =
+                        stream_for(gpu.as_mut(), &one, cfg.min_seconds * TIMED_SHARE)?;
+                    stage_seconds = before
+                        .zip(gpu.stage_times())
+                        .map(|(b, a)| StageSeconds::between(&b, &a, timed_batches));
+                    kernel_seconds = gpu.kernel_times().map(|a| {
+                        KernelSeconds::between(
+                            kernels_before.as_ref(),
+                            &a,
+                            timed_batches,
+                            bytes.is_some(),
+                        )
+                    });
+                } else if !said_untimed {
+                    eprintln!(
+                        "note: the adapter '{}' has no timestamp queries; no per-stage times",
+                        gpu.context().summary().name
+                    );
+                    said_untimed = true;
+                }
+            }
             let backend = measured.backend();
             let r = BenchResult {
                 backend: backend.kind().into(),

@@ -465,7 +465,8 @@ struct BenchArgs {
     #[arg(long)]
     threads: Option<usize>,
     /// Split each GPU batch of at least 512 samples into up to K submissions of at least 256
-    /// (default 2), to tune how upload, GPU work and read-back overlap.
+    /// (default 1: the streamed batches overlap with each other), to tune how upload, GPU work
+    /// and read-back overlap.
     #[arg(long)]
     submissions: Option<usize>,
     /// Upload f32 values to the GPU even for 8-bit inputs (by default their bytes go up, a

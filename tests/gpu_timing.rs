@@ -183,8 +183,9 @@ fn bench_json_reports_stage_seconds_on_the_gpu() {
         assert!(s.is_finite() && s > 0.0, "{key}: {stdout}");
         sum += s;
     }
-    // Per batch: times the number of batches, within the measured time.
-    assert!(sum * samples / 2.0 < seconds, "{stdout}");
+    // (The stages come from a timed phase after the throughput phase, so they are not bounded
+    // by `seconds`; the library test above holds them within the wall time of their batches.)
+    assert!(sum > 0.0, "{stdout}");
     let host = &line["host_seconds"];
     let mut host_sum = 0.0;
     for key in ["check", "submit", "wait", "copy"] {
