@@ -6,7 +6,7 @@
 # from a run of this script.
 #
 #   benchmarks/device.sh prepare   # here, with cargo: builds into .dev/ (this build and, for a
-#                                  # before/after, BASE: default the last build measured on the
+#                                  # before/after, BASE: default the fastest build measured on the
 #                                  # H200), fetches .gl/ and .whl/
 #   benchmarks/device.sh run       # on the device, from the repository root (carry .dev .gl .whl)
 #
@@ -29,9 +29,10 @@ for l in sys.stdin:
     if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "parity" and m.get("executable"):
         print(m["executable"])')
   cp "$parity" .dev/parity
-  # The build last measured on the H200 (BENCHMARKS.md, per-stage run), for a before/after on
-  # the same card in one session.
-  base=$(git rev-parse --short "${BASE:-6ee2a60}^{commit}")
+  # The fastest build measured on the H200 (BENCHMARKS.md, second run: 301k heatmaps/s at 4096;
+  # its bench times throughput without timestamps, as this one does), for a before/after on the
+  # same card in one session.
+  base=$(git rev-parse --short "${BASE:-d244951}^{commit}")
   benchmarks/revisions.sh "$base" 0
   cp "target/revisions/taylormap-$base" .dev/taylormap-base
   echo "$base" > .dev/base-revision
@@ -81,7 +82,7 @@ PY
   echo "== bench: GPU (with per-stage times), CPU engine, reference"
   $B bench --backend gpu --backend cpu --composite deep-taylor-bounded \
     --batch-sizes 1,64,1024,4096,16384 --min-seconds 2
-  echo "== bench: the build last measured on this card ($(cat .dev/base-revision)) vs this one, alternating"
+  echo "== bench: the fastest build measured on this card before ($(cat .dev/base-revision)) vs this one, alternating"
   for round in 1 2; do
     for bin in .dev/taylormap-base $B; do
       echo "$bin"
@@ -92,7 +93,7 @@ PY
   $B bench --backend gpu --composite deep-taylor-bounded --batch-sizes 1024,4096 --min-seconds 1 --kernel-times
   echo "== bench: GPU with f32 upload instead of bytes (what the byte upload gains)"
   $B bench --backend gpu --composite deep-taylor-bounded --batch-sizes 1024,4096 --min-seconds 2 --f32-upload
-  echo "== bench: GPU batches as 1, 2 (default) and 4 submissions (how much overlap pays)"
+  echo "== bench: GPU batches as 1 (default: streamed batches overlap each other), 2 and 4 submissions"
   for k in 1 2 4; do
     $B bench --backend gpu --composite deep-taylor-bounded --batch-sizes 4096,16384 --min-seconds 2 --submissions $k
   done
@@ -100,6 +101,8 @@ PY
   TAYLORMAP=$B BACKENDS="--backend gpu --backend cpu" benchmarks/compare.sh assets/models/mnist-cnn.onnx deep-taylor-bounded 64,1024,4096 cuda
   echo "== explain end-to-end, 10,000 images (GPU), with and without PNGs"
   $B explain --backend gpu --quiet --out /tmp/e2e-png --composite deep-taylor-bounded | tail -9
+  echo "(the same into /dev/shm: how much of the PNG time is the disk's file creation)"
+  $B explain --backend gpu --quiet --out /dev/shm/e2e-png --composite deep-taylor-bounded | tail -3
   $B explain --backend gpu --quiet --no-png --out /tmp/e2e --composite deep-taylor-bounded | tail -9
   echo "== explain end-to-end, 10,000 images (CPU engine on every core), with PNGs"
   $B explain --backend cpu --quiet --out /tmp/e2e-cpu --composite deep-taylor-bounded | tail -9
