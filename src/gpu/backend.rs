@@ -540,9 +540,8 @@ impl GpuBackend {
             }
         }
     }
-}
 
-impl GpuBackend {
+    /// One batch, alone (split into submissions that overlap each other; see `queue_batch`).
     fn run_input<'a>(
         &mut self,
         samples: Samples<'a>,
