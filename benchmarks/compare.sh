@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# One command, one machine: taylormap's GPU backend, CPU engine and f64 reference, and Zennit on the same ONNX network,
-# composite and batch sizes; prints every JSON line, then the ratios.
+# One command, one machine: taylormap's GPU backend, CPU engine and f64 reference, and Zennit (and Captum, for the
+# composites Captum can express: lrp-zero, epsilon-plus) on the same ONNX network, composite and batch sizes; prints
+# every JSON line, then the ratios.
 #   benchmarks/compare.sh [MODEL] [COMPOSITE] [BATCHES] [DEVICE]
 #   defaults: assets/models/mnist-cnn.onnx deep-taylor-bounded 64,1024 cuda-if-available
 # TAYLORMAP (default target/release/taylormap), PYTHON (default python3) and BACKENDS can be set.
@@ -30,6 +31,18 @@ for dtype in float32 float64; do
   $PYTHON benchmarks/zennit_peer.py --model "$MODEL" --input "$OUT/x.npy" --composite "$COMPOSITE" \
     --bench --batch-sizes "$BATCHES" --device "$DEVICE" --dtype $dtype | tee -a "$OUT/lines.jsonl"
 done
+case "$COMPOSITE" in
+lrp-zero | epsilon-plus)
+  if (cd benchmarks && $PYTHON -c 'import captum_peer' 2>/dev/null); then
+    for dtype in float32 float64; do
+      $PYTHON benchmarks/captum_peer.py --model "$MODEL" --input "$OUT/x.npy" --composite "$COMPOSITE" \
+        --bench --batch-sizes "$BATCHES" --device "$DEVICE" --dtype $dtype | tee -a "$OUT/lines.jsonl"
+    done
+  else
+    echo "(Captum not importable: no Captum lines)"
+  fi
+  ;;
+esac
 $PYTHON - "$OUT/lines.jsonl" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
@@ -37,9 +50,10 @@ by = {}
 for r in rows:
     by.setdefault(r["batch_size"], {})[f'{r["backend"]} ({r["adapter"]})'] = r["heatmaps_per_second"]
 for batch, runs in sorted(by.items()):
-    peers = {k: v for k, v in runs.items() if k.startswith("zennit")}
+    is_peer = lambda k: k.startswith(("zennit", "captum"))
+    peers = {k: v for k, v in runs.items() if is_peer(k)}
     for name, v in runs.items():
-        if name.startswith("zennit"):
+        if is_peer(name):
             continue
         for peer, p in peers.items():
             print(f"batch {batch}: {name} / {peer} = {v / p:.2f}x")

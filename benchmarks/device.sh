@@ -12,7 +12,7 @@
 #
 # `prepare` needs network access to Debian's and PyPI's mirrors once (the Vulkan loader is not
 # installed on the lent machines; the NVIDIA driver's ICD is). `run` prints everything on stdout;
-# it needs python3 with numpy and torch on the device (Zennit is installed from .whl/).
+# it needs python3 with numpy, onnx and torch on the device (Zennit and Captum are installed from .whl/).
 set -u
 cd "$(dirname "$0")/.."
 case "${1:-}" in
@@ -42,6 +42,7 @@ for l in sys.stdin:
     (cd .gl && apt-get download -oAPT::Architecture=amd64 libvulkan1 libglvnd0 libegl1 libgl1 \
       libgles2 libglx0 libopengl0)
   ls .whl/zennit-*.whl >/dev/null 2>&1 || python3 -m pip download --no-deps -d .whl zennit==0.5.1
+  ls .whl/captum-*.whl >/dev/null 2>&1 || python3 -m pip download --no-deps -d .whl captum==0.9.0 tqdm
   echo "ready: run on the device with carry [\".dev\", \".gl\", \".whl\"]"
   ;;
 run)
@@ -99,6 +100,8 @@ PY
   done
   echo "== peers: taylormap vs Zennit on the same GPU (and the CPU engine vs Zennit on CPU)"
   TAYLORMAP=$B BACKENDS="--backend gpu --backend cpu" benchmarks/compare.sh assets/models/mnist-cnn.onnx deep-taylor-bounded 64,1024,4096 cuda
+  echo "== peers: epsilon-plus (which Captum can express), taylormap vs Zennit and Captum on the same GPU"
+  TAYLORMAP=$B BACKENDS="--backend gpu" benchmarks/compare.sh assets/models/mnist-cnn.onnx epsilon-plus 1024,4096 cuda
   echo "== explain end-to-end, 10,000 images (GPU), with and without PNGs"
   $B explain --backend gpu --quiet --out /tmp/e2e-png --composite deep-taylor-bounded | tail -9
   echo "(the same into /dev/shm: how much of the PNG time is the disk's file creation)"
