@@ -2,10 +2,11 @@
 //! bit-identical to a plain run of that batch, in order (uneven batch sizes, an empty batch, a
 //! batch larger than the plan, f32 and 8-bit samples, with and without targets); a sink that
 //! stops ends the stream early; a bad batch ends it with an error naming its samples, after the
-//! batches before it were handed over; the backend stays usable after either. For the GPU backend,
-//! which keeps the next batch in flight while one is read back, and for the CPU engine (the
-//! trait's default, one run per batch). The GPU half fails rather than skips under
-//! `TAYLORMAP_REQUIRE_GPU=1`.
+//! batches before it were handed over; the backend stays usable after either. For the GPU
+//! backend, which keeps the next batch in flight while one is read back, and for the CPU engine
+//! (the trait's default, one run per batch). The GPU splits only the last batch of a stream into
+//! overlapping submissions, where the stream's size hint says it is the last. The GPU tests fail
+//! rather than skip under `TAYLORMAP_REQUIRE_GPU=1`.
 
 mod common;
 
@@ -270,4 +271,40 @@ fn a_bad_batch_ends_the_stream_naming_its_samples_after_the_batches_before_it() 
             .unwrap();
         assert_same(&got, &want, &format!("{kind}: after the error"));
     }
+}
+
+#[test]
+fn the_gpu_splits_only_the_last_batch_of_a_stream_into_overlapping_submissions() {
+    let Some(ctx) = common::gpu::context() else {
+        return;
+    };
+    let mut rng = rng("stream_last_split");
+    let case = Case::new(&mut rng, 1200);
+    let mut backend = GpuBackend::new(&ctx, &case.net, &case.method, 600).unwrap();
+    assert!(
+        backend.enable_stage_timing().unwrap(),
+        "llvmpipe has timestamps"
+    );
+    let batches = [(0, 600, true), (600, 1200, false)];
+    let (outputs, result) = stream(&mut backend, &case, &batches, &[None, None], |_| Ok(true));
+    result.unwrap();
+    // The first batch as one submission; the last, known to be last from the iterator's size
+    // hint, as two of 300 (a lone batch of at least 512 is split so).
+    assert_eq!(backend.stage_times().unwrap().batches, 3);
+    let mut plain = GpuBackend::new(&ctx, &case.net, &case.method, 600).unwrap();
+    for (k, (&(s, e, b), got)) in batches.iter().zip(&outputs).enumerate() {
+        let want = plain.run_samples(case.samples(s, e, b), None).unwrap();
+        assert_same(got, &want, &format!("batch {k}"));
+    }
+    // A stream that cannot tell its last batch splits none.
+    let before = backend.stage_times().unwrap().batches;
+    let mut items = batches.iter().map(|&(s, e, b)| StreamBatch {
+        samples: case.samples(s, e, b),
+        targets: None,
+    });
+    let mut unhinted = std::iter::from_fn(|| items.next());
+    backend
+        .run_stream(&mut unhinted, &mut |_| Ok(true))
+        .unwrap();
+    assert_eq!(backend.stage_times().unwrap().batches - before, 2);
 }

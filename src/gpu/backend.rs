@@ -289,7 +289,9 @@ impl Backend for GpuBackend {
 
     /// Keeps the next batch in flight while one is read back and handed over: the GPU does
     /// not idle between batches as long as the host's part (read-back copy, `sink`, queueing the
-    /// next) takes less time than the GPU's. Each batch is one submission per plan capacity.
+    /// next) takes less time than the GPU's. Each batch is one submission per plan capacity,
+    /// but for the last one, where the iterator's size hint says it is the last, which is split
+    /// like a lone batch.
     fn run_stream<'a>(
         &mut self,
         batches: &mut dyn Iterator<Item = StreamBatch<'a>>,
@@ -487,7 +489,10 @@ impl GpuBackend {
                     break;
                 };
                 let n = batch.samples.len();
-                match self.queue_batch(batch, lone) {
+                // The last batch of a stream (where the stream says so) overlaps with itself, as
+                // a lone one does: the read-back of its first part with the GPU work of the rest.
+                let last = batches.size_hint().1 == Some(0);
+                match self.queue_batch(batch, lone || last) {
                     Ok(q) => {
                         pulled += q.n;
                         collecting.push_back(Collecting::new(q.n, input_len, classes));
