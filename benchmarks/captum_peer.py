@@ -13,7 +13,6 @@ ReLU passes relevance. Flatten runs as a tensor reshape inside the module (Captu
 The output relevance is e_t * y_t, as in taylormap. With --out it writes the relevance; with --bench it prints
 JSON lines like `taylormap bench --json`.
 """
-import argparse
 import importlib.abc
 import importlib.machinery
 import sys
@@ -23,7 +22,7 @@ from unittest import mock
 import numpy as np
 import torch
 from torch import nn
-from torch_net import bench, torch_model
+from torch_net import bench, peer_arguments, torch_model
 
 
 class _NoPlots(importlib.abc.MetaPathFinder, importlib.abc.Loader):
@@ -92,17 +91,8 @@ def explain(lrp, net, x, targets=None):
 
 
 def main():
-    p = argparse.ArgumentParser()
-    p.add_argument("--model", required=True)
-    p.add_argument("--input", required=True)
+    p = peer_arguments()
     p.add_argument("--composite", default="epsilon-plus", choices=COMPOSITES)
-    p.add_argument("--labels")
-    p.add_argument("--out")
-    p.add_argument("--bench", action="store_true")
-    p.add_argument("--batch-sizes", default="64,1024")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default="float64")
-    p.add_argument("--min-seconds", type=float, default=2.0)
     a = p.parse_args()
     dtype = getattr(torch, a.dtype)
     net = Net(torch_model(a.model)).to(a.device, dtype).eval()

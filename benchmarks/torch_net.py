@@ -3,6 +3,7 @@
 Conv, Gemm/MatMul+Add, BatchNormalization folded, Relu, MaxPool, AveragePool, GlobalAveragePool, Flatten/Reshape;
 a final Softmax and shape-only nodes are dropped. The weights are read from the same file taylormap reads.
 """
+import argparse
 import json
 import time
 
@@ -93,3 +94,18 @@ def bench(backend, a, x, explain):
         print(json.dumps({"backend": backend, "adapter": f"PyTorch {torch.__version__} {a.dtype}",
                           "model": a.model, "composite": a.composite, "batch_size": batch, "samples": n,
                           "seconds": s, "heatmaps_per_second": n / s}), flush=True)
+
+
+def peer_arguments():
+    """The options both peer scripts take (each adds --composite and its own)."""
+    p = argparse.ArgumentParser()
+    p.add_argument("--model", required=True)
+    p.add_argument("--input", required=True)
+    p.add_argument("--labels", help="targets (NPY of class indices) instead of the predicted class")
+    p.add_argument("--out", help="write the relevance of every input sample here (NPY, float32)")
+    p.add_argument("--bench", action="store_true", help="print throughput JSON lines like `taylormap bench --json`")
+    p.add_argument("--batch-sizes", default="64,1024")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="float64")
+    p.add_argument("--min-seconds", type=float, default=2.0)
+    return p

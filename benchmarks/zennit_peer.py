@@ -10,11 +10,10 @@ average pooling proportional to the inputs (Zennit's Norm rule), ReLU/Flatten pa
 winner-take-all (the gradient). The output relevance is e_t * y_t. With --out it writes the relevance; with
 --bench it prints JSON lines like `taylormap bench --json`.
 """
-import argparse
 import numpy as np
 import torch
 from torch import nn
-from torch_net import bench, torch_model
+from torch_net import bench, peer_arguments, torch_model
 from zennit.composites import NameMapComposite
 from zennit.rules import AlphaBeta, Epsilon, Flat, Gamma, Norm, Pass, WSquare, ZBox, ZPlus
 
@@ -58,18 +57,9 @@ def explain(model, composite, x, targets=None):
 
 
 def main():
-    p = argparse.ArgumentParser()
-    p.add_argument("--model", required=True)
-    p.add_argument("--input", required=True)
+    p = peer_arguments()
     p.add_argument("--composite", default="deep-taylor")
     p.add_argument("--bounds", default="0,1")
-    p.add_argument("--labels")
-    p.add_argument("--out")
-    p.add_argument("--bench", action="store_true")
-    p.add_argument("--batch-sizes", default="64,1024")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default="float64")
-    p.add_argument("--min-seconds", type=float, default=2.0)
     a = p.parse_args()
     dtype = getattr(torch, a.dtype)
     model = torch_model(a.model).to(a.device, dtype)

@@ -841,15 +841,7 @@ fn byte_inputs_give_what_their_expanded_values_give() {
             let got = bytes_backend.run_pixels(bytes.view(), &lut, None).unwrap();
             let want = f32_backend.run(x.view(), None).unwrap();
             let what = format!("{}: {what}", engine.name());
-            assert_eq!(got.targets, want.targets, "{what}");
-            assert!(
-                got.relevance
-                    .iter()
-                    .zip(&want.relevance)
-                    .all(|(a, b)| a.to_bits() == b.to_bits()),
-                "{what}: relevance differs"
-            );
-            assert_eq!(got.logits, want.logits, "{what}");
+            common::assert_same_output(&got, &want, &what);
             compare_output(&net, &method, &x, None, &got, &what);
             // A strided view (every other sample) goes through the copy path.
             let every_other = ndarray::Slice::new(0, None, 2);

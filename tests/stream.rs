@@ -14,7 +14,7 @@ use ndarray::{ArrayD, Axis, Slice};
 use rand::rngs::StdRng;
 use rand::Rng;
 
-use common::{random_cnn, rng};
+use common::{assert_same_output, random_cnn, rng};
 use taylormap::explain::{select_backend, BackendChoice};
 use taylormap::gpu::GpuBackend;
 use taylormap::lrp::{Bounds, Composite, Method};
@@ -100,19 +100,6 @@ fn fresh(kind: &str, case: &Case) -> Box<dyn Backend> {
     }
 }
 
-fn assert_same(got: &BatchOutput<f32>, want: &BatchOutput<f32>, what: &str) {
-    assert_eq!(got.relevance.shape(), want.relevance.shape(), "{what}");
-    assert!(
-        got.relevance
-            .iter()
-            .zip(&want.relevance)
-            .all(|(a, b)| a.to_bits() == b.to_bits()),
-        "{what}: relevance differs"
-    );
-    assert_eq!(got.logits, want.logits, "{what}: logits");
-    assert_eq!(got.targets, want.targets, "{what}: targets");
-}
-
 /// Streams `batches` (ranges of samples, as bytes or not, with targets or not) through
 /// `backend`, the sink saying `go_on(k)` after the k-th output; returns the outputs and the
 /// stream's result.
@@ -168,7 +155,7 @@ fn a_stream_hands_over_each_batch_what_a_plain_run_of_it_gives_in_order() {
             let want = plain
                 .run_samples(case.samples(s, e, b), t.as_deref())
                 .unwrap();
-            assert_same(got, &want, &format!("{kind}: batch {k} (samples {s}..{e})"));
+            assert_same_output(got, &want, &format!("{kind}: batch {k} (samples {s}..{e})"));
             if let Some(t) = t {
                 assert_eq!(&got.targets, t, "{kind}: batch {k} explains its targets");
             }
@@ -177,7 +164,7 @@ fn a_stream_hands_over_each_batch_what_a_plain_run_of_it_gives_in_order() {
         let (again, result) = stream(backend.as_mut(), &case, &batches, &targets, |_| Ok(true));
         result.unwrap();
         for (k, (a, b)) in again.iter().zip(&outputs).enumerate() {
-            assert_same(a, b, &format!("{kind}: second stream, batch {k}"));
+            assert_same_output(a, b, &format!("{kind}: second stream, batch {k}"));
         }
     }
 }
@@ -208,7 +195,7 @@ fn a_sink_that_stops_or_fails_ends_the_stream_and_the_backend_stays_usable() {
         for &(s, e, b) in &batches {
             let got = backend.run_samples(case.samples(s, e, b), None).unwrap();
             let want = plain.run_samples(case.samples(s, e, b), None).unwrap();
-            assert_same(
+            assert_same_output(
                 &got,
                 &want,
                 &format!("{kind}: after the stop, samples {s}..{e}"),
@@ -246,7 +233,7 @@ fn a_bad_batch_ends_the_stream_naming_its_samples_after_the_batches_before_it() 
             let want = plain
                 .run_samples(case.samples(8 * k, 8 * k + 8, false), None)
                 .unwrap();
-            assert_same(got, &want, &format!("{kind}: batch {k} before the bad one"));
+            assert_same_output(got, &want, &format!("{kind}: batch {k} before the bad one"));
         }
         // Targets out of range in the last batch: a usage error, after three outputs.
         // (bytes: the poisoned values are in the f32 copy only)
@@ -269,7 +256,7 @@ fn a_bad_batch_ends_the_stream_naming_its_samples_after_the_batches_before_it() 
         let want = plain
             .run_samples(case.samples(24, 32, false), None)
             .unwrap();
-        assert_same(&got, &want, &format!("{kind}: after the error"));
+        assert_same_output(&got, &want, &format!("{kind}: after the error"));
     }
 }
 
@@ -294,7 +281,7 @@ fn the_gpu_splits_only_the_last_batch_of_a_stream_into_overlapping_submissions()
     let mut plain = GpuBackend::new(&ctx, &case.net, &case.method, 600).unwrap();
     for (k, (&(s, e, b), got)) in batches.iter().zip(&outputs).enumerate() {
         let want = plain.run_samples(case.samples(s, e, b), None).unwrap();
-        assert_same(got, &want, &format!("batch {k}"));
+        assert_same_output(got, &want, &format!("batch {k}"));
     }
     // A stream that cannot tell its last batch splits none.
     let before = backend.stage_times().unwrap().batches;

@@ -10,7 +10,7 @@ use ndarray::{Array1, Array2, Array4, ArrayD, IxDyn};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use taylormap::model::Window;
-use taylormap::{Layer, Network};
+use taylormap::{BatchOutput, Layer, Network};
 
 /// A seeded RNG for test `name`; prints the seed.
 pub fn rng(name: &str) -> StdRng {
@@ -143,4 +143,19 @@ pub fn rel_l2(a: impl IntoIterator<Item = f64>, b: impl IntoIterator<Item = f64>
         den += y * y;
     }
     num.sqrt() / den.sqrt().max(1e-30)
+}
+
+/// Asserts that two backend outputs are the same bits: relevance (and its shape), logits and
+/// targets.
+pub fn assert_same_output(got: &BatchOutput<f32>, want: &BatchOutput<f32>, what: &str) {
+    assert_eq!(got.relevance.shape(), want.relevance.shape(), "{what}");
+    assert!(
+        got.relevance
+            .iter()
+            .zip(&want.relevance)
+            .all(|(a, b)| a.to_bits() == b.to_bits()),
+        "{what}: relevance differs"
+    );
+    assert_eq!(got.logits, want.logits, "{what}: logits");
+    assert_eq!(got.targets, want.targets, "{what}: targets");
 }
