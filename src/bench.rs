@@ -56,6 +56,9 @@ pub struct BenchResult {
     pub heatmaps_per_second: f64,
     /// Forward-pass floating-point operations per sample (2 x multiply-accumulates).
     pub forward_flops_per_sample: usize,
+    /// Relevance-pass floating-point operations per sample, as the engines run the composite
+    /// (2 x `Method::relevance_macs`): with the forward ones, the work behind one heatmap.
+    pub relevance_flops_per_sample: usize,
     /// Bytes moved between host and device per sample: the input up (one byte per value for
     /// 8-bit inputs given to a backend that uploads bytes, else four), f32 relevance and logits
     /// down.
@@ -335,6 +338,7 @@ pub fn run(cfg: &BenchConfig, report: &mut dyn FnMut(&BenchResult)) -> Result<Ve
                 seconds,
                 heatmaps_per_second: samples as f64 / seconds,
                 forward_flops_per_sample: 2 * net.forward_macs(),
+                relevance_flops_per_sample: 2 * method.relevance_macs(&net),
                 transfer_bytes_per_sample: if bytes.is_some() { 1 } else { 4 } * net.input_len()
                     + 4 * (net.input_len() + net.num_outputs()),
                 input: if bytes.is_some() { "u8" } else { "f32" },

@@ -539,6 +539,14 @@ fn bench(a: BenchArgs) -> taylormap::Result<()> {
                 "{:<9} {:<40} {:>6} {:>9} {:>8.3} {:>11.0}",
                 r.backend, r.adapter, r.batch_size, r.samples, r.seconds, r.heatmaps_per_second
             );
+            let flops = (r.forward_flops_per_sample + r.relevance_flops_per_sample) as f64;
+            println!(
+                "          {:.2} MFLOP per heatmap (forward {:.2}, relevance {:.2}): {:.1} GFLOP/s",
+                flops * 1e-6,
+                r.forward_flops_per_sample as f64 * 1e-6,
+                r.relevance_flops_per_sample as f64 * 1e-6,
+                flops * r.heatmaps_per_second * 1e-9
+            );
             if let Some(st) = &r.stage_seconds {
                 println!(
                     "          GPU ms per batch: upload {:.3}, forward {:.3}, relevance {:.3}, \

@@ -380,6 +380,25 @@ fn bench_json_prints_one_line_per_backend_and_batch_size() {
         for key in ["adapter", "model", "seconds"] {
             assert!(!line[key].is_null(), "{key}");
         }
+        // The work per heatmap: the network's and the composite's products.
+        let method = taylormap::lrp::Composite::DeepTaylor
+            .resolve(
+                &case.net,
+                taylormap::lrp::Bounds {
+                    low: 0.0,
+                    high: 1.0,
+                },
+                &[],
+            )
+            .unwrap();
+        assert_eq!(
+            line["forward_flops_per_sample"],
+            2 * case.net.forward_macs()
+        );
+        assert_eq!(
+            line["relevance_flops_per_sample"],
+            2 * method.relevance_macs(&case.net)
+        );
     }
     let o = taylormap(&[
         "bench",

@@ -205,6 +205,7 @@ fn bench_json_reports_stage_seconds_on_the_gpu() {
         "composite",
         "heatmaps_per_second",
         "forward_flops_per_sample",
+        "relevance_flops_per_sample",
         "transfer_bytes_per_sample",
     ] {
         assert!(!line[key].is_null(), "{key}: {stdout}");

@@ -179,6 +179,53 @@ fn forward_macs_count_dense_and_conv_products() {
 }
 
 #[test]
+fn relevance_macs_count_one_product_per_term_and_merge_the_constant_terms() {
+    use taylormap::Layer;
+    let mut rng = common::rng("relevance_macs");
+    // conv 1 -> 3, 3x3, padding 1 on 1 x 6 x 6: 3 * 36 * 9 = 972 multiply-adds; dense 108 -> 4:
+    // 432; dense 4 -> 2: 8. Only the first layer's input can be negative.
+    let layers = vec![
+        common::conv(&mut rng, 1, 3, 3, 1, 1, false),
+        Layer::Relu,
+        Layer::Flatten,
+        common::dense(&mut rng, 108, 4, false),
+        Layer::Relu,
+        common::dense(&mut rng, 4, 2, false),
+    ];
+    let net = taylormap::Network::new(vec![1, 6, 6], layers, vec![]).unwrap();
+    assert_eq!(net.layer_macs(), [972, 0, 0, 432, 0, 8]);
+    assert_eq!(
+        net.nonnegative_inputs(),
+        [false, false, true, true, false, true]
+    );
+    let lrp = |rules: Vec<Rule>| Method::Lrp { rules }.relevance_macs(&net);
+    let zbox = Rule::ZBox {
+        low: 0.0,
+        high: 1.0,
+    };
+    let ab = Rule::AlphaBeta {
+        alpha: 2.0,
+        beta: 1.0,
+    };
+    // z^B: z' from x only (L and H are constant), c for x and the merged L/H term; z+ and
+    // epsilon on ReLU outputs: one term, z' and c.
+    assert_eq!(
+        lrp(vec![zbox, Rule::ZPlus, Rule::Epsilon(0.25)]),
+        3 * 972 + 2 * 432 + 2 * 8
+    );
+    // alpha-beta: two passes of two terms on a signed input, one term each on ReLU outputs.
+    assert_eq!(lrp(vec![ab, ab, Rule::ZPlus]), 8 * 972 + 4 * 432 + 2 * 8);
+    // w^2 and flat: z' is the same for every sample, only c is per sample.
+    assert_eq!(
+        lrp(vec![Rule::WSquare, Rule::Flat, Rule::Gamma(0.25)]),
+        972 + 432 + 2 * 8
+    );
+    for gradient in [Method::Sensitivity, Method::GradientXInput] {
+        assert_eq!(gradient.relevance_macs(&net), 972 + 432 + 8);
+    }
+}
+
+#[test]
 fn on_nonnegative_inputs_the_x_minus_terms_vanish_and_x_plus_is_x() {
     use taylormap::lrp::InputMod;
     let rules = [

@@ -36,6 +36,50 @@ pub enum Method {
     GradientXInput,
 }
 
+impl Method {
+    /// Multiply-accumulates of one sample's relevance pass, as the GPU engine runs it: per
+    /// Dense/Conv2d layer, one modified forward product (z') per rule term with a data input, and
+    /// one transposed product per term, where a pass's constant-input terms (z^B's L and H) count
+    /// once (one merged product; their share of z' is the same for every sample and computed
+    /// once per plan), and on a ReLU-fed layer without the x- terms that vanish there
+    /// (`Rule::passes_on`). The CPU engine does the same, and for LRP-0 and epsilon layers also
+    /// takes z' from the forward pass (one product fewer there). The gradient methods: one
+    /// transposed product per layer. Pooling and element-wise steps are not counted (no
+    /// multiply-accumulates of weights).
+    pub fn relevance_macs(&self, net: &Network) -> usize {
+        let macs = net.layer_macs();
+        let linear = net.linear_layers();
+        match self {
+            Method::Sensitivity | Method::GradientXInput => linear.iter().map(|&k| macs[k]).sum(),
+            Method::Lrp { rules } => {
+                let nonnegative = net.nonnegative_inputs();
+                linear
+                    .iter()
+                    .zip(rules)
+                    .map(|(&k, rule)| {
+                        let passes = rule.passes_on(nonnegative[k]);
+                        let constant = |t: &super::Term| {
+                            matches!(
+                                t.input,
+                                super::InputMod::Ones | super::InputMod::Constant(_)
+                            )
+                        };
+                        let data: usize = passes
+                            .iter()
+                            .map(|p| p.terms.iter().filter(|t| !constant(t)).count())
+                            .sum();
+                        let merged = passes
+                            .iter()
+                            .filter(|p| p.terms.iter().any(constant))
+                            .count();
+                        (2 * data + merged) * macs[k]
+                    })
+                    .sum()
+            }
+        }
+    }
+}
+
 /// Which Dense/Conv2d layers a `--rule SELECTOR=RULE` override applies to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LayerSelector {

@@ -290,11 +290,17 @@ impl Network {
 
     /// Multiply-accumulates of one sample's forward pass through the Dense and Conv2d layers
     /// (a relevance pass costs a small multiple of it: one forward and one transposed product per
-    /// rule term).
+    /// rule term; see `Method::relevance_macs`).
     pub fn forward_macs(&self) -> usize {
+        self.layer_macs().iter().sum()
+    }
+
+    /// Multiply-accumulates of one sample's forward pass through each layer (0 for layers other
+    /// than Dense and Conv2d; all 0 when the shapes do not chain).
+    pub fn layer_macs(&self) -> Vec<usize> {
         let shapes = match self.shapes() {
             Ok(s) => s,
-            Err(_) => return 0,
+            Err(_) => return vec![0; self.layers.len()],
         };
         self.layers
             .iter()
@@ -307,7 +313,25 @@ impl Network {
                 }
                 _ => 0,
             })
-            .sum()
+            .collect()
+    }
+
+    /// Per layer, whether its input is known to be non-negative: a ReLU output, possibly pooled
+    /// or flattened since (the rules' x- terms vanish there; see `Rule::passes_on`).
+    pub fn nonnegative_inputs(&self) -> Vec<bool> {
+        let mut nonnegative = false;
+        self.layers
+            .iter()
+            .map(|layer| {
+                let input = nonnegative;
+                nonnegative = match layer {
+                    Layer::Relu => true,
+                    Layer::Dense { .. } | Layer::Conv2d { .. } => false,
+                    _ => nonnegative,
+                };
+                input
+            })
+            .collect()
     }
 
     /// Total trainable parameters.
