@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One command, one machine: taylormap's GPU backend, CPU engine and f64 reference, and Zennit (and Captum, for the
-# composites Captum can express: lrp-zero, epsilon-plus) on the same ONNX network, composite and batch sizes; prints
-# every JSON line, then the ratios.
+# composites Captum can express: lrp-zero, epsilon-plus; and iNNvestigate on the CPU, for deep-taylor-bounded and
+# lrp-zero, when INNVESTIGATE_PYTHON names a Python with TensorFlow < 2.15 and iNNvestigate) on the same ONNX
+# network, composite and batch sizes; prints every JSON line, then the ratios.
 #   benchmarks/compare.sh [MODEL] [COMPOSITE] [BATCHES] [DEVICE]
 #   defaults: assets/models/mnist-cnn.onnx deep-taylor-bounded 64,1024 cuda-if-available
 # TAYLORMAP (default target/release/taylormap), PYTHON (default python3) and BACKENDS can be set.
@@ -43,6 +44,14 @@ lrp-zero | epsilon-plus)
   fi
   ;;
 esac
+case "$COMPOSITE" in
+deep-taylor-bounded | lrp-zero)
+  if [ -n "${INNVESTIGATE_PYTHON:-}" ]; then
+    "$INNVESTIGATE_PYTHON" benchmarks/innvestigate_peer.py --model "$MODEL" --input "$OUT/x.npy" \
+      --composite "$COMPOSITE" --bench --batch-sizes "$BATCHES" 2>/dev/null | tee -a "$OUT/lines.jsonl"
+  fi
+  ;;
+esac
 $PYTHON - "$OUT/lines.jsonl" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
@@ -50,7 +59,7 @@ by = {}
 for r in rows:
     by.setdefault(r["batch_size"], {})[f'{r["backend"]} ({r["adapter"]})'] = r["heatmaps_per_second"]
 for batch, runs in sorted(by.items()):
-    is_peer = lambda k: k.startswith(("zennit", "captum"))
+    is_peer = lambda k: k.startswith(("zennit", "captum", "innvestigate"))
     peers = {k: v for k, v in runs.items() if is_peer(k)}
     for name, v in runs.items():
         if is_peer(name):
