@@ -205,17 +205,11 @@ fn layer_plans(net: &Network, method: &Method) -> Result<(Vec<LayerPlan>, Footpr
     let input_len = net.input_len() as u64;
     fp.staging = (input_len + classes as u64 + 1) * F;
     let mut plans = vec![];
-    // Whether the current activation is a ReLU output (possibly pooled or flattened): the
-    // next rule's x- terms vanish there (`Rule::passes_on`).
-    let mut nonnegative = false;
+    // Layers whose input is a ReLU output: the rule's x- terms vanish there (`Rule::passes_on`).
+    let nonnegative = net.nonnegative_inputs();
     for (k, layer) in net.layers.iter().enumerate() {
         let name = layer_name(net, k);
-        let nonnegative_input = nonnegative;
-        nonnegative = match layer {
-            Layer::Relu => true,
-            Layer::Dense { .. } | Layer::Conv2d { .. } => false,
-            _ => nonnegative,
-        };
+        let nonnegative_input = nonnegative[k];
         let inp = &shapes[k];
         let out = &shapes[k + 1];
         let in_len = inp.iter().product::<usize>() as u64;

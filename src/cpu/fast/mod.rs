@@ -151,20 +151,22 @@ impl FastBackend {
             Step::Linear(Box::new(op))
         };
         let mut steps = Vec::with_capacity(net.layers.len());
-        // Whether the current activation is a ReLU output (possibly pooled or flattened).
-        let mut nonnegative = false;
+        // Layers whose input is a ReLU output (possibly pooled or flattened).
+        let nonnegative = net.nonnegative_inputs();
         for (k, layer) in net.layers.iter().enumerate() {
             let (c, h, w) = chw(&shapes[k]);
             let geom = |window| Geom::new(window, c, h, w).ok_or_else(|| bad(k));
             let step = match layer {
-                Layer::Dense { weight, bias } => prepare(Linear::dense(weight, bias), nonnegative),
+                Layer::Dense { weight, bias } => {
+                    prepare(Linear::dense(weight, bias), nonnegative[k])
+                }
                 Layer::Conv2d {
                     weight,
                     bias,
                     window,
                 } => {
                     let op = Linear::conv(weight, bias, window, (c, h, w)).ok_or_else(|| bad(k))?;
-                    prepare(op, nonnegative)
+                    prepare(op, nonnegative[k])
                 }
                 Layer::Relu => Step::Relu,
                 Layer::MaxPool2d { window } => Step::MaxPool(geom(window)?),
@@ -180,11 +182,6 @@ impl FastBackend {
                     }
                 }
                 Layer::Flatten => Step::Flatten,
-            };
-            nonnegative = match step {
-                Step::Relu => true,
-                Step::Linear(_) => false,
-                _ => nonnegative,
             };
             steps.push(step);
         }
