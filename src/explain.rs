@@ -340,10 +340,12 @@ where
     if cfg.png {
         std::fs::create_dir_all(&staging).map_err(|e| Error::io(&staging, e))?;
     }
-    // relevance.npy is streamed batch by batch under a temporary name, renamed at the end
+    // relevance.npy is streamed batch by batch under a temporary name, renamed at the end; the
+    // disk writes it in the background meanwhile
     let mut shape = vec![dataset.len()];
     shape.extend(&net.input_shape);
     let mut relevance_file = data::AtomicFile::create(&cfg.out.join("relevance.npy"))?;
+    relevance_file.sync_behind(SYNC_BEHIND_BYTES);
     relevance_file.write_all(&data::npy_header_f32(&shape))?;
     let result = explain_all(
         cfg,
@@ -358,8 +360,9 @@ where
             staging: &staging,
             relevance: &mut relevance_file,
         },
+        |rows, grid_relevance| tables(cfg, &dataset, &net, rows, grid_relevance),
     );
-    let (rows, grid_relevance, compute_seconds, png_seconds) = match result {
+    let (rows, tables, compute_seconds, png_seconds) = match result {
         Ok(v) => v,
         Err(e) => {
             let _ = std::fs::remove_dir_all(&staging);
@@ -367,18 +370,15 @@ where
         }
     };
 
+    // relevance.npy, summary.csv and grid.png are on disk under temporary names, synced while
+    // the last PNGs were written: the commits only rename.
     let t_write = Instant::now();
     relevance_file.commit()?;
-    data::write_atomic(&cfg.out.join("summary.csv"), summary_csv(&rows).as_bytes())?;
-    if cfg.png && net.input_shape.len() == 3 {
-        let grid = grid_png(cfg, &dataset, &net, &rows, &grid_relevance)?;
-        data::write_atomic(&cfg.out.join("grid.png"), &grid)?;
+    for table in tables {
+        table.commit()?;
     }
     if cfg.png {
-        if heatmaps_dir.exists() {
-            std::fs::remove_dir_all(&heatmaps_dir).map_err(|e| Error::io(&heatmaps_dir, e))?;
-        }
-        std::fs::rename(&staging, &heatmaps_dir).map_err(|e| Error::io(&heatmaps_dir, e))?;
+        replace_dir(&staging, &heatmaps_dir)?;
     }
     let mut report = ExplainReport {
         rows,
@@ -396,11 +396,64 @@ where
     Ok(report)
 }
 
-/// Rows of summary.csv, the relevance of the first [`GRID_SAMPLES`] samples, compute seconds
+/// Bytes of relevance.npy after which a background fsync starts (see
+/// [`data::AtomicFile::sync_behind`]): the disk writes the file while the batches stream, instead
+/// of all of it at the end.
+const SYNC_BEHIND_BYTES: u64 = 8 << 20;
+
+/// summary.csv and, with PNGs, grid.png, written and synced under their temporary names.
+fn tables(
+    cfg: &ExplainConfig,
+    dataset: &Dataset,
+    net: &Network,
+    rows: &[SampleRow],
+    grid_relevance: &[f32],
+) -> Result<Vec<data::AtomicFile>> {
+    let mut files = vec![data::AtomicFile::written(
+        &cfg.out.join("summary.csv"),
+        summary_csv(rows).as_bytes(),
+    )?];
+    if cfg.png && net.input_shape.len() == 3 {
+        let grid = grid_png(cfg, dataset, net, rows, grid_relevance)?;
+        files.push(data::AtomicFile::written(&cfg.out.join("grid.png"), &grid)?);
+    }
+    Ok(files)
+}
+
+/// Puts the complete folder `staging` at `target`, replacing any earlier one: the old folder is
+/// renamed aside first, so `target` is the old folder or the new one at every moment, then
+/// removed.
+fn replace_dir(staging: &Path, target: &Path) -> Result<()> {
+    let aside = target.with_file_name(format!(
+        ".{}.old-{}",
+        target
+            .file_name()
+            .map_or("heatmaps".into(), |n| n.to_string_lossy()),
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&aside); // left by an earlier run that died
+    let had_old = match std::fs::rename(target, &aside) {
+        Ok(()) => true,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+        Err(e) => return Err(Error::io(target, e)),
+    };
+    if let Err(e) = std::fs::rename(staging, target) {
+        if had_old {
+            let _ = std::fs::rename(&aside, target);
+        }
+        return Err(Error::io(target, e));
+    }
+    if had_old {
+        std::fs::remove_dir_all(&aside).map_err(|e| Error::io(&aside, e))?;
+    }
+    Ok(())
+}
+
+/// Rows of summary.csv, what the `finish` step of [`explain_all`] made of them, compute seconds
 /// (inside the backend, on the backend thread) and the rest of the loop's wall time (the writing
-/// and PNG encoding not hidden behind compute: filling and draining the pipeline, and the time
-/// the backend waited on the writers).
-type Explained = (Vec<SampleRow>, Vec<f32>, f64, f64);
+/// and PNG encoding not hidden behind compute: filling and draining the pipeline, the time the
+/// backend waited on the writers, and the final fsyncs).
+type Explained<T> = (Vec<SampleRow>, T, f64, f64);
 
 /// Samples per PNG job handed to an encoder thread.
 const PNG_JOB: usize = 64;
@@ -477,13 +530,19 @@ struct Sinks<'a> {
 /// writer drops its queue (the backend thread sees it at its next hand-over and stops), and a
 /// failing encoder raises a flag the writer checks, then drains its queue until it closes, so no
 /// stage ever waits on a full queue that nobody reads.
-fn explain_all(
+///
+/// Once every batch is written to relevance.npy, and while the encoders still write the last
+/// PNGs, the calling thread syncs relevance.npy and runs `finish` on the rows and the relevance
+/// of the first [`GRID_SAMPLES`] samples (the other outputs, made ready to commit), so the end
+/// of the run waits on the slowest of these, not on their sum.
+fn explain_all<T>(
     cfg: &ExplainConfig,
     dataset: &Dataset,
     net: &Network,
     run: Run,
     sinks: Sinks,
-) -> Result<Explained> {
+    finish: impl FnOnce(&[SampleRow], &[f32]) -> Result<T>,
+) -> Result<Explained<T>> {
     let n = dataset.len();
     let bar = if cfg.progress {
         let bar = indicatif::ProgressBar::new(n as u64);
@@ -512,7 +571,7 @@ fn explain_all(
     };
     let encoder_failed = AtomicBool::new(false);
     let loop_start = Instant::now();
-    let (rows, grid_relevance, compute) = std::thread::scope(|scope| -> Result<_> {
+    let (rows, finished, compute) = std::thread::scope(|scope| -> Result<_> {
         let (jobs, queue) = mpsc::sync_channel::<PngJob>(2 * threads.max(1));
         // Each encoder holds the queue: should every one of them die, the queue closes and the
         // writer's next hand-over fails instead of waiting forever.
@@ -549,7 +608,7 @@ fn explain_all(
             dataset,
             received,
             Writer {
-                relevance: sinks.relevance,
+                relevance: &mut *sinks.relevance,
                 jobs,
                 encoder_failed: &encoder_failed,
                 bar: &bar,
@@ -560,6 +619,20 @@ fn explain_all(
         let produced = producer
             .join()
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        // While the encoders write the last PNGs, relevance.npy is synced and the other
+        // outputs are made, if every batch came through.
+        let finished = match (&produced, &consumed) {
+            (Ok(_), Ok((rows, grid_relevance)))
+                if rows.len() == n && !encoder_failed.load(Ordering::Relaxed) =>
+            {
+                sinks
+                    .relevance
+                    .sync()
+                    .and_then(|()| finish(rows, grid_relevance))
+                    .map(Some)
+            }
+            _ => Ok(None), // an earlier failure is the cause
+        };
         let mut encoded = Ok(());
         for encoder in encoders {
             let result = encoder
@@ -571,18 +644,14 @@ fn explain_all(
         }
         // The first failure is the cause; the stages that stopped after it report no error.
         let compute = produced?;
-        let (rows, grid_relevance) = consumed?;
+        let (rows, _) = consumed?;
         encoded?;
-        assert_eq!(
-            rows.len(),
-            n,
-            "every stage succeeded, so every batch was written"
-        );
-        Ok((rows, grid_relevance, compute))
+        let finished = finished?.expect("every stage succeeded, so every batch was written");
+        Ok((rows, finished, compute))
     })?;
     bar.finish_and_clear();
     let rest = loop_start.elapsed().as_secs_f64() - compute;
-    Ok((rows, grid_relevance, compute, rest))
+    Ok((rows, finished, compute, rest))
 }
 
 /// The backend thread: streams every batch through the backend in input order (on the GPU the

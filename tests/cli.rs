@@ -283,6 +283,22 @@ fn a_rerun_replaces_the_outputs() {
         .skip(1)
         .all(|l| l.split(',').nth(3) == Some("0")));
     assert_eq!(read_npy_f32(&out.join("relevance.npy")).0, vec![2, 1, 9, 9]);
+    // the old heatmaps folder was set aside, then removed: nothing else is left
+    let mut names: Vec<String> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "grid.png",
+            "heatmaps",
+            "relevance.npy",
+            "run.json",
+            "summary.csv"
+        ]
+    );
 }
 
 #[test]

@@ -774,6 +774,45 @@ fn atomic_file_appears_only_on_commit_and_vanishes_when_dropped() {
 }
 
 #[test]
+fn atomic_file_synced_behind_and_ahead_keeps_every_byte() {
+    let mut rng = common::rng("atomic_file_sync_behind");
+    let dir = tmp();
+    let target = dir.path().join("r.npy");
+    let chunks: Vec<Vec<u8>> = (0..rng.random_range(20..40))
+        .map(|_| {
+            let len = rng.random_range(1..300);
+            random_bytes(&mut rng, len)
+        })
+        .collect();
+    let mut file = data::AtomicFile::create(&target).unwrap();
+    file.sync_behind(rng.random_range(100..400));
+    let mut want = Vec::new();
+    for chunk in &chunks[..chunks.len() / 2] {
+        file.write_all(chunk).unwrap();
+        want.extend_from_slice(chunk);
+    }
+    assert!(file.background_syncs() >= 1, "no background fsync started");
+    // synced ahead of the commit, then written to again: the commit syncs the rest
+    file.sync().unwrap();
+    assert!(!target.exists(), "visible before commit");
+    for chunk in &chunks[chunks.len() / 2..] {
+        file.write_all(chunk).unwrap();
+        want.extend_from_slice(chunk);
+    }
+    file.commit().unwrap();
+    assert_eq!(std::fs::read(&target).unwrap(), want);
+
+    // written(): on disk under the temporary name, visible only once committed, gone if dropped
+    let ready = data::AtomicFile::written(&target, b"new").unwrap();
+    assert_eq!(std::fs::read(&target).unwrap(), want);
+    ready.commit().unwrap();
+    assert_eq!(std::fs::read(&target).unwrap(), b"new");
+    drop(data::AtomicFile::written(&target, b"dropped").unwrap());
+    assert_eq!(std::fs::read(&target).unwrap(), b"new");
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+}
+
+#[test]
 fn eight_bit_sources_keep_their_bytes_and_a_table_that_gives_x_exactly() {
     let mut rng = common::rng("eight_bit_pixels");
     let dir = tmp();
