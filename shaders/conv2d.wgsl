@@ -40,7 +40,7 @@
 // g = w + G max(0,w)). The weight modifiers sign_k g_k(W) are precomputed by the host (blocked
 // in wv); the kernels loop over the P.rule.term_layout.x terms in use only. Split-K partials hold the
 // per-pass sums (z_partial: (z'_0, z'_1)) or the partial R (c_partial, in .x). A ReLU right
-// after the layer is applied by the forward pass when P.relu = 1.
+// after the layer is applied by the forward pass when RELU = 1.
 // mode 0: LRP; mode 1: gradient (s = R, no division; the terms are set to (one, w)).
 
 struct RuleParams {
@@ -104,6 +104,32 @@ struct ConvParams {
     rule: RuleParams,
 }
 
+// Specialisation: the layer's geometry, chunking, mode, fused ReLU and number of rule terms are
+// pipeline-overridable constants, set per layer by the plan from the same values as the uniform
+// (src/gpu/shader.rs `ConvSpec`), so loop bounds, strides and the divisions of the index
+// arithmetic are constants that the driver's compiler unrolls and folds. The kernels read them
+// here, never from P's copies of them; P.n (the batch), the bias offset, z_const and the rule's
+// coefficients stay in the uniform.
+override C: u32;
+override H: u32;
+override W: u32;
+override OC: u32;
+override OH: u32;
+override OW: u32;
+override KH: u32;
+override KW: u32;
+override STRIDE_Y: u32;
+override STRIDE_X: u32;
+override PAD_TOP: u32;
+override PAD_LEFT: u32;
+override C_PER_CHUNK: u32;
+override OC_PER_CHUNK: u32;
+override CHUNKS_IN: u32;
+override CHUNKS_OUT: u32;
+override MODE: u32;
+override RELU: u32;
+override TERMS: u32;
+
 @group(0) @binding(0) var<uniform> P: ConvParams;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read> wb: array<f32>;
@@ -118,9 +144,9 @@ fn flat_index(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
     return gid.x + gid.y * nwg.x * 64u;
 }
 
-// The forward output, with the fused ReLU when P.relu = 1.
+// The forward output, with the fused ReLU when RELU = 1.
 fn activation(v: f32) -> f32 {
-    return select(v, max(v, 0.0), P.relu == 1u);
+    return select(v, max(v, 0.0), RELU == 1u);
 }
 
 fn stab(d: f32, eps: f32) -> f32 {
@@ -129,7 +155,7 @@ fn stab(d: f32, eps: f32) -> f32 {
 
 // Number of terms the rule uses; the relevance kernels loop over exactly these.
 fn terms() -> u32 {
-    return min(P.rule.term_layout.x, 4u);
+    return min(TERMS, 4u);
 }
 
 // Whether term t's input modifier is a constant (no data): its share of z' is in P.z_const.
@@ -146,11 +172,11 @@ fn bmods(v: f32) -> vec2<f32> {
 }
 
 fn out_len() -> u32 {
-    return P.oc * P.oh * P.ow;
+    return OC * OH * OW;
 }
 
 fn in_len() -> u32 {
-    return P.c * P.h * P.w;
+    return C * H * W;
 }
 
 // The kernel rows (or columns) that reach input row n = iy + pad through a real output row:
@@ -173,11 +199,11 @@ fn finish_s(n: u32, j: u32, z: vec2<f32>) {
     let r = P.rule;
     let nj = n * out_len() + j;
     let rj = r_in[nj];
-    if (P.mode == 1u) {
+    if (MODE == 1u) {
         s[nj] = vec2<f32>(rj, 0.0);
         return;
     }
-    let b = wb[P.bias_offset + j / (P.oh * P.ow)];
+    let b = wb[P.bias_offset + j / (OH * OW)];
     let zb = z + bmods(b);
     let s0 = rj / stab(zb.x, r.extra.z);
     let s1 = select(0.0, rj / stab(zb.y, r.extra.z), r.extra.w > 1.5);
@@ -210,13 +236,13 @@ fn lane_offsets(first: u32, count: u32, step: u32) -> vec4<u32> {
 // Start in wv of the weights of output-channel block ob, [c, kh, kw] vec4s: g = 0 the plain
 // weights (forward), g = 1 + t the modified weights of term t (z_partial).
 fn out_weights(g: u32, ob: u32) -> u32 {
-    return (g * blocks(P.oc) + ob) * P.c * P.kh * P.kw;
+    return (g * blocks(OC) + ob) * C * KH * KW;
 }
 
 // Start in wv of the modified weights of term t for input-channel block cb, [oc, kh, kw] vec4s
 // (c_partial).
 fn in_weights(t: u32, cb: u32) -> u32 {
-    return P.rule.term_layout.w + (t * blocks(P.c) + cb) * P.oc * P.kh * P.kw;
+    return P.rule.term_layout.w + (t * blocks(C) + cb) * OC * KH * KW;
 }
 
 // Output strips: forward_partial and z_partial compute STRIP (4) consecutive output pixels of
@@ -241,17 +267,17 @@ struct OutStrip {
 }
 
 fn out_strip(idx: u32) -> OutStrip {
-    let per_block = P.oh * strips(P.ow);
+    let per_block = OH * strips(OW);
     let q = idx % per_block;
     let rest = idx / per_block;
-    let nb = blocks(P.oc);
+    let nb = blocks(OC);
     let nk = rest / nb;
-    let sw = strips(P.ow);
-    return OutStrip(nk / P.chunks_in, nk % P.chunks_in, (rest % nb) * BLOCK, q / sw, (q % sw) * STRIP);
+    let sw = strips(OW);
+    return OutStrip(nk / CHUNKS_IN, nk % CHUNKS_IN, (rest % nb) * BLOCK, q / sw, (q % sw) * STRIP);
 }
 
 fn out_strip_count() -> u32 {
-    return P.n * P.chunks_in * blocks(P.oc) * P.oh * strips(P.ow);
+    return P.n * CHUNKS_IN * blocks(OC) * OH * strips(OW);
 }
 
 // An input modifier as slopes: v m.y + m.z for v > 0, v m.x + m.z otherwise (m = (1, 1, 0, 0):
@@ -270,36 +296,36 @@ fn term_mod(t: u32) -> vec4<f32> {
 // The modified input at column xi of the input row starting at xr; 0 in the padding (where
 // the receptive field has no input, for every modifier).
 fn input_at(xr: u32, xi: i32, m: vec4<f32>) -> f32 {
-    let v = x[xr + u32(clamp(xi, 0, i32(P.w) - 1))];
-    return select(0.0, modified(v, m), xi >= 0 && xi < i32(P.w));
+    let v = x[xr + u32(clamp(xi, 0, i32(W) - 1))];
+    return select(0.0, modified(v, m), xi >= 0 && xi < i32(W));
 }
 
 // Sum of modified(x, m) * W over the chunk's receptive field for each pixel of strip `o` (one
 // vec4 over the block's channels per pixel); the weights are an output-channel block's
 // [c, kh, kw] vec4s starting at `wbase` in wv.
 fn strip_sum(o: OutStrip, wbase: u32, m: vec4<f32>) -> array<vec4<f32>, 4> {
-    let y0 = i32(o.oy * P.stride_y) - i32(P.pad_top);
+    let y0 = i32(o.oy * STRIDE_Y) - i32(PAD_TOP);
     let ky0 = u32(max(0, -y0));
-    let ky1 = u32(clamp(i32(P.h) - y0, 0, i32(P.kh)));
-    let x0 = i32(o.ox0 * P.stride_x) - i32(P.pad_left);
-    let sx = i32(P.stride_x);
-    let c0 = o.k * P.c_per_chunk;
-    let c1 = min(c0 + P.c_per_chunk, P.c);
+    let ky1 = u32(clamp(i32(H) - y0, 0, i32(KH)));
+    let x0 = i32(o.ox0 * STRIDE_X) - i32(PAD_LEFT);
+    let sx = i32(STRIDE_X);
+    let c0 = o.k * C_PER_CHUNK;
+    let c1 = min(c0 + C_PER_CHUNK, C);
     let xbase = o.n * in_len();
     var acc = array<vec4<f32>, 4>(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
     for (var ch = c0; ch < c1; ch++) {
-        let xc = xbase + ch * P.h * P.w;
-        let wc = wbase + ch * P.kh * P.kw;
+        let xc = xbase + ch * H * W;
+        let wc = wbase + ch * KH * KW;
         for (var ky = ky0; ky < ky1; ky++) {
-            let xr = xc + u32(y0 + i32(ky)) * P.w;
-            let wr = wc + ky * P.kw;
+            let xr = xc + u32(y0 + i32(ky)) * W;
+            let wr = wc + ky * KW;
             if (sx == 1) {
                 // Stride 1: pixel j's input at kernel column kx + 1 is pixel j + 1's at kx, so
                 // the four slide along the row and each step loads one new input.
                 var v0 = input_at(xr, x0, m);
                 var v1 = input_at(xr, x0 + 1, m);
                 var v2 = input_at(xr, x0 + 2, m);
-                for (var kx = 0u; kx < P.kw; kx++) {
+                for (var kx = 0u; kx < KW; kx++) {
                     let v3 = input_at(xr, x0 + i32(kx) + 3, m);
                     let wk = wv[wr + kx];
                     acc[0] += v0 * wk;
@@ -312,7 +338,7 @@ fn strip_sum(o: OutStrip, wbase: u32, m: vec4<f32>) -> array<vec4<f32>, 4> {
                 }
                 continue;
             }
-            for (var kx = 0u; kx < P.kw; kx++) {
+            for (var kx = 0u; kx < KW; kx++) {
                 let wk = wv[wr + kx];
                 let xi = x0 + i32(kx);
                 acc[0] += input_at(xr, xi, m) * wk;
@@ -336,17 +362,17 @@ fn forward_partial(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_w
     let o = out_strip(idx);
     let acc = strip_sum(o, out_weights(0u, o.o0 / BLOCK), vec4<f32>(1.0, 1.0, 0.0, 0.0));
     let olen = out_len();
-    let ohw = P.oh * P.ow;
+    let ohw = OH * OW;
     for (var j = 0u; j < STRIP; j++) {
         let ox = o.ox0 + j;
         for (var l = 0u; l < BLOCK; l++) {
             let oc = o.o0 + l;
-            if (ox < P.ow && oc < P.oc) {
-                let i = oc * ohw + o.oy * P.ow + ox;
-                if (P.chunks_in == 1u) {
+            if (ox < OW && oc < OC) {
+                let i = oc * ohw + o.oy * OW + ox;
+                if (CHUNKS_IN == 1u) {
                     y[o.n * olen + i] = activation(acc[j][l] + wb[P.bias_offset + oc]);
                 } else {
-                    part[(o.n * P.chunks_in + o.k) * olen + i] = vec4<f32>(acc[j][l], 0.0, 0.0, 0.0);
+                    part[(o.n * CHUNKS_IN + o.k) * olen + i] = vec4<f32>(acc[j][l], 0.0, 0.0, 0.0);
                 }
             }
         }
@@ -364,10 +390,10 @@ fn forward_reduce(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wo
     let j = idx % olen;
     let n = idx / olen;
     var acc = 0.0;
-    for (var k = 0u; k < P.chunks_in; k++) {
-        acc += part[(n * P.chunks_in + k) * olen + j].x;
+    for (var k = 0u; k < CHUNKS_IN; k++) {
+        acc += part[(n * CHUNKS_IN + k) * olen + j].x;
     }
-    y[idx] = activation(acc + wb[P.bias_offset + j / (P.oh * P.ow)]);
+    y[idx] = activation(acc + wb[P.bias_offset + j / (OH * OW)]);
 }
 
 // Relevance step 1, modified forward per term: one invocation per (sample, chunk of the receptive
@@ -381,13 +407,13 @@ fn z_partial(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgro
     }
     let o = out_strip(idx);
     let ob = o.o0 / BLOCK;
-    let ohw = P.oh * P.ow;
-    let row = o.oy * P.ow;
+    let ohw = OH * OW;
+    let row = o.oy * OW;
     var z0 = array<vec4<f32>, 4>(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
     var z1 = z0;
     if (P.z_const != 0u && o.k == 0u) {
         for (var j = 0u; j < STRIP; j++) {
-            let zc = P.z_const - 1u + (ob * ohw + row + min(o.ox0 + j, P.ow - 1u)) * 2u;
+            let zc = P.z_const - 1u + (ob * ohw + row + min(o.ox0 + j, OW - 1u)) * 2u;
             z0[j] = wv[zc];
             z1[j] = wv[zc + 1u];
         }
@@ -408,13 +434,13 @@ fn z_partial(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgro
         let ox = o.ox0 + j;
         for (var l = 0u; l < BLOCK; l++) {
             let oc = o.o0 + l;
-            if (ox < P.ow && oc < P.oc) {
+            if (ox < OW && oc < OC) {
                 let i = oc * ohw + row + ox;
                 let z = vec2<f32>(z0[j][l], z1[j][l]);
-                if (P.chunks_in == 1u) {
+                if (CHUNKS_IN == 1u) {
                     finish_s(o.n, i, z);
                 } else {
-                    part[(o.n * P.chunks_in + o.k) * olen + i] = vec4<f32>(z, 0.0, 0.0);
+                    part[(o.n * CHUNKS_IN + o.k) * olen + i] = vec4<f32>(z, 0.0, 0.0);
                 }
             }
         }
@@ -432,9 +458,9 @@ fn s_reduce(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgrou
     let j = idx % olen;
     let n = idx / olen;
     var acc = vec2<f32>(0.0);
-    if (P.mode == 0u) {
-        for (var k = 0u; k < P.chunks_in; k++) {
-            acc += part[(n * P.chunks_in + k) * olen + j].xy;
+    if (MODE == 0u) {
+        for (var k = 0u; k < CHUNKS_IN; k++) {
+            acc += part[(n * CHUNKS_IN + k) * olen + j].xy;
         }
     }
     finish_s(n, j, acc);
@@ -448,17 +474,17 @@ fn s_reduce(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgrou
 @compute @workgroup_size(64)
 fn c_partial(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let idx = flat_index(gid, nwg);
-    let cols = select(P.w, strips(P.w), P.stride_x == 1u);
-    let per_block = P.h * cols;
-    let nb = blocks(P.c);
-    if (idx >= P.n * P.chunks_out * nb * per_block) {
+    let cols = select(W, strips(W), STRIDE_X == 1u);
+    let per_block = H * cols;
+    let nb = blocks(C);
+    if (idx >= P.n * CHUNKS_OUT * nb * per_block) {
         return;
     }
     let q = idx % per_block;
     let rest = idx / per_block;
     let ch0 = (rest % nb) * BLOCK;
     let nk = rest / nb;
-    if (P.stride_x == 1u) {
+    if (STRIDE_X == 1u) {
         c_strip(nk, ch0, q / cols, (q % cols) * STRIP);
     } else {
         c_pixel(nk, ch0, q / cols, q % cols);
@@ -482,7 +508,7 @@ fn term_of(t: u32, xv: vec4<f32>) -> vec4<f32> {
 // n, or its split-K partial of chunk k, for nk = n * chunks_out + k.
 fn store_r(nk: u32, i: u32, r: f32) {
     let ilen = in_len();
-    if (P.chunks_out == 1u) {
+    if (CHUNKS_OUT == 1u) {
         r_out[nk * ilen + i] = r;
     } else {
         part[nk * ilen + i] = vec4<f32>(r, 0.0, 0.0, 0.0);
@@ -492,35 +518,35 @@ fn store_r(nk: u32, i: u32, r: f32) {
 // s of the output pixel in column ox of the s row starting at sr, per lane the pass of the lane
 // (pass1); 0 where ox is outside the output.
 fn s_at(sr: u32, ox: i32, pass1: vec4<bool>) -> vec4<f32> {
-    let sj = s[sr + u32(clamp(ox, 0, i32(P.ow) - 1))];
+    let sj = s[sr + u32(clamp(ox, 0, i32(OW) - 1))];
     let v = select(vec4<f32>(sj.x), vec4<f32>(sj.y), pass1);
-    return select(vec4<f32>(0.0), v, ox >= 0 && ox < i32(P.ow));
+    return select(vec4<f32>(0.0), v, ox >= 0 && ox < i32(OW));
 }
 
 // For each pixel of the strip of STRIP input pixels from (iy, ix0) (stride_x = 1): the sum over
 // chunk k's output channels and the kernel positions reaching the pixel of s * W', per lane;
 // W' are [oc, kh, kw] vec4s from `wbase` in wv.
 fn strip_gather(n: u32, k: u32, iy: u32, ix0: u32, wbase: u32, pass1: vec4<bool>) -> array<vec4<f32>, 4> {
-    let ry = reach(i32(iy + P.pad_top), P.stride_y, P.oh, P.kh);
-    let o0 = k * P.oc_per_chunk;
-    let o1 = min(o0 + P.oc_per_chunk, P.oc);
+    let ry = reach(i32(iy + PAD_TOP), STRIDE_Y, OH, KH);
+    let o0 = k * OC_PER_CHUNK;
+    let o1 = min(o0 + OC_PER_CHUNK, OC);
     let sbase = n * out_len();
     // the output column of pixel j at kernel column kx: nx0 + j - kx
-    let nx0 = i32(ix0 + P.pad_left);
+    let nx0 = i32(ix0 + PAD_LEFT);
     var acc = array<vec4<f32>, 4>(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
     for (var o = o0; o < o1; o++) {
-        let so = sbase + o * P.oh * P.ow;
-        let wo = wbase + o * P.kh * P.kw;
+        let so = sbase + o * OH * OW;
+        let wo = wbase + o * KH * KW;
         var oy = ry.out_first;
-        for (var ky = ry.first; ky < ry.end; ky += P.stride_y) {
-            let sr = so + oy * P.ow;
-            let wr = wo + ky * P.kw;
+        for (var ky = ry.first; ky < ry.end; ky += STRIDE_Y) {
+            let sr = so + oy * OW;
+            let wr = wo + ky * KW;
             // Pixel j's s at kernel column kx + 1 is pixel j - 1's at kx: the four slide along
             // the row and each step loads one new s.
             var s1 = s_at(sr, nx0 + 1, pass1);
             var s2 = s_at(sr, nx0 + 2, pass1);
             var s3 = s_at(sr, nx0 + 3, pass1);
-            for (var kx = 0u; kx < P.kw; kx++) {
+            for (var kx = 0u; kx < KW; kx++) {
                 let s0 = s_at(sr, nx0 - i32(kx), pass1);
                 let wk = wv[wr + kx];
                 acc[0] += s0 * wk;
@@ -539,18 +565,18 @@ fn strip_gather(n: u32, k: u32, iy: u32, ix0: u32, wbase: u32, pass1: vec4<bool>
 
 // c_partial for a strip of input pixels (stride_x = 1).
 fn c_strip(nk: u32, ch0: u32, iy: u32, ix0: u32) {
-    let k = nk % P.chunks_out;
-    let n = nk / P.chunks_out;
-    let hw = P.h * P.w;
-    let xrow = n * in_len() + iy * P.w;
+    let k = nk % CHUNKS_OUT;
+    let n = nk / CHUNKS_OUT;
+    let hw = H * W;
+    let xrow = n * in_len() + iy * W;
     let rr = P.rule;
-    if (P.c == 1u) {
+    if (C == 1u) {
         // One input channel: the lanes are the rule's terms (as in c_pixel).
         let acc = strip_gather(n, k, iy, ix0, in_weights(0u, 0u), rr.term_pass1 > vec4<f32>(0.5));
         for (var j = 0u; j < STRIP; j++) {
             let ix = ix0 + j;
-            if (ix < P.w) {
-                store_r(nk, iy * P.w + ix, dot(rr.term_coef * every_term(x[xrow + ix]), acc[j]));
+            if (ix < W) {
+                store_r(nk, iy * W + ix, dot(rr.term_coef * every_term(x[xrow + ix]), acc[j]));
             }
         }
         return;
@@ -558,7 +584,7 @@ fn c_strip(nk: u32, ch0: u32, iy: u32, ix0: u32) {
     // The strip's inputs, per pixel the vec4 over the block's channels.
     var xs: array<vec4<f32>, 4>;
     for (var j = 0u; j < STRIP; j++) {
-        let xl = lane_offsets(ch0, P.c, hw) + vec4<u32>(xrow + min(ix0 + j, P.w - 1u));
+        let xl = lane_offsets(ch0, C, hw) + vec4<u32>(xrow + min(ix0 + j, W - 1u));
         xs[j] = vec4<f32>(x[xl.x], x[xl.y], x[xl.z], x[xl.w]);
     }
     var r = array<vec4<f32>, 4>(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
@@ -573,8 +599,8 @@ fn c_strip(nk: u32, ch0: u32, iy: u32, ix0: u32) {
         for (var l = 0u; l < BLOCK; l++) {
             let ix = ix0 + j;
             let ch = ch0 + l;
-            if (ix < P.w && ch < P.c) {
-                store_r(nk, ch * hw + iy * P.w + ix, r[j][l]);
+            if (ix < W && ch < C) {
+                store_r(nk, ch * hw + iy * W + ix, r[j][l]);
             }
         }
     }
@@ -584,21 +610,21 @@ fn c_strip(nk: u32, ch0: u32, iy: u32, ix0: u32) {
 // positions that reach the pixel of s * W', per lane (pass 1's s in the lanes where pass1); W'
 // are [oc, kh, kw] vec4s from `wbase` in wv.
 fn pixel_gather(n: u32, k: u32, iy: u32, ix: u32, wbase: u32, pass1: vec4<bool>) -> vec4<f32> {
-    let ry = reach(i32(iy + P.pad_top), P.stride_y, P.oh, P.kh);
-    let rx = reach(i32(ix + P.pad_left), P.stride_x, P.ow, P.kw);
-    let o0 = k * P.oc_per_chunk;
-    let o1 = min(o0 + P.oc_per_chunk, P.oc);
+    let ry = reach(i32(iy + PAD_TOP), STRIDE_Y, OH, KH);
+    let rx = reach(i32(ix + PAD_LEFT), STRIDE_X, OW, KW);
+    let o0 = k * OC_PER_CHUNK;
+    let o1 = min(o0 + OC_PER_CHUNK, OC);
     let sbase = n * out_len();
     var acc = vec4<f32>(0.0);
     for (var o = o0; o < o1; o++) {
-        let wo = wbase + o * P.kh * P.kw;
-        let so = sbase + o * P.oh * P.ow;
+        let wo = wbase + o * KH * KW;
+        let so = sbase + o * OH * OW;
         var oy = ry.out_first;
-        for (var ky = ry.first; ky < ry.end; ky += P.stride_y) {
-            let wr = wo + ky * P.kw;
-            let sr = so + oy * P.ow;
+        for (var ky = ry.first; ky < ry.end; ky += STRIDE_Y) {
+            let wr = wo + ky * KW;
+            let sr = so + oy * OW;
             var ox = rx.out_first;
-            for (var kx = rx.first; kx < rx.end; kx += P.stride_x) {
+            for (var kx = rx.first; kx < rx.end; kx += STRIDE_X) {
                 let sj = s[sr + ox];
                 acc += select(vec4<f32>(sj.x), vec4<f32>(sj.y), pass1) * wv[wr + kx];
                 ox -= 1u;
@@ -612,13 +638,13 @@ fn pixel_gather(n: u32, k: u32, iy: u32, ix: u32, wbase: u32, pass1: vec4<bool>)
 // c_partial for one input pixel (any stride): the gather runs over the kernel positions that
 // reach the pixel only.
 fn c_pixel(nk: u32, ch0: u32, iy: u32, ix: u32) {
-    let k = nk % P.chunks_out;
-    let n = nk / P.chunks_out;
-    let hw = P.h * P.w;
-    let p = iy * P.w + ix;
+    let k = nk % CHUNKS_OUT;
+    let n = nk / CHUNKS_OUT;
+    let hw = H * W;
+    let p = iy * W + ix;
     let xbase = n * in_len();
     let rr = P.rule;
-    if (P.c == 1u) {
+    if (C == 1u) {
         // One input channel (e.g. grayscale images): the gather's lanes are the rule's terms
         // (wv holds sign_t g_t(W) in lane t, zero past the last term), so each s value is
         // loaded once for all terms and no lane idles.
@@ -626,7 +652,7 @@ fn c_pixel(nk: u32, ch0: u32, iy: u32, ix: u32) {
         store_r(nk, p, dot(rr.term_coef * every_term(x[xbase + p]), acc));
         return;
     }
-    let xl = lane_offsets(ch0, P.c, hw) + vec4<u32>(xbase + p);
+    let xl = lane_offsets(ch0, C, hw) + vec4<u32>(xbase + p);
     let xv = vec4<f32>(x[xl.x], x[xl.y], x[xl.z], x[xl.w]);
     var r = vec4<f32>(0.0);
     for (var t = 0u; t < terms(); t++) {
@@ -636,7 +662,7 @@ fn c_pixel(nk: u32, ch0: u32, iy: u32, ix: u32) {
     }
     for (var l = 0u; l < BLOCK; l++) {
         let ch = ch0 + l;
-        if (ch < P.c) {
+        if (ch < C) {
             store_r(nk, ch * hw + p, r[l]);
         }
     }
@@ -653,8 +679,8 @@ fn r_reduce(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgrou
     let i = idx % ilen;
     let n = idx / ilen;
     var acc = 0.0;
-    for (var k = 0u; k < P.chunks_out; k++) {
-        acc += part[(n * P.chunks_out + k) * ilen + i].x;
+    for (var k = 0u; k < CHUNKS_OUT; k++) {
+        acc += part[(n * CHUNKS_OUT + k) * ilen + i].x;
     }
     r_out[idx] = acc;
 }

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use naga::valid::{Capabilities, ValidationFlags, Validator};
-use taylormap::gpu::shader::{BindingKind, Kernel, Shader};
+use taylormap::gpu::shader::{BindingKind, ConvParams, ConvSpec, Kernel, Shader};
 
 fn parse(shader: Shader) -> naga::Module {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -99,6 +99,31 @@ fn every_kernel_has_its_entry_point() {
                 shader.file_name(),
                 ep.name
             );
+        }
+    }
+}
+
+#[test]
+fn overridable_constants_match_their_specialisation() {
+    // Every `override` of conv2d.wgsl gets a value from ConvSpec (a missing one fails pipeline
+    // creation, an extra one would be silently ignored), and no other shader declares any.
+    let spec = ConvSpec::of(&ConvParams::default());
+    let given: BTreeSet<&str> = spec.constants().iter().map(|(name, _)| *name).collect();
+    assert_eq!(given.len(), spec.constants().len(), "a constant is given twice");
+    for shader in Shader::ALL {
+        let module = parse(shader);
+        let declared: BTreeSet<&str> = module
+            .overrides
+            .iter()
+            .map(|(_, o)| o.name.as_deref().expect("named override"))
+            .collect();
+        if shader == Shader::Conv2d {
+            assert_eq!(declared, given);
+            for (_, o) in module.overrides.iter() {
+                assert!(o.init.is_none(), "{:?} has a default: a value must be given", o.name);
+            }
+        } else {
+            assert!(declared.is_empty(), "{}: {declared:?}", shader.file_name());
         }
     }
 }

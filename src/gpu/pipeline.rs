@@ -1,18 +1,19 @@
 //! The typed pipeline cache: explicit bind-group and pipeline layouts per shader, built once
 //! with the device; shader modules and compute pipelines compiled on first use and keyed by
-//! [`Kernel`] (shader file + entry point), shared by every plan on the device.
+//! [`Kernel`] (shader file + entry point) and [`Specialisation`] (its overridable constants),
+//! shared by every plan on the device.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use super::shader::{BindingKind, Kernel, Shader};
+use super::shader::{BindingKind, Kernel, Shader, Specialisation};
 use crate::{Error, Result};
 
 /// Layouts per shader and lazily compiled pipelines per kernel.
 pub(crate) struct PipelineCache {
     layouts: HashMap<Shader, (wgpu::BindGroupLayout, wgpu::PipelineLayout)>,
     modules: Mutex<HashMap<Shader, wgpu::ShaderModule>>,
-    pipelines: Mutex<HashMap<Kernel, wgpu::ComputePipeline>>,
+    pipelines: Mutex<HashMap<(Kernel, Specialisation), wgpu::ComputePipeline>>,
 }
 
 fn layout_entry(binding: u32, kind: BindingKind) -> wgpu::BindGroupLayoutEntry {
@@ -74,13 +75,14 @@ impl PipelineCache {
         &self.layouts[&shader].0
     }
 
-    /// The compute pipeline of `kernel`, compiled on first use.
+    /// The compute pipeline of `kernel` with the constants of `spec`, compiled on first use.
     pub(crate) fn get(
         &self,
         device: &wgpu::Device,
         kernel: Kernel,
+        spec: Specialisation,
     ) -> Result<wgpu::ComputePipeline> {
-        if let Some(p) = self.pipelines.lock().unwrap().get(&kernel) {
+        if let Some(p) = self.pipelines.lock().unwrap().get(&(kernel, spec)) {
             return Ok(p.clone());
         }
         let shader = kernel.shader();
@@ -98,12 +100,16 @@ impl PipelineCache {
                 .clone()
         };
         let label = kernel.label();
+        let constants = spec.constants();
         let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
             label: Some(&label),
             layout: Some(&self.layouts[&shader].1),
             module: &module,
             entry_point: Some(kernel.entry_point()),
-            compilation_options: Default::default(),
+            compilation_options: wgpu::PipelineCompilationOptions {
+                constants: &constants,
+                ..Default::default()
+            },
             cache: None,
         });
         if let Some(err) = pollster::block_on(scope.pop()) {
@@ -116,7 +122,7 @@ impl PipelineCache {
         self.pipelines
             .lock()
             .unwrap()
-            .insert(kernel, pipeline.clone());
+            .insert((kernel, spec), pipeline.clone());
         Ok(pipeline)
     }
 }

@@ -9,9 +9,9 @@ use wgpu::util::DeviceExt;
 
 use super::context::GpuContext;
 use super::shader::{
-    ConvParams, DenseParams, ElementwiseEntry, ElementwiseParams, InputEntry, InputParams, Kernel,
-    LinearEntry, PoolEntry, PoolParams, RuleParams, Shader, CHUNK, CONV_BLOCK, CONV_STRIP,
-    MAX_CHUNKS, MAX_WINDOW, WORKGROUP,
+    ConvParams, ConvSpec, DenseParams, ElementwiseEntry, ElementwiseParams, InputEntry,
+    InputParams, Kernel, LinearEntry, PoolEntry, PoolParams, RuleParams, Shader, Specialisation,
+    CHUNK, CONV_BLOCK, CONV_STRIP, MAX_CHUNKS, MAX_WINDOW, WORKGROUP,
 };
 use crate::{Error, Layer, Method, Network, Result};
 
@@ -697,8 +697,12 @@ impl Plan {
             bind_labels.push(label);
             bind_groups.len() - 1
         };
-        let step = |list: &mut Vec<Step>, kernel: Kernel, bg: usize, per_sample: u64| {
-            cache.get(device, kernel).map(|pipeline| {
+        let specialised_step = |list: &mut Vec<Step>,
+                                kernel: Kernel,
+                                spec: Specialisation,
+                                bg: usize,
+                                per_sample: u64| {
+            cache.get(device, kernel, spec).map(|pipeline| {
                 list.push(Step {
                     pipeline,
                     kernel,
@@ -708,10 +712,13 @@ impl Plan {
                 })
             })
         };
+        let step = |list: &mut Vec<Step>, kernel: Kernel, bg: usize, per_sample: u64| {
+            specialised_step(list, kernel, Specialisation::None, bg, per_sample)
+        };
 
         // Weights and max-pool arg-max buffers, kept with the plan.
         let mut owned = vec![];
-        let mut backward_layers: Vec<Vec<(Kernel, usize, u64)>> = vec![];
+        let mut backward_layers: Vec<Vec<(Kernel, Specialisation, usize, u64)>> = vec![];
         for (k, p) in plans.iter().enumerate() {
             let x = &act_buffers[acts[k]];
             let y = &act_buffers[acts[k + 1]];
@@ -919,6 +926,10 @@ impl Plan {
                     if let Some(wv) = &wvbuf {
                         buffers.push(wv);
                     }
+                    let spec = match &uniform {
+                        Uniform::Conv(c) => Specialisation::Conv(ConvSpec::of(c)),
+                        _ => Specialisation::None,
+                    };
                     let bg = bind(shader, label, uniform, &buffers, &mut uniforms);
                     owned.push(wbuf);
                     owned.extend(wvbuf);
@@ -939,26 +950,30 @@ impl Plan {
                         ),
                         _ => (outl, inl),
                     };
-                    step(
+                    specialised_step(
                         &mut forward,
                         kern(LinearEntry::ForwardPartial),
+                        spec,
                         bg,
                         chunks_in * out_units,
                     )?;
                     if chunks_in > 1 {
-                        step(&mut forward, kern(LinearEntry::ForwardReduce), bg, outl)?;
+                        let reduce = kern(LinearEntry::ForwardReduce);
+                        specialised_step(&mut forward, reduce, spec, bg, outl)?;
                     }
                     if mode.gradient() {
-                        back.push((kern(LinearEntry::SReduce), bg, outl));
+                        back.push((kern(LinearEntry::SReduce), spec, bg, outl));
                     } else {
-                        back.push((kern(LinearEntry::ZPartial), bg, chunks_in * out_units));
+                        let units = chunks_in * out_units;
+                        back.push((kern(LinearEntry::ZPartial), spec, bg, units));
                         if chunks_in > 1 {
-                            back.push((kern(LinearEntry::SReduce), bg, outl));
+                            back.push((kern(LinearEntry::SReduce), spec, bg, outl));
                         }
                     }
-                    back.push((kern(LinearEntry::CPartial), bg, chunks_out * in_units));
+                    let units = chunks_out * in_units;
+                    back.push((kern(LinearEntry::CPartial), spec, bg, units));
                     if chunks_out > 1 {
-                        back.push((kern(LinearEntry::RReduce), bg, inl));
+                        back.push((kern(LinearEntry::RReduce), spec, bg, inl));
                     }
                 }
                 LayerPlan::Relu { fused: true, .. } if !mode.gradient() => {}
@@ -989,6 +1004,7 @@ impl Plan {
                     if mode.gradient() {
                         back.push((
                             Kernel::Elementwise(ElementwiseEntry::ReluGradient),
+                            Specialisation::None,
                             bg,
                             lens[k],
                         ));
@@ -1016,7 +1032,8 @@ impl Plan {
                             bg,
                             lens[k + 1],
                         )?;
-                        back.push((Kernel::Pooling(PoolEntry::MaxRelevance), bg, lens[k]));
+                        let relevance = Kernel::Pooling(PoolEntry::MaxRelevance);
+                        back.push((relevance, Specialisation::None, bg, lens[k]));
                     } else {
                         step(
                             &mut forward,
@@ -1024,8 +1041,10 @@ impl Plan {
                             bg,
                             lens[k + 1],
                         )?;
-                        back.push((Kernel::Pooling(PoolEntry::AvgS), bg, lens[k + 1]));
-                        back.push((Kernel::Pooling(PoolEntry::AvgRelevance), bg, lens[k]));
+                        let none = Specialisation::None;
+                        back.push((Kernel::Pooling(PoolEntry::AvgS), none, bg, lens[k + 1]));
+                        let relevance = Kernel::Pooling(PoolEntry::AvgRelevance);
+                        back.push((relevance, none, bg, lens[k]));
                     }
                 }
                 LayerPlan::Flatten => {}
@@ -1080,8 +1099,8 @@ impl Plan {
             1,
         )?;
         for back in backward_layers.into_iter().rev() {
-            for (kernel, bg, per_sample) in back {
-                step(&mut backward, kernel, bg, per_sample)?;
+            for (kernel, spec, bg, per_sample) in back {
+                specialised_step(&mut backward, kernel, spec, bg, per_sample)?;
             }
         }
         if mode.gradient() {

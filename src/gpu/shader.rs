@@ -288,6 +288,107 @@ impl Kernel {
     }
 }
 
+/// Values of a kernel's pipeline-overridable constants (WGSL `override`): with the kernel, the
+/// key of a compute pipeline.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Specialisation {
+    /// The kernel has no overridable constants.
+    #[default]
+    None,
+    /// conv2d.wgsl: the layer's geometry (see [`ConvSpec`]).
+    Conv(ConvSpec),
+}
+
+impl Specialisation {
+    /// The constants by WGSL name, as wgpu takes them.
+    pub fn constants(&self) -> Vec<(&'static str, f64)> {
+        match self {
+            Specialisation::None => vec![],
+            Specialisation::Conv(c) => c.constants().to_vec(),
+        }
+    }
+}
+
+/// The overridable constants of conv2d.wgsl: every field of [`ConvParams`] that is fixed for a
+/// layer of a plan (all but the batch size, the bias offset, `z_const` and the rule's
+/// coefficients), and the number of rule terms. The kernels read these instead of the uniform's
+/// copies, so their loops and index arithmetic compile to constants.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ConvSpec {
+    pub c: u32,
+    pub h: u32,
+    pub w: u32,
+    pub oc: u32,
+    pub oh: u32,
+    pub ow: u32,
+    pub kh: u32,
+    pub kw: u32,
+    pub stride_y: u32,
+    pub stride_x: u32,
+    pub pad_top: u32,
+    pub pad_left: u32,
+    pub c_per_chunk: u32,
+    pub oc_per_chunk: u32,
+    pub chunks_in: u32,
+    pub chunks_out: u32,
+    pub mode: u32,
+    pub relu: u32,
+    pub terms: u32,
+}
+
+impl ConvSpec {
+    /// The constants of the layer whose uniform is `p`.
+    pub fn of(p: &ConvParams) -> ConvSpec {
+        ConvSpec {
+            c: p.c,
+            h: p.h,
+            w: p.w,
+            oc: p.oc,
+            oh: p.oh,
+            ow: p.ow,
+            kh: p.kh,
+            kw: p.kw,
+            stride_y: p.stride_y,
+            stride_x: p.stride_x,
+            pad_top: p.pad_top,
+            pad_left: p.pad_left,
+            c_per_chunk: p.c_per_chunk,
+            oc_per_chunk: p.oc_per_chunk,
+            chunks_in: p.chunks_in,
+            chunks_out: p.chunks_out,
+            mode: p.mode,
+            relu: p.relu,
+            terms: p.rule.term_layout[0],
+        }
+    }
+
+    /// The constants by their WGSL names.
+    pub fn constants(&self) -> [(&'static str, f64); 19] {
+        [
+            ("C", self.c),
+            ("H", self.h),
+            ("W", self.w),
+            ("OC", self.oc),
+            ("OH", self.oh),
+            ("OW", self.ow),
+            ("KH", self.kh),
+            ("KW", self.kw),
+            ("STRIDE_Y", self.stride_y),
+            ("STRIDE_X", self.stride_x),
+            ("PAD_TOP", self.pad_top),
+            ("PAD_LEFT", self.pad_left),
+            ("C_PER_CHUNK", self.c_per_chunk),
+            ("OC_PER_CHUNK", self.oc_per_chunk),
+            ("CHUNKS_IN", self.chunks_in),
+            ("CHUNKS_OUT", self.chunks_out),
+            ("MODE", self.mode),
+            ("RELU", self.relu),
+            ("TERMS", self.terms),
+        ]
+        .map(|(name, v)| (name, f64::from(v)))
+    }
+}
+
 /// The rule's modifier terms as the linear kernels read them (WGSL `RuleParams`): up to four
 /// terms (vector components) over up to two passes, each modifier a linear combination of v,
 /// max(0,v), min(0,v), v^2 and 1, so the kernels never branch on the rule. The kernels loop over
