@@ -304,88 +304,75 @@ impl Specialisation {
     pub fn constants(&self) -> Vec<(&'static str, f64)> {
         match self {
             Specialisation::None => vec![],
-            Specialisation::Conv(c) => c.constants().to_vec(),
+            Specialisation::Conv(c) => c.constants(),
         }
     }
 }
 
 /// The overridable constants of conv2d.wgsl: every field of [`ConvParams`] that is fixed for a
 /// layer of a plan (all but the batch size, the bias offset, `z_const` and the rule's
-/// coefficients), and the number of rule terms. The kernels read these instead of the uniform's
-/// copies, so their loops and index arithmetic compile to constants.
+/// coefficients), and the number of rule terms, in the order of [`ConvSpec::NAMES`]. The kernels
+/// read these instead of the uniform's copies, so their loops and index arithmetic compile to
+/// constants.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct ConvSpec {
-    pub c: u32,
-    pub h: u32,
-    pub w: u32,
-    pub oc: u32,
-    pub oh: u32,
-    pub ow: u32,
-    pub kh: u32,
-    pub kw: u32,
-    pub stride_y: u32,
-    pub stride_x: u32,
-    pub pad_top: u32,
-    pub pad_left: u32,
-    pub c_per_chunk: u32,
-    pub oc_per_chunk: u32,
-    pub chunks_in: u32,
-    pub chunks_out: u32,
-    pub mode: u32,
-    pub relu: u32,
-    pub terms: u32,
-}
+pub struct ConvSpec([u32; 19]);
 
 impl ConvSpec {
+    /// The WGSL names of the constants, in order.
+    pub const NAMES: [&'static str; 19] = [
+        "C",
+        "H",
+        "W",
+        "OC",
+        "OH",
+        "OW",
+        "KH",
+        "KW",
+        "STRIDE_Y",
+        "STRIDE_X",
+        "PAD_TOP",
+        "PAD_LEFT",
+        "C_PER_CHUNK",
+        "OC_PER_CHUNK",
+        "CHUNKS_IN",
+        "CHUNKS_OUT",
+        "MODE",
+        "RELU",
+        "TERMS",
+    ];
+
     /// The constants of the layer whose uniform is `p`.
     pub fn of(p: &ConvParams) -> ConvSpec {
-        ConvSpec {
-            c: p.c,
-            h: p.h,
-            w: p.w,
-            oc: p.oc,
-            oh: p.oh,
-            ow: p.ow,
-            kh: p.kh,
-            kw: p.kw,
-            stride_y: p.stride_y,
-            stride_x: p.stride_x,
-            pad_top: p.pad_top,
-            pad_left: p.pad_left,
-            c_per_chunk: p.c_per_chunk,
-            oc_per_chunk: p.oc_per_chunk,
-            chunks_in: p.chunks_in,
-            chunks_out: p.chunks_out,
-            mode: p.mode,
-            relu: p.relu,
-            terms: p.rule.term_layout[0],
-        }
+        ConvSpec([
+            p.c,
+            p.h,
+            p.w,
+            p.oc,
+            p.oh,
+            p.ow,
+            p.kh,
+            p.kw,
+            p.stride_y,
+            p.stride_x,
+            p.pad_top,
+            p.pad_left,
+            p.c_per_chunk,
+            p.oc_per_chunk,
+            p.chunks_in,
+            p.chunks_out,
+            p.mode,
+            p.relu,
+            p.rule.term_layout[0],
+        ])
     }
 
     /// The constants by their WGSL names.
-    pub fn constants(&self) -> [(&'static str, f64); 19] {
-        [
-            ("C", self.c),
-            ("H", self.h),
-            ("W", self.w),
-            ("OC", self.oc),
-            ("OH", self.oh),
-            ("OW", self.ow),
-            ("KH", self.kh),
-            ("KW", self.kw),
-            ("STRIDE_Y", self.stride_y),
-            ("STRIDE_X", self.stride_x),
-            ("PAD_TOP", self.pad_top),
-            ("PAD_LEFT", self.pad_left),
-            ("C_PER_CHUNK", self.c_per_chunk),
-            ("OC_PER_CHUNK", self.oc_per_chunk),
-            ("CHUNKS_IN", self.chunks_in),
-            ("CHUNKS_OUT", self.chunks_out),
-            ("MODE", self.mode),
-            ("RELU", self.relu),
-            ("TERMS", self.terms),
-        ]
-        .map(|(name, v)| (name, f64::from(v)))
+    pub fn constants(&self) -> Vec<(&'static str, f64)> {
+        Self::NAMES
+            .iter()
+            .zip(self.0)
+            .map(|(name, v)| (*name, f64::from(v)))
+            .collect()
     }
 }
 
