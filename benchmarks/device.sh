@@ -6,8 +6,9 @@
 # from a run of this script.
 #
 #   benchmarks/device.sh prepare   # here, with cargo: builds into .dev/ (this build and, for a
-#                                  # before/after, BASE: default the fastest build measured on the
-#                                  # H200), fetches .gl/ and .whl/
+#                                  # before/after, BASES: default the fastest build measured on the
+#                                  # H200 and the last one before specialised convolutions),
+#                                  # fetches .gl/ and .whl/
 #   benchmarks/device.sh run       # on the device, from the repository root (carry .dev .gl .whl)
 #
 # `prepare` needs network access to Debian's and PyPI's mirrors once (the Vulkan loader is not
@@ -29,14 +30,19 @@ for l in sys.stdin:
     if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "parity" and m.get("executable"):
         print(m["executable"])')
   cp "$parity" .dev/parity
-  # The fastest build measured on the H200 (BENCHMARKS.md, second run: 301k heatmaps/s at 4096;
-  # its bench times throughput without timestamps, as this one does), for a before/after on the
-  # same card in one session.
-  base=$(git rev-parse --short "${BASE:-d244951}^{commit}")
-  benchmarks/revisions.sh "$base" 0
-  cp "target/revisions/taylormap-$base" .dev/taylormap-base
-  echo "$base" > .dev/base-revision
-  strip .dev/taylormap .dev/parity .dev/taylormap-base
+  # Earlier builds for a before/after on the same card in one session: the fastest build measured
+  # on the H200 (BENCHMARKS.md, second run: 301k heatmaps/s at 4096; its bench times throughput
+  # without timestamps, as this one does), and the last build before the convolution pipelines
+  # were specialised per layer (what the specialisation gains on a real GPU).
+  : > .dev/base-revisions
+  for rev in ${BASES:-d244951 a0039ba}; do
+    base=$(git rev-parse --short "$rev^{commit}")
+    benchmarks/revisions.sh "$base" 0
+    cp "target/revisions/taylormap-$base" ".dev/taylormap-$base"
+    strip ".dev/taylormap-$base"
+    echo "$base" >> .dev/base-revisions
+  done
+  strip .dev/taylormap .dev/parity
   # downloaded once (kept between runs)
   ls .gl/libvulkan1_*.deb >/dev/null 2>&1 ||
     (cd .gl && apt-get download -oAPT::Architecture=amd64 libvulkan1 libglvnd0 libegl1 libgl1 \
@@ -83,9 +89,9 @@ PY
   echo "== bench: GPU (with per-stage times), CPU engine, reference"
   $B bench --backend gpu --backend cpu --composite deep-taylor-bounded \
     --batch-sizes 1,64,1024,4096,16384 --min-seconds 2
-  echo "== bench: the fastest build measured on this card before ($(cat .dev/base-revision)) vs this one, alternating"
+  echo "== bench: earlier builds ($(tr '\n' ' ' < .dev/base-revisions)) vs this one, alternating"
   for round in 1 2; do
-    for bin in .dev/taylormap-base $B; do
+    for bin in $(sed 's|^|.dev/taylormap-|' .dev/base-revisions) $B; do
       echo "$bin"
       $bin bench --backend gpu --composite deep-taylor-bounded --batch-sizes 1024,4096 --min-seconds 2
     done
