@@ -109,7 +109,11 @@ fn overridable_constants_match_their_specialisation() {
     // creation, an extra one would be silently ignored), and no other shader declares any.
     let spec = ConvSpec::of(&ConvParams::default());
     let given: BTreeSet<&str> = spec.constants().iter().map(|(name, _)| *name).collect();
-    assert_eq!(given.len(), spec.constants().len(), "a constant is given twice");
+    assert_eq!(
+        given.len(),
+        spec.constants().len(),
+        "a constant is given twice"
+    );
     for shader in Shader::ALL {
         let module = parse(shader);
         let declared: BTreeSet<&str> = module
@@ -120,7 +124,11 @@ fn overridable_constants_match_their_specialisation() {
         if shader == Shader::Conv2d {
             assert_eq!(declared, given);
             for (_, o) in module.overrides.iter() {
-                assert!(o.init.is_none(), "{:?} has a default: a value must be given", o.name);
+                assert!(
+                    o.init.is_none(),
+                    "{:?} has a default: a value must be given",
+                    o.name
+                );
             }
         } else {
             assert!(declared.is_empty(), "{}: {declared:?}", shader.file_name());
