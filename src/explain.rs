@@ -360,7 +360,6 @@ where
             staging: &staging,
             relevance: &mut relevance_file,
         },
-        |rows, grid_relevance| tables(cfg, &dataset, &net, rows, grid_relevance),
     );
     let (rows, tables, compute_seconds, png_seconds) = match result {
         Ok(v) => v,
@@ -449,11 +448,11 @@ fn replace_dir(staging: &Path, target: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Rows of summary.csv, what the `finish` step of [`explain_all`] made of them, compute seconds
+/// Rows of summary.csv, summary.csv and grid.png ready to commit ([`tables`]), compute seconds
 /// (inside the backend, on the backend thread) and the rest of the loop's wall time (the writing
 /// and PNG encoding not hidden behind compute: filling and draining the pipeline, the time the
 /// backend waited on the writers, and the final fsyncs).
-type Explained<T> = (Vec<SampleRow>, T, f64, f64);
+type Explained = (Vec<SampleRow>, Vec<data::AtomicFile>, f64, f64);
 
 /// Samples per PNG job handed to an encoder thread.
 const PNG_JOB: usize = 64;
@@ -532,17 +531,16 @@ struct Sinks<'a> {
 /// stage ever waits on a full queue that nobody reads.
 ///
 /// Once every batch is written to relevance.npy, and while the encoders still write the last
-/// PNGs, the calling thread syncs relevance.npy and runs `finish` on the rows and the relevance
-/// of the first [`GRID_SAMPLES`] samples (the other outputs, made ready to commit), so the end
-/// of the run waits on the slowest of these, not on their sum.
-fn explain_all<T>(
+/// PNGs, the calling thread syncs relevance.npy and makes the [`tables`] (summary.csv, and
+/// grid.png from the first [`GRID_SAMPLES`] samples) ready to commit, so the end of the run
+/// waits on the slowest of these, not on their sum.
+fn explain_all(
     cfg: &ExplainConfig,
     dataset: &Dataset,
     net: &Network,
     run: Run,
     sinks: Sinks,
-    finish: impl FnOnce(&[SampleRow], &[f32]) -> Result<T>,
-) -> Result<Explained<T>> {
+) -> Result<Explained> {
     let n = dataset.len();
     let bar = if cfg.progress {
         let bar = indicatif::ProgressBar::new(n as u64);
@@ -628,7 +626,7 @@ fn explain_all<T>(
                 sinks
                     .relevance
                     .sync()
-                    .and_then(|()| finish(rows, grid_relevance))
+                    .and_then(|()| tables(cfg, dataset, net, rows, grid_relevance))
                     .map(Some)
             }
             _ => Ok(None), // an earlier failure is the cause
