@@ -7,7 +7,8 @@
 #
 #   benchmarks/device.sh prepare   # here, with cargo: builds into .dev/ (this build and, for a
 #                                  # before/after, BASES: default the fastest build measured on the
-#                                  # H200 and the last one before specialised convolutions),
+#                                  # H200, the last one before specialised convolutions and the
+#                                  # last before heatmap files were made ahead),
 #                                  # fetches .gl/ and .whl/
 #   benchmarks/device.sh run       # on the device, from the repository root (carry .dev .gl .whl)
 #
@@ -33,9 +34,10 @@ for l in sys.stdin:
   # Earlier builds for a before/after on the same card in one session: the fastest build measured
   # on the H200 (BENCHMARKS.md, second run: 301k heatmaps/s at 4096; its bench times throughput
   # without timestamps, as this one does), and the last build before the convolution pipelines
-  # were specialised per layer (what the specialisation gains on a real GPU).
+  # were specialised per layer (what the specialisation gains on a real GPU), and the last build
+  # before explain made its heatmap files while the backend starts (what that gains end to end).
   : > .dev/base-revisions
-  for rev in ${BASES:-d244951 a0039ba}; do
+  for rev in ${BASES:-d244951 a0039ba 3241467}; do
     base=$(git rev-parse --short "$rev^{commit}")
     benchmarks/revisions.sh "$base" 0
     cp "target/revisions/taylormap-$base" ".dev/taylormap-$base"
@@ -110,6 +112,9 @@ PY
   TAYLORMAP=$B BACKENDS="--backend gpu" benchmarks/compare.sh assets/models/mnist-cnn.onnx epsilon-plus 1024,4096 cuda
   echo "== explain end-to-end, 10,000 images (GPU), with and without PNGs"
   $B explain --backend gpu --quiet --out /tmp/e2e-png --composite deep-taylor-bounded | tail -9
+  echo "(earlier builds vs this one, alternating, each into a new folder; wall: the whole command)"
+  benchmarks/e2e.sh 2 /tmp "$(sed 's|^|.dev/taylormap-|' .dev/base-revisions | tr '\n' ' ') $B" \
+    --backend gpu --composite deep-taylor-bounded
   echo "(the same into /dev/shm: how much of the PNG time is the disk's file creation)"
   $B explain --backend gpu --quiet --out /dev/shm/e2e-png --composite deep-taylor-bounded | tail -3
   $B explain --backend gpu --quiet --no-png --out /tmp/e2e --composite deep-taylor-bounded | tail -9

@@ -321,8 +321,30 @@ where
         .collect::<Result<Vec<_>>>()?;
     let method = cfg.composite.resolve(&net, bounds, &overrides)?;
     let targets = resolve_targets(cfg.target, &dataset, net.num_outputs())?;
-    let (mut backend, notes) =
-        make_backend(&net, &method, cfg.batch_size.unwrap_or(DEFAULT_GPU_BATCH))?;
+
+    // The heatmap files are made while the backend starts (on a GPU, the longest part of
+    // loading); see [`Staging`].
+    let out_existed = cfg.out.is_dir();
+    std::fs::create_dir_all(&cfg.out).map_err(|e| Error::io(&cfg.out, e))?;
+    let staging = if cfg.png {
+        let dir = cfg
+            .out
+            .join(format!(".heatmaps.partial-{}", std::process::id()));
+        Some(Staging::create(dir, dataset.len())?)
+    } else {
+        None
+    };
+    let made = make_backend(&net, &method, cfg.batch_size.unwrap_or(DEFAULT_GPU_BATCH));
+    let (mut backend, notes) = match made {
+        Ok(made) => made,
+        Err(e) => {
+            drop(staging);
+            if !out_existed {
+                let _ = std::fs::remove_dir(&cfg.out); // only if it is empty
+            }
+            return Err(e);
+        }
+    };
     let batch_size = cfg.batch_size.unwrap_or(match backend.kind() {
         "gpu" => DEFAULT_GPU_BATCH,
         _ => DEFAULT_CPU_BATCH,
@@ -332,14 +354,7 @@ where
         eprintln!("{note}");
     }
 
-    std::fs::create_dir_all(&cfg.out).map_err(|e| Error::io(&cfg.out, e))?;
     let heatmaps_dir = cfg.out.join("heatmaps");
-    let staging = cfg
-        .out
-        .join(format!(".heatmaps.partial-{}", std::process::id()));
-    if cfg.png {
-        std::fs::create_dir_all(&staging).map_err(|e| Error::io(&staging, e))?;
-    }
     // relevance.npy is streamed batch by batch under a temporary name, renamed at the end; the
     // disk writes it in the background meanwhile
     let mut shape = vec![dataset.len()];
@@ -357,17 +372,12 @@ where
             batch_size,
         },
         Sinks {
-            staging: &staging,
+            staging: staging.as_ref().map(|s| s.dir.as_path()),
             relevance: &mut relevance_file,
         },
     );
-    let (rows, tables, compute_seconds, png_seconds) = match result {
-        Ok(v) => v,
-        Err(e) => {
-            let _ = std::fs::remove_dir_all(&staging);
-            return Err(e);
-        }
-    };
+    // on an error, dropping `staging` removes the folder
+    let (rows, tables, compute_seconds, png_seconds) = result?;
 
     // relevance.npy, summary.csv and grid.png are on disk under temporary names, synced while
     // the last PNGs were written: the commits only rename.
@@ -376,8 +386,8 @@ where
     for table in tables {
         table.commit()?;
     }
-    if cfg.png {
-        replace_dir(&staging, &heatmaps_dir)?;
+    if let Some(staging) = staging {
+        staging.commit(&heatmaps_dir)?;
     }
     let mut report = ExplainReport {
         rows,
@@ -417,6 +427,103 @@ fn tables(
         files.push(data::AtomicFile::written(&cfg.out.join("grid.png"), &grid)?);
     }
     Ok(files)
+}
+
+/// The folder the heatmaps are written into before it takes the place of `heatmaps/`, with an
+/// empty file for every heatmap made ahead of the encoders by a thread of its own.
+///
+/// Creating a file is most of the cost of writing a small PNG on a disk, and it does not spread
+/// over threads: creations in one folder take its lock in turn. Started before the backend, the
+/// maker creates the files while the GPU initialises and compiles its pipelines, and the
+/// encoders then only fill files that exist ([`write_png_file`]); where the backend is quicker
+/// to start, the maker runs on beside the encoders, and whichever reaches a file first creates
+/// it. Nothing waits on the maker but the commit, which stops it; the report's load, compute
+/// and write times are wall times, so its work shows wherever it delays the job.
+///
+/// Dropping it stops the maker, waits for it, and removes the folder, unless it was committed.
+struct Staging {
+    dir: PathBuf,
+    stop: Arc<AtomicBool>,
+    maker: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Staging {
+    /// Makes `dir` and starts making `00000.png` .. the file of sample `n - 1` in it.
+    fn create(dir: PathBuf, n: usize) -> Result<Staging> {
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let maker = {
+            let (folder, stop) = (dir.clone(), Arc::clone(&stop));
+            std::thread::Builder::new()
+                .name("heatmap files".into())
+                .spawn(move || {
+                    for index in 0..n {
+                        if stop.load(Ordering::Relaxed) {
+                            return;
+                        }
+                        // Not truncating: an encoder may have written this file already. On
+                        // any error, stop: the encoder of that file reports it.
+                        let made = std::fs::OpenOptions::new()
+                            .write(true)
+                            .create(true)
+                            .truncate(false)
+                            .open(folder.join(png_name(index)));
+                        if made.is_err() {
+                            return;
+                        }
+                    }
+                })
+                .map_err(|e| Error::io(&dir, e))?
+        };
+        Ok(Staging {
+            dir,
+            stop,
+            maker: Some(maker),
+        })
+    }
+
+    /// Stops the maker and waits for it.
+    fn settle(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(maker) = self.maker.take() {
+            let _ = maker.join(); // it cannot panic short of allocation failure
+        }
+    }
+
+    /// Puts the complete folder at `target` ([`replace_dir`]).
+    fn commit(mut self, target: &Path) -> Result<()> {
+        self.settle();
+        replace_dir(&self.dir, target)
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        self.settle();
+        let _ = std::fs::remove_dir_all(&self.dir); // gone already once committed
+    }
+}
+
+/// The file name of the heatmap of sample `index`.
+fn png_name(index: usize) -> String {
+    format!("{index:05}.png")
+}
+
+/// Writes `bytes` into the staging file at `path`, which [`Staging`]'s maker has most likely
+/// created already: it is opened without `O_CREAT` (a lookup, not a creation), and created here
+/// only if it is not there yet.
+fn write_png_file(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let opened = std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(path);
+    let mut file = match opened {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::File::create(path),
+        opened => opened,
+    }
+    .map_err(|e| Error::io(path, e))?;
+    file.write_all(bytes).map_err(|e| Error::io(path, e))
 }
 
 /// Puts the complete folder `staging` at `target`, replacing any earlier one: the old folder is
@@ -496,8 +603,7 @@ fn write_pngs(
             render::heatmap_rgb(&values, h, w, c, cfg.cmap, cfg.scale)
         };
         let bytes = render::png_bytes(&rgb, w * cfg.scale, h * cfg.scale)?;
-        let path = staging.join(format!("{index:05}.png"));
-        std::fs::write(&path, bytes).map_err(|e| Error::io(&path, e))?;
+        write_png_file(&staging.join(png_name(index)), &bytes)?;
     }
     Ok(())
 }
@@ -509,9 +615,10 @@ struct Run<'a> {
     batch_size: usize,
 }
 
-/// Where the batch loop's outputs go: PNGs into a staging folder, relevance into its file.
+/// Where the batch loop's outputs go: PNGs into a staging folder (`None`: no PNGs), relevance
+/// into its file.
 struct Sinks<'a> {
-    staging: &'a Path,
+    staging: Option<&'a Path>,
     relevance: &'a mut data::AtomicFile,
 }
 
@@ -560,7 +667,7 @@ fn explain_all(
         [d] => [1, 1, *d],
         _ => unreachable!("validated by Network::new"),
     };
-    let threads = if cfg.png {
+    let threads = if sinks.staging.is_some() {
         std::thread::available_parallelism()
             .map_or(2, |p| p.get())
             .clamp(1, 32)
@@ -574,8 +681,11 @@ fn explain_all(
         // Each encoder holds the queue: should every one of them die, the queue closes and the
         // writer's next hand-over fails instead of waiting forever.
         let queue = Arc::new(Mutex::new(queue));
-        let encoders: Vec<_> = (0..threads)
-            .map(|_| {
+        let encoders: Vec<_> = sinks
+            .staging
+            .into_iter()
+            .flat_map(|staging| std::iter::repeat_n(staging, threads))
+            .map(|staging| {
                 let queue = Arc::clone(&queue);
                 let failed = &encoder_failed;
                 scope.spawn(move || -> Result<()> {
@@ -589,7 +699,7 @@ fn explain_all(
                         };
                         let Ok(job) = job else { return result };
                         if result.is_ok() {
-                            result = write_pngs(cfg, dataset, chw, sinks.staging, &job);
+                            result = write_pngs(cfg, dataset, chw, staging, &job);
                             if result.is_err() {
                                 failed.store(true, Ordering::Relaxed);
                             }

@@ -477,3 +477,74 @@ fn an_encoder_error_mid_run_ends_the_job_with_that_error_and_no_outputs() {
     }
     assert_eq!(names(&cfg.out), Vec::<String>::new());
 }
+
+/// Waits until `dir` holds at least `count` entries; fails the test after a minute.
+fn wait_for_files(dir: &Path, count: usize) {
+    let start = std::time::Instant::now();
+    while std::fs::read_dir(dir).map_or(0, |d| d.count()) < count {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "{} never held {count} files",
+            dir.display()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn heatmap_files_made_while_the_backend_starts_are_filled_in_order() {
+    // A backend that starts slowly, as a GPU does: by the time it is ready, every heatmap
+    // file exists, empty, and the encoders fill the files made for them.
+    let case = Case::new("pipeline_slow_start", 41);
+    let cfg = case.config(BackendChoice::Cpu, 8);
+    let plain = case.plain(&cfg);
+    let job = cfg.clone();
+    let report = without_hanging(move || {
+        explain::run_with(&job, |net, method, batch| {
+            let dir = staging(&job.out);
+            wait_for_files(&dir, 41);
+            let sizes: Vec<u64> = std::fs::read_dir(&dir)
+                .unwrap()
+                .map(|e| e.unwrap().metadata().unwrap().len())
+                .collect();
+            assert_eq!(sizes, vec![0; 41], "made ahead, not written yet");
+            explain::select_backend(BackendChoice::Cpu, net, method, batch, None)
+        })
+    })
+    .unwrap();
+    check_against_plain_loop(&case, &cfg, &report, &plain, Match::Exact);
+}
+
+#[test]
+fn a_backend_that_fails_to_start_leaves_no_outputs() {
+    let case = Case::new("pipeline_failed_start", 300);
+    let cfg = case.config(BackendChoice::Cpu, 8);
+    let fail_once_files_exist = |job: ExplainConfig| {
+        without_hanging(move || {
+            explain::run_with(&job, |_, _, _| {
+                wait_for_files(&staging(&job.out), 10);
+                Err(Error::usage("--backend", "no adapter (test)"))
+            })
+        })
+    };
+    let err = fail_once_files_exist(cfg.clone()).unwrap_err();
+    assert!(err.to_string().contains("no adapter (test)"), "{err}");
+    assert!(!cfg.out.exists(), "the output folder it made is gone");
+
+    // Into a folder holding a complete earlier run, it changes nothing.
+    explain::run(&cfg).unwrap();
+    let before = std::fs::read(cfg.out.join("heatmaps/00299.png")).unwrap();
+    fail_once_files_exist(cfg.clone()).unwrap_err();
+    assert_eq!(
+        names(&cfg.out),
+        [
+            "grid.png",
+            "heatmaps",
+            "relevance.npy",
+            "run.json",
+            "summary.csv"
+        ]
+    );
+    assert_eq!(names(&cfg.out.join("heatmaps")).len(), 300);
+    assert!(std::fs::read(cfg.out.join("heatmaps/00299.png")).unwrap() == before);
+}
