@@ -119,30 +119,7 @@ PY
   $B explain --backend gpu --quiet --out /dev/shm/e2e-png --composite deep-taylor-bounded | tail -3
   $B explain --backend gpu --quiet --no-png --out /tmp/e2e --composite deep-taylor-bounded | tail -9
   echo "== disk probe: what explain's writing costs on this machine's disk and on tmpfs, without the engine"
-  for d in /tmp /dev/shm; do
-    python3 - "$d" <<'PY'
-import os, sys, time
-d = os.path.join(sys.argv[1], "taylormap-probe")
-os.makedirs(d, exist_ok=True)
-data = os.urandom(10000 * 784 * 4)  # relevance.npy of the bundled run
-t = time.perf_counter()
-with open(os.path.join(d, "r.bin"), "wb") as f:
-    f.write(data)
-    f.flush()
-    t1 = time.perf_counter()
-    os.fsync(f.fileno())
-t2 = time.perf_counter()
-png = os.urandom(700)  # a 28 x 28 heatmap PNG is about 0.6 to 1.2 kB
-t3 = time.perf_counter()
-for i in range(10000):
-    with open(os.path.join(d, f"{i:05}.png"), "wb") as f:
-        f.write(png)
-t4 = time.perf_counter()
-print(f"{sys.argv[1]}: 31 MB written {t1 - t:.3f} s, fsync {t2 - t1:.3f} s; "
-      f"10,000 small files created in one folder, one thread: {t4 - t3:.3f} s")
-PY
-    rm -rf "$d/taylormap-probe"
-  done
+  python3 benchmarks/disk_probe.py /tmp /dev/shm
   echo "== explain end-to-end, 10,000 images (CPU engine on every core), with PNGs"
   $B explain --backend cpu --quiet --out /tmp/e2e-cpu --composite deep-taylor-bounded | tail -9
   ;;
