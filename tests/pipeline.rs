@@ -259,16 +259,7 @@ fn check_against_plain_loop(
     }
 
     // nothing else: no staging folder, no temporary files
-    assert_eq!(
-        names(out),
-        [
-            "grid.png",
-            "heatmaps",
-            "relevance.npy",
-            "run.json",
-            "summary.csv"
-        ]
-    );
+    assert_eq!(names(out), OUTPUTS);
 }
 
 /// Both CPU backends, through the pipeline and through a plain loop.
@@ -431,23 +422,34 @@ fn a_backend_error_mid_run_ends_the_job_with_that_error_and_no_outputs() {
 
     // Into a folder holding a complete earlier run, a failing run changes nothing.
     let cfg = case.config(BackendChoice::Cpu, 4);
-    explain::run(&cfg).unwrap();
-    let before: Vec<(String, Vec<u8>)> = ["relevance.npy", "summary.csv", "heatmaps/00299.png"]
+    assert_a_failed_run_changes_nothing(&cfg, 303, || run_poisoned(cfg.clone(), 77));
+}
+
+/// The names in the output folder of a complete run with PNGs.
+const OUTPUTS: [&str; 5] = [
+    "grid.png",
+    "heatmaps",
+    "relevance.npy",
+    "run.json",
+    "summary.csv",
+];
+
+/// Runs `cfg` (of `n` samples) to completion, then `failing`, which must fail, into the same
+/// folder: the folder still holds the complete run, unchanged.
+fn assert_a_failed_run_changes_nothing(
+    cfg: &ExplainConfig,
+    n: usize,
+    failing: impl FnOnce() -> taylormap::Result<explain::ExplainReport>,
+) {
+    explain::run(cfg).unwrap();
+    let last = format!("heatmaps/{:05}.png", n - 1);
+    let before: Vec<(String, Vec<u8>)> = ["relevance.npy", "summary.csv", &last]
         .iter()
         .map(|f| (f.to_string(), std::fs::read(cfg.out.join(f)).unwrap()))
         .collect();
-    run_poisoned(cfg.clone(), 77).unwrap_err();
-    assert_eq!(
-        names(&cfg.out),
-        [
-            "grid.png",
-            "heatmaps",
-            "relevance.npy",
-            "run.json",
-            "summary.csv"
-        ]
-    );
-    assert_eq!(names(&cfg.out.join("heatmaps")).len(), 303);
+    failing().unwrap_err();
+    assert_eq!(names(&cfg.out), OUTPUTS);
+    assert_eq!(names(&cfg.out.join("heatmaps")).len(), n);
     for (file, bytes) in before {
         assert!(
             std::fs::read(cfg.out.join(&file)).unwrap() == bytes,
@@ -532,19 +534,5 @@ fn a_backend_that_fails_to_start_leaves_no_outputs() {
     assert!(!cfg.out.exists(), "the output folder it made is gone");
 
     // Into a folder holding a complete earlier run, it changes nothing.
-    explain::run(&cfg).unwrap();
-    let before = std::fs::read(cfg.out.join("heatmaps/00299.png")).unwrap();
-    fail_once_files_exist(cfg.clone()).unwrap_err();
-    assert_eq!(
-        names(&cfg.out),
-        [
-            "grid.png",
-            "heatmaps",
-            "relevance.npy",
-            "run.json",
-            "summary.csv"
-        ]
-    );
-    assert_eq!(names(&cfg.out.join("heatmaps")).len(), 300);
-    assert!(std::fs::read(cfg.out.join("heatmaps/00299.png")).unwrap() == before);
+    assert_a_failed_run_changes_nothing(&cfg, 300, || fail_once_files_exist(cfg.clone()));
 }
