@@ -361,9 +361,29 @@ fn pooling_layers() {
             },
         ),
         (
-            "max k2 s2",
+            "max k2 s2 (tiles; inputs past the last window)",
             Layer::MaxPool2d {
                 window: window(2, 2, 0),
+            },
+        ),
+        (
+            "max k3x2 s3x2, bottom and right padding (tiles; last windows padded)",
+            Layer::MaxPool2d {
+                window: Window {
+                    kernel: [3, 2],
+                    stride: [3, 2],
+                    pad: [0, 0, 1, 1],
+                },
+            },
+        ),
+        (
+            "max k2 s2, top padding (windows do not tile)",
+            Layer::MaxPool2d {
+                window: Window {
+                    kernel: [2, 2],
+                    stride: [2, 2],
+                    pad: [1, 0, 0, 0],
+                },
             },
         ),
         (

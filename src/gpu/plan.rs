@@ -1032,8 +1032,12 @@ impl Plan {
                             bg,
                             lens[k + 1],
                         )?;
-                        let relevance = Kernel::Pooling(PoolEntry::MaxRelevance);
-                        back.push((relevance, Specialisation::None, bg, lens[k]));
+                        let (entry, invocations) = match pp.tiles() {
+                            Some(tiles) => (PoolEntry::MaxRelevanceTiled, tiles),
+                            None => (PoolEntry::MaxRelevance, lens[k]),
+                        };
+                        let relevance = Kernel::Pooling(entry);
+                        back.push((relevance, Specialisation::None, bg, invocations));
                     } else {
                         step(
                             &mut forward,

@@ -156,6 +156,7 @@ pub enum LinearEntry {
 pub enum PoolEntry {
     MaxForward,
     MaxRelevance,
+    MaxRelevanceTiled,
     AvgForward,
     AvgS,
     AvgRelevance,
@@ -220,6 +221,7 @@ impl Kernel {
         for e in [
             PoolEntry::MaxForward,
             PoolEntry::MaxRelevance,
+            PoolEntry::MaxRelevanceTiled,
             PoolEntry::AvgForward,
             PoolEntry::AvgS,
             PoolEntry::AvgRelevance,
@@ -256,6 +258,7 @@ impl Kernel {
             Kernel::Pooling(e) => match e {
                 PoolEntry::MaxForward => "max_forward",
                 PoolEntry::MaxRelevance => "max_relevance",
+                PoolEntry::MaxRelevanceTiled => "max_relevance_tiled",
                 PoolEntry::AvgForward => "avg_forward",
                 PoolEntry::AvgS => "avg_s",
                 PoolEntry::AvgRelevance => "avg_relevance",
@@ -605,6 +608,23 @@ pub struct PoolParams {
     pub mode: u32,
     pub pad0: u32,
     pub pad1: u32,
+}
+
+impl PoolParams {
+    /// Where the windows tile the input (kernel = stride, no padding at the top or left, as
+    /// pooling.wgsl's `max_relevance_tiled` needs): the tiles per sample, `c * ceil(h / kh) *
+    /// ceil(w / kw)`.
+    pub fn tiles(&self) -> Option<u64> {
+        let tiles = self.kh == self.stride_y
+            && self.kw == self.stride_x
+            && self.pad_top == 0
+            && self.pad_left == 0;
+        tiles.then(|| {
+            u64::from(self.c)
+                * u64::from(self.h.div_ceil(self.kh))
+                * u64::from(self.w.div_ceil(self.kw))
+        })
+    }
 }
 
 /// WGSL `ElementwiseParams`.
