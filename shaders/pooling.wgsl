@@ -16,8 +16,8 @@
 //   max_forward, avg_forward, avg_s:  n * c * oh * ow invocations (one per window)
 //   max_relevance, avg_relevance:     n * c * h * w invocations (one per input value; each gathers
 //                                     over the windows that contain it, no atomics)
-//   max_relevance_tiled:              n * c * ceil(h / kh) * ceil(w / kw) invocations (one per
-//                                     tile of the input; only where the windows tile it: kernel =
+//   max_relevance_tiled,              n * c * ceil(h / kh) * ceil(w / kw) invocations (one per
+//   avg_relevance_tiled:              tile of the input; only where the windows tile it: kernel =
 //                                     stride, no padding at the top or left)
 // Each invocation loops over at most kh * kw window positions; the host refuses windows of more
 // than 16,384 positions, far below llvmpipe's 65,535-iteration cap.
@@ -163,40 +163,89 @@ fn max_relevance(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wor
     r_out[idx] = gathered(idx / ilen, idx % ilen, true);
 }
 
-// Max pooling relevance where the windows tile the input (kernel = stride, no padding at the top
-// or left), as with the usual 2 x 2 pooling of stride 2: each input lies in one window at most,
-// so one invocation per tile of kh x kw inputs writes all of them, the window's R_j to its winner
-// and 0 to the rest; tiles past the last window (inputs no window holds) write 0. The same
-// values as max_relevance, with a quarter of its invocations on 2 x 2 windows and no gather.
+// Where the windows tile the input (kernel = stride, no padding at the top or left, as with the
+// usual 2 x 2 pooling of stride 2), each input lies in one window at most, and one invocation per
+// tile of kh x kw inputs writes the relevance of all of them, without a gather: a quarter of the
+// invocations of max_relevance / avg_relevance on 2 x 2 windows, the same values. Tiles past the
+// last window (inputs no window holds) write 0.
+struct Tile {
+    n: u32,
+    ch: u32,
+    ty: u32,
+    tx: u32,
+    // the window's flat output index in the batch, or NONE past the last window
+    j: u32,
+    // the inputs of the tile that lie in the input: rows and columns
+    rows: u32,
+    cols: u32,
+}
+
+fn tile_of(idx: u32) -> Tile {
+    let tiles_y = (P.h + P.kh - 1u) / P.kh;
+    let tiles_x = (P.w + P.kw - 1u) / P.kw;
+    let per_channel = tiles_y * tiles_x;
+    let per_sample = P.c * per_channel;
+    let n = idx / per_sample;
+    let t = idx % per_sample;
+    let ch = t / per_channel;
+    let ty = (t / tiles_x) % tiles_y;
+    let tx = t % tiles_x;
+    var j = NONE;
+    if (ty < P.oh && tx < P.ow) {
+        j = n * out_len() + (ch * P.oh + ty) * P.ow + tx;
+    }
+    return Tile(n, ch, ty, tx, j, min(P.kh, P.h - ty * P.kh), min(P.kw, P.w - tx * P.kw));
+}
+
+fn tiles() -> u32 {
+    return P.n * P.c * ((P.h + P.kh - 1u) / P.kh) * ((P.w + P.kw - 1u) / P.kw);
+}
+
+// Flat input index (within the batch) of position (ky, kx) of a tile.
+fn tile_input(t: Tile, ky: u32, kx: u32) -> u32 {
+    return t.n * in_len() + (t.ch * P.h + t.ty * P.kh + ky) * P.w + t.tx * P.kw + kx;
+}
+
+// Max pooling relevance by tiles: the window's R_j to its winner, 0 to the rest.
 @compute @workgroup_size(64)
 fn max_relevance_tiled(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let idx = flat_index(gid, nwg);
-    let ty = (P.h + P.kh - 1u) / P.kh;
-    let tx = (P.w + P.kw - 1u) / P.kw;
-    let tiles = P.c * ty * tx;
-    if (idx >= P.n * tiles) {
+    if (idx >= tiles()) {
         return;
     }
-    let n = idx / tiles;
-    let t = idx % tiles;
-    let ch = t / (ty * tx);
-    let cy = (t / tx) % ty;
-    let cx = t % tx;
+    let t = tile_of(idx);
     var winner = NONE;
     var r = 0.0;
-    if (cy < P.oh && cx < P.ow) {
-        let j = n * out_len() + (ch * P.oh + cy) * P.ow + cx;
-        winner = arg[j];
-        r = r_in[j];
+    if (t.j != NONE) {
+        // arg holds the winner's index within the sample
+        winner = t.n * in_len() + arg[t.j];
+        r = r_in[t.j];
     }
-    let base = n * in_len();
-    let ky_end = min(P.kh, P.h - cy * P.kh);
-    let kx_end = min(P.kw, P.w - cx * P.kw);
-    for (var ky = 0u; ky < ky_end; ky++) {
-        let row = (ch * P.h + cy * P.kh + ky) * P.w + cx * P.kw;
-        for (var kx = 0u; kx < kx_end; kx++) {
-            let i = row + kx;
-            r_out[base + i] = select(0.0, r, i == winner);
+    for (var ky = 0u; ky < t.rows; ky++) {
+        for (var kx = 0u; kx < t.cols; kx++) {
+            let i = tile_input(t, ky, kx);
+            r_out[i] = select(0.0, r, i == winner);
+        }
+    }
+}
+
+// Average/sum pooling relevance by tiles: avg_s and avg_relevance in one pass, s_j from the
+// window's sum, then every input of the window gets x_i * s_j (LRP) or s_j (gradient).
+@compute @workgroup_size(64)
+fn avg_relevance_tiled(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let idx = flat_index(gid, nwg);
+    if (idx >= tiles()) {
+        return;
+    }
+    let t = tile_of(idx);
+    var s_j = 0.0;
+    if (t.j != NONE) {
+        s_j = window_s(t.j);
+    }
+    for (var ky = 0u; ky < t.rows; ky++) {
+        for (var kx = 0u; kx < t.cols; kx++) {
+            let i = tile_input(t, ky, kx);
+            r_out[i] = select(s_j, x[i] * s_j, P.mode == 0u);
         }
     }
 }
@@ -245,22 +294,26 @@ fn avg_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workg
     y[idx] = acc / avg_divisor(window.y);
 }
 
-// Average/sum pooling backward step 1, per window: LRP s_j = R_j / stab(sum of the real inputs,
-// 1e-9); gradient s_j = R_j / divisor.
-@compute @workgroup_size(64)
-fn avg_s(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let idx = flat_index(gid, nwg);
+// s_j of window idx (flat over the batch's outputs): LRP R_j / stab(sum of the real inputs,
+// 1e-9); gradient R_j / divisor.
+fn window_s(idx: u32) -> f32 {
     let olen = out_len();
-    if (idx >= P.n * olen) {
-        return;
-    }
     let window = window_sum(idx / olen, idx % olen);
     let acc = window.x;
     if (P.mode == 0u) {
-        s[idx] = r_in[idx] / select(acc - 1e-9, acc + 1e-9, acc >= 0.0);
-    } else {
-        s[idx] = r_in[idx] / avg_divisor(window.y);
+        return r_in[idx] / select(acc - 1e-9, acc + 1e-9, acc >= 0.0);
     }
+    return r_in[idx] / avg_divisor(window.y);
+}
+
+// Average/sum pooling backward step 1, per window: s_j (window_s).
+@compute @workgroup_size(64)
+fn avg_s(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let idx = flat_index(gid, nwg);
+    if (idx >= P.n * out_len()) {
+        return;
+    }
+    s[idx] = window_s(idx);
 }
 
 // Average/sum pooling backward step 2, per input: gather s_j over the windows that contain it;

@@ -283,9 +283,9 @@ fn kernel_times_name_every_dispatch_add_up_to_the_stages_and_change_no_result() 
             Layer::Conv2d { .. } | Layer::Dense { .. } => {
                 &["forward_partial", "z_partial", "c_partial"]
             }
-            // 2 x 2 windows of stride 2 tile the input: the tiled relevance kernel
+            // 2 x 2 windows of stride 2 tile the input: the tiled relevance kernels
             Layer::MaxPool2d { .. } => &["max_forward", "max_relevance_tiled"],
-            Layer::AvgPool2d { .. } => &["avg_forward", "avg_s", "avg_relevance"],
+            Layer::AvgPool2d { .. } => &["avg_forward", "avg_relevance_tiled"],
             _ => &[],
         };
         for entry in want {

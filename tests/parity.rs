@@ -403,6 +403,38 @@ fn pooling_layers() {
             },
         ),
         (
+            "avg k2 s2 real positions (tiles; inputs past the last window)",
+            Layer::AvgPool2d {
+                window: window(2, 2, 0),
+                count_include_pad: false,
+                sum: false,
+            },
+        ),
+        (
+            "avg k2x3 s2x3 count_include_pad, bottom and right padding (tiles; last windows padded)",
+            Layer::AvgPool2d {
+                window: Window {
+                    kernel: [2, 3],
+                    stride: [2, 3],
+                    pad: [0, 0, 1, 2],
+                },
+                count_include_pad: true,
+                sum: false,
+            },
+        ),
+        (
+            "sum k3 s3, left padding (windows do not tile)",
+            Layer::AvgPool2d {
+                window: Window {
+                    kernel: [3, 3],
+                    stride: [3, 3],
+                    pad: [0, 1, 0, 0],
+                },
+                count_include_pad: false,
+                sum: true,
+            },
+        ),
+        (
             "sum k2 s1 (overlapping)",
             Layer::AvgPool2d {
                 window: window(2, 1, 0),

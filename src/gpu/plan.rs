@@ -1046,9 +1046,14 @@ impl Plan {
                             lens[k + 1],
                         )?;
                         let none = Specialisation::None;
-                        back.push((Kernel::Pooling(PoolEntry::AvgS), none, bg, lens[k + 1]));
-                        let relevance = Kernel::Pooling(PoolEntry::AvgRelevance);
-                        back.push((relevance, none, bg, lens[k]));
+                        if let Some(tiles) = pp.tiles() {
+                            let relevance = Kernel::Pooling(PoolEntry::AvgRelevanceTiled);
+                            back.push((relevance, none, bg, tiles));
+                        } else {
+                            back.push((Kernel::Pooling(PoolEntry::AvgS), none, bg, lens[k + 1]));
+                            let relevance = Kernel::Pooling(PoolEntry::AvgRelevance);
+                            back.push((relevance, none, bg, lens[k]));
+                        }
                     }
                 }
                 LayerPlan::Flatten => {}

@@ -160,6 +160,7 @@ pub enum PoolEntry {
     AvgForward,
     AvgS,
     AvgRelevance,
+    AvgRelevanceTiled,
 }
 
 /// Entry points of elementwise.wgsl.
@@ -225,6 +226,7 @@ impl Kernel {
             PoolEntry::AvgForward,
             PoolEntry::AvgS,
             PoolEntry::AvgRelevance,
+            PoolEntry::AvgRelevanceTiled,
         ] {
             v.push(Kernel::Pooling(e));
         }
@@ -262,6 +264,7 @@ impl Kernel {
                 PoolEntry::AvgForward => "avg_forward",
                 PoolEntry::AvgS => "avg_s",
                 PoolEntry::AvgRelevance => "avg_relevance",
+                PoolEntry::AvgRelevanceTiled => "avg_relevance_tiled",
             },
             Kernel::Elementwise(e) => match e {
                 ElementwiseEntry::ReluForward => "relu_forward",
@@ -612,7 +615,7 @@ pub struct PoolParams {
 
 impl PoolParams {
     /// Where the windows tile the input (kernel = stride, no padding at the top or left, as
-    /// pooling.wgsl's `max_relevance_tiled` needs): the tiles per sample, `c * ceil(h / kh) *
+    /// pooling.wgsl's `max_relevance_tiled` and `avg_relevance_tiled` need): the tiles per sample, `c * ceil(h / kh) *
     /// ceil(w / kw)`.
     pub fn tiles(&self) -> Option<u64> {
         let tiles = self.kh == self.stride_y
