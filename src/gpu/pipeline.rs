@@ -3,7 +3,8 @@
 //! [`Kernel`] (shader file + entry point) and [`Specialisation`] (its overridable constants),
 //! shared by every plan on the device.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use super::shader::{BindingKind, Kernel, Shader, Specialisation};
@@ -73,6 +74,56 @@ impl PipelineCache {
     /// The bind-group layout every kernel of `shader` uses.
     pub(crate) fn bind_group_layout(&self, shader: Shader) -> &wgpu::BindGroupLayout {
         &self.layouts[&shader].0
+    }
+
+    /// Compiles the pipelines of `wanted` that are not compiled yet, on up to one thread per
+    /// core: the driver's compiler takes nearly all of the time a plan takes to build (a plan
+    /// whose pipelines are cached builds in a few milliseconds), and the pipelines do not depend
+    /// on each other. wgpu's error scopes are per thread, so each compile still reports its own
+    /// failure. Returns the first failure.
+    pub(crate) fn compile_all(
+        &self,
+        device: &wgpu::Device,
+        wanted: &[(Kernel, Specialisation)],
+    ) -> Result<()> {
+        let missing: Vec<(Kernel, Specialisation)> = {
+            let compiled = self.pipelines.lock().unwrap();
+            let mut listed = HashSet::new();
+            wanted
+                .iter()
+                .filter(|key| !compiled.contains_key(key) && listed.insert(**key))
+                .copied()
+                .collect()
+        };
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |p| p.get())
+            .min(missing.len());
+        let next = AtomicUsize::new(0);
+        let compile = || -> Result<()> {
+            loop {
+                let Some(&(kernel, spec)) = missing.get(next.fetch_add(1, Ordering::Relaxed))
+                else {
+                    return Ok(());
+                };
+                self.get(device, kernel, spec)?;
+            }
+        };
+        if threads <= 1 {
+            return compile();
+        }
+        std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..threads).map(|_| scope.spawn(compile)).collect();
+            let mut result = Ok(());
+            for worker in workers {
+                let done = worker
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+                if result.is_ok() {
+                    result = done;
+                }
+            }
+            result
+        })
     }
 
     /// The compute pipeline of `kernel` with the constants of `spec`, compiled on first use.

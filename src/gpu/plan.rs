@@ -415,6 +415,10 @@ impl Uniform {
     }
 }
 
+/// A step before its pipeline is compiled: kernel, specialisation, bind group and invocations
+/// per sample.
+type PendingStep = (Kernel, Specialisation, usize, u64);
+
 /// One dispatch: a pipeline, its bind group and the invocations per block of `sample_block`
 /// samples.
 struct Step {
@@ -697,28 +701,15 @@ impl Plan {
             bind_labels.push(label);
             bind_groups.len() - 1
         };
-        let specialised_step = |list: &mut Vec<Step>,
-                                kernel: Kernel,
-                                spec: Specialisation,
-                                bg: usize,
-                                per_sample: u64| {
-            cache.get(device, kernel, spec).map(|pipeline| {
-                list.push(Step {
-                    pipeline,
-                    kernel,
-                    bind_group: bg,
-                    per_sample,
-                    sample_block: kernel.sample_block() as u64,
-                })
-            })
-        };
-        let step = |list: &mut Vec<Step>, kernel: Kernel, bg: usize, per_sample: u64| {
-            specialised_step(list, kernel, Specialisation::None, bg, per_sample)
+        // Steps are listed first and their pipelines compiled all at once at the end (in
+        // parallel: see `PipelineCache::compile_all`).
+        let step = |list: &mut Vec<PendingStep>, kernel: Kernel, bg: usize, per_sample: u64| {
+            list.push((kernel, Specialisation::None, bg, per_sample))
         };
 
         // Weights and max-pool arg-max buffers, kept with the plan.
         let mut owned = vec![];
-        let mut backward_layers: Vec<Vec<(Kernel, Specialisation, usize, u64)>> = vec![];
+        let mut backward_layers: Vec<Vec<PendingStep>> = vec![];
         for (k, p) in plans.iter().enumerate() {
             let x = &act_buffers[acts[k]];
             let y = &act_buffers[acts[k + 1]];
@@ -950,16 +941,10 @@ impl Plan {
                         ),
                         _ => (outl, inl),
                     };
-                    specialised_step(
-                        &mut forward,
-                        kern(LinearEntry::ForwardPartial),
-                        spec,
-                        bg,
-                        chunks_in * out_units,
-                    )?;
+                    let partial = kern(LinearEntry::ForwardPartial);
+                    forward.push((partial, spec, bg, chunks_in * out_units));
                     if chunks_in > 1 {
-                        let reduce = kern(LinearEntry::ForwardReduce);
-                        specialised_step(&mut forward, reduce, spec, bg, outl)?;
+                        forward.push((kern(LinearEntry::ForwardReduce), spec, bg, outl));
                     }
                     if mode.gradient() {
                         back.push((kern(LinearEntry::SReduce), spec, bg, outl));
@@ -999,7 +984,7 @@ impl Plan {
                             Kernel::Elementwise(ElementwiseEntry::ReluForward),
                             bg,
                             lens[k],
-                        )?;
+                        );
                     }
                     if mode.gradient() {
                         back.push((
@@ -1031,7 +1016,7 @@ impl Plan {
                             Kernel::Pooling(PoolEntry::MaxForward),
                             bg,
                             lens[k + 1],
-                        )?;
+                        );
                         let (entry, invocations) = match pp.tiles() {
                             Some(tiles) => (PoolEntry::MaxRelevanceTiled, tiles),
                             None => (PoolEntry::MaxRelevance, lens[k]),
@@ -1044,7 +1029,7 @@ impl Plan {
                             Kernel::Pooling(PoolEntry::AvgForward),
                             bg,
                             lens[k + 1],
-                        )?;
+                        );
                         let none = Specialisation::None;
                         if let Some(tiles) = pp.tiles() {
                             let relevance = Kernel::Pooling(PoolEntry::AvgRelevanceTiled);
@@ -1077,14 +1062,12 @@ impl Plan {
             &[&pixels, &lut, &act_buffers[0]],
             &mut uniforms,
         );
-        let mut unpack = vec![];
-        step(
-            &mut unpack,
+        let unpack = (
             Kernel::Input(InputEntry::UnpackU8),
+            Specialisation::None,
             unpack_bg,
             input_len as u64,
-        )?;
-        let unpack = unpack.pop().expect("one step");
+        );
 
         // Seed: target choice and R at the logits, into relevance buffer A.
         let logits = act_buffers[acts[plans.len()]].clone();
@@ -1106,12 +1089,8 @@ impl Plan {
             Kernel::Elementwise(ElementwiseEntry::Seed),
             bg,
             1,
-        )?;
-        for back in backward_layers.into_iter().rev() {
-            for (kernel, spec, bg, per_sample) in back {
-                specialised_step(&mut backward, kernel, spec, bg, per_sample)?;
-            }
-        }
+        );
+        backward.extend(backward_layers.into_iter().rev().flatten());
         if mode.gradient() {
             let params = ElementwiseParams {
                 n: 0,
@@ -1137,11 +1116,27 @@ impl Plan {
                 Kernel::Elementwise(ElementwiseEntry::Finalize),
                 bg,
                 input_len as u64,
-            )?;
+            );
         }
         let forward_steps = forward.len();
-        let mut steps = forward;
-        steps.extend(backward);
+        let mut pending = vec![unpack];
+        pending.extend(forward);
+        pending.extend(backward);
+        let wanted: Vec<_> = pending.iter().map(|&(k, spec, _, _)| (k, spec)).collect();
+        cache.compile_all(device, &wanted)?;
+        let mut steps = pending
+            .into_iter()
+            .map(|(kernel, spec, bind_group, per_sample)| {
+                Ok(Step {
+                    pipeline: cache.get(device, kernel, spec)?,
+                    kernel,
+                    bind_group,
+                    per_sample,
+                    sample_block: kernel.sample_block() as u64,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let unpack = steps.remove(0);
         // Two staging buffers, so one batch can be read back while the next one runs; room at
         // the end for the timestamps of a timed batch.
         let stamps = kernel_timestamps(steps.len()).max(TIMESTAMPS);
