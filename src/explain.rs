@@ -82,6 +82,20 @@ pub fn select_backend(
     batch_size: usize,
     threads: Option<usize>,
 ) -> Result<(Box<dyn Backend>, Vec<String>)> {
+    select_backend_in(choice, None, net, method, batch_size, threads)
+}
+
+/// [`select_backend`] with the GPU context made already (`context`, for `gpu` and `auto`: what
+/// `GpuContext::new` returned); `None` makes it here.
+fn select_backend_in(
+    choice: BackendChoice,
+    context: Option<Result<crate::gpu::GpuContext>>,
+    net: &Network,
+    method: &Method,
+    batch_size: usize,
+    threads: Option<usize>,
+) -> Result<(Box<dyn Backend>, Vec<String>)> {
+    let context = || context.unwrap_or_else(crate::gpu::GpuContext::new);
     let cpu = || -> Result<Box<dyn Backend>> {
         let engine = crate::cpu::FastBackend::new(net, method)?;
         Ok(Box::new(match threads {
@@ -108,8 +122,8 @@ pub fn select_backend(
             )),
             vec!["backend: reference (CPU, f64)".into()],
         )),
-        BackendChoice::Gpu => gpu(crate::gpu::GpuContext::new()?),
-        BackendChoice::Auto => match crate::gpu::GpuContext::new() {
+        BackendChoice::Gpu => gpu(context()?),
+        BackendChoice::Auto => match context() {
             Ok(ctx) if !ctx.summary().software => gpu(ctx),
             Ok(ctx) => Ok((
                 cpu()?,
@@ -279,8 +293,16 @@ fn resolve_targets(
 
 /// Runs the whole job and writes the outputs into `cfg.out`.
 pub fn run(cfg: &ExplainConfig) -> Result<ExplainReport> {
+    // The GPU context (instance, adapter, device) depends on neither the model nor the inputs,
+    // so it is made while they load.
+    let context = matches!(cfg.backend, BackendChoice::Gpu | BackendChoice::Auto)
+        .then(|| std::thread::spawn(crate::gpu::GpuContext::new));
     run_with(cfg, |net, method, batch_size| {
-        select_backend(cfg.backend, net, method, batch_size, cfg.threads)
+        let context = context.map(|made| {
+            made.join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        });
+        select_backend_in(cfg.backend, context, net, method, batch_size, cfg.threads)
     })
 }
 
