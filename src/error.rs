@@ -90,3 +90,21 @@ impl Error {
         }
     }
 }
+
+/// Waits for every one of `workers` (scoped threads that each return a `Result`), re-raising a
+/// panic, and returns the first error in their order: the cause, where the others stopped after
+/// it.
+pub(crate) fn join_all<'scope>(
+    workers: impl IntoIterator<Item = std::thread::ScopedJoinHandle<'scope, Result<()>>>,
+) -> Result<()> {
+    let mut first = Ok(());
+    for worker in workers {
+        let done = worker
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        if first.is_ok() {
+            first = done;
+        }
+    }
+    first
+}

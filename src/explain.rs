@@ -763,15 +763,7 @@ fn explain_all(
             }
             _ => Ok(None), // an earlier failure is the cause
         };
-        let mut encoded = Ok(());
-        for encoder in encoders {
-            let result = encoder
-                .join()
-                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-            if encoded.is_ok() {
-                encoded = result;
-            }
-        }
+        let encoded = crate::error::join_all(encoders);
         // The first failure is the cause; the stages that stopped after it report no error.
         let compute = produced?;
         let (rows, _) = consumed?;

@@ -113,16 +113,7 @@ impl PipelineCache {
         }
         std::thread::scope(|scope| {
             let workers: Vec<_> = (0..threads).map(|_| scope.spawn(compile)).collect();
-            let mut result = Ok(());
-            for worker in workers {
-                let done = worker
-                    .join()
-                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-                if result.is_ok() {
-                    result = done;
-                }
-            }
-            result
+            crate::error::join_all(workers)
         })
     }
 
