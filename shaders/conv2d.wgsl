@@ -9,6 +9,7 @@
 //   4 part    storage read_write  split-K partial sums, vec4 per (n, chunk, unit)  (long reductions)
 //   5 r_in    storage read        upper relevance (or gradient), [n, oc, oh, ow]
 //   6 s       storage read_write  s = R / stab(z') per pass (x: pass 0, y: pass 1), [n, oc, oh, ow]
+//                                 (with KEEP_Z, first the forward's sum of x w in x)
 //   7 r_out   storage read_write  lower relevance (or gradient), [n, c, h, w]
 //   8 wv      storage read        the weights blocked by 4 channels (vec4, zero-padded), so each
 //                                 blocked multiply-add loads its 4 weights at once: per output-
@@ -23,7 +24,7 @@
 //       computes 4 output channels of a strip of 4 pixels of one output row over the receptive
 //       field of c_per_chunk input channels; chunks_in = 1: writes the result directly
 //   forward_reduce, s_reduce:   n * (oc*oh*ow) invocations (only when chunks_in > 1; s_reduce
-//                               also for the gradient)
+//                               also for the gradient and, instead of z_partial, for kept z')
 //   c_partial:                  n * chunks_out * ceil(c/4) * h * ceil(w/4) invocations (stride_x
 //       = 1; h * w otherwise); each gathers, for 4 input channels of a strip of 4 pixels of one
 //       input row (of one pixel), over the kernel positions of oc_per_chunk output channels that
@@ -42,6 +43,12 @@
 // per-pass sums (z_partial: (z'_0, z'_1)) or the partial R (c_partial, in .x). A ReLU right
 // after the layer is applied by the forward pass when RELU = 1.
 // mode 0: LRP; mode 1: gradient (s = R, no division; the terms are set to (one, w)).
+//
+// Kept z' (KEEP_Z = 1, LRP only): where the rule's one pass has a single data-dependent term
+// and it is the plain x w (z^B, LRP-0, epsilon), that term's share of z' is the forward pass's
+// own sum of x w. The forward pass then keeps it (before bias and ReLU) in s.x, in an s buffer
+// of the layer's own, and the relevance pass runs s_reduce, which adds the constant terms'
+// share (P.z_const) and the bias modifier, instead of z_partial's second pass over the inputs.
 
 struct RuleParams {
     // Input modifier of term k (component k): f(x) = x_lin x + x_pos max(0,x) + x_neg min(0,x) + x_one
@@ -98,13 +105,15 @@ struct ConvParams {
     // so it is the same for every sample): per (output-channel block, output pixel), the vec4 of
     // pass 0 then that of pass 1. z_partial then skips those terms.
     z_const: u32,
-    pad0: u32,
+    // 1: kept z' (read from the KEEP_Z override)
+    keep_z: u32,
     pad1: u32,
     pad2: u32,
     rule: RuleParams,
 }
 
-// Specialisation: the layer's geometry, chunking, mode, fused ReLU and number of rule terms are
+// Specialisation: the layer's geometry, chunking, mode, fused ReLU and numbers of rule terms and
+// passes are
 // pipeline-overridable constants, set per layer by the plan from the same values as the uniform
 // (src/gpu/shader.rs `ConvSpec`), so loop bounds, strides and the divisions of the index
 // arithmetic are constants that the driver's compiler unrolls and folds. The kernels read them
@@ -129,6 +138,8 @@ override CHUNKS_OUT: u32;
 override MODE: u32;
 override RELU: u32;
 override TERMS: u32;
+override PASSES: u32;
+override KEEP_Z: u32;
 
 @group(0) @binding(0) var<uniform> P: ConvParams;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
@@ -214,8 +225,8 @@ fn finish_s(n: u32, j: u32, z: vec2<f32>) {
 // invocation (for a strip of pixels, below), so each input value (and its modified value) is
 // loaded once per block rather than once per channel; c_partial computes BLOCK input channels
 // (of a strip or of one pixel), so each s value is loaded once per block (with a single input
-// channel the lanes hold the rule's terms instead). Lanes past the last channel read a clamped
-// channel and write nothing.
+// channel the lanes hold the strip's pixels instead, or, for one pixel, the rule's terms).
+// Lanes past the last channel read a clamped channel and write nothing.
 const BLOCK: u32 = 4u;
 
 fn blocks(channels: u32) -> u32 {
@@ -371,6 +382,9 @@ fn forward_partial(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_w
                 let i = oc * ohw + o.oy * OW + ox;
                 if (CHUNKS_IN == 1u) {
                     y[o.n * olen + i] = activation(acc[j][l] + wb[P.bias_offset + oc]);
+                    if (KEEP_Z == 1u) {
+                        s[o.n * olen + i] = vec2<f32>(acc[j][l], 0.0);
+                    }
                 } else {
                     part[(o.n * CHUNKS_IN + o.k) * olen + i] = vec4<f32>(acc[j][l], 0.0, 0.0, 0.0);
                 }
@@ -394,6 +408,9 @@ fn forward_reduce(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wo
         acc += part[(n * CHUNKS_IN + k) * olen + j].x;
     }
     y[idx] = activation(acc + wb[P.bias_offset + j / (OH * OW)]);
+    if (KEEP_Z == 1u) {
+        s[idx] = vec2<f32>(acc, 0.0);
+    }
 }
 
 // Relevance step 1, modified forward per term: one invocation per (sample, chunk of the receptive
@@ -447,7 +464,19 @@ fn z_partial(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgro
     }
 }
 
-// Relevance step 2 (long reductions, and the gradient): sum the partials, s = R / stab(z').
+// The constant-input terms' share of z' of output unit j (both passes), 0 without such terms.
+fn kept_const_z(j: u32) -> vec2<f32> {
+    if (P.z_const == 0u) {
+        return vec2<f32>(0.0);
+    }
+    let ohw = OH * OW;
+    let oc = j / ohw;
+    let zc = P.z_const - 1u + ((oc / BLOCK) * ohw + j % ohw) * 2u;
+    return vec2<f32>(wv[zc][oc % BLOCK], wv[zc + 1u][oc % BLOCK]);
+}
+
+// Relevance step 2 (long reductions, the gradient, and kept z'): sum the partials (or take the
+// kept z' and the constant terms' share), s = R / stab(z').
 @compute @workgroup_size(64)
 fn s_reduce(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let idx = flat_index(gid, nwg);
@@ -458,7 +487,9 @@ fn s_reduce(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgrou
     let j = idx % olen;
     let n = idx / olen;
     var acc = vec2<f32>(0.0);
-    if (MODE == 0u) {
+    if (MODE == 0u && KEEP_Z == 1u) {
+        acc = vec2<f32>(s[idx].x, 0.0) + kept_const_z(j);
+    } else if (MODE == 0u) {
         for (var k = 0u; k < CHUNKS_IN; k++) {
             acc += part[(n * CHUNKS_IN + k) * olen + j].xy;
         }
@@ -563,6 +594,57 @@ fn strip_gather(n: u32, k: u32, iy: u32, ix0: u32, wbase: u32, pass1: vec4<bool>
     return acc;
 }
 
+// s of both passes at column ox of the s row starting at sr; 0 outside the output.
+fn s_pair(sr: u32, ox: i32) -> vec2<f32> {
+    let sj = s[sr + u32(clamp(ox, 0, i32(OW) - 1))];
+    return select(vec2<f32>(0.0), sj, ox >= 0 && ox < i32(OW));
+}
+
+// strip_gather for a single input channel (c = 1, e.g. grayscale images): per term t (acc[t])
+// the vec4 over the strip's STRIP pixels. The lanes are pixels, not terms, so none idles
+// whatever the number of terms (z^B has 2, the gradient 1): per kernel position one weight vec4
+// (term t's modified weight in lane t, [oc, kh, kw] from in_weights(0, 0)) and one new s value
+// feed TERMS x 4 multiply-adds.
+fn strip_gather_c1(n: u32, k: u32, iy: u32, ix0: u32) -> array<vec4<f32>, 4> {
+    let ry = reach(i32(iy + PAD_TOP), STRIDE_Y, OH, KH);
+    let o0 = k * OC_PER_CHUNK;
+    let o1 = min(o0 + OC_PER_CHUNK, OC);
+    let sbase = n * out_len();
+    let wbase = in_weights(0u, 0u);
+    let pass1 = P.rule.term_pass1 > vec4<f32>(0.5);
+    // the output column of pixel j at kernel column kx: nx0 + j - kx
+    let nx0 = i32(ix0 + PAD_LEFT);
+    var acc = array<vec4<f32>, 4>(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
+    for (var o = o0; o < o1; o++) {
+        let so = sbase + o * OH * OW;
+        let wo = wbase + o * KH * KW;
+        var oy = ry.out_first;
+        for (var ky = ry.first; ky < ry.end; ky += STRIDE_Y) {
+            let sr = so + oy * OW;
+            let wr = wo + ky * KW;
+            // Lane j holds pixel j's s (pass 0 in s0, pass 1 in s1). Pixel j's s at kernel
+            // column kx + 1 is pixel j - 1's at kx, so each step shifts the lanes up by one and
+            // loads one new s into lane 0; before the first, lanes 0 to 2 hold pixels 1 to 3's.
+            let a = s_pair(sr, nx0 + 1);
+            let b = s_pair(sr, nx0 + 2);
+            let c = s_pair(sr, nx0 + 3);
+            var s0 = vec4<f32>(a.x, b.x, c.x, 0.0);
+            var s1 = vec4<f32>(a.y, b.y, c.y, 0.0);
+            for (var kx = 0u; kx < KW; kx++) {
+                let sn = s_pair(sr, nx0 - i32(kx));
+                s0 = vec4<f32>(sn.x, s0.xyz);
+                s1 = vec4<f32>(sn.y, s1.xyz);
+                let wk = wv[wr + kx];
+                for (var t = 0u; t < terms(); t++) {
+                    acc[t] += select(s0, s1, PASSES > 1u && pass1[t]) * wk[t];
+                }
+            }
+            oy -= 1u;
+        }
+    }
+    return acc;
+}
+
 // c_partial for a strip of input pixels (stride_x = 1).
 fn c_strip(nk: u32, ch0: u32, iy: u32, ix0: u32) {
     let k = nk % CHUNKS_OUT;
@@ -571,12 +653,22 @@ fn c_strip(nk: u32, ch0: u32, iy: u32, ix0: u32) {
     let xrow = n * in_len() + iy * W;
     let rr = P.rule;
     if (C == 1u) {
-        // One input channel: the lanes are the rule's terms (as in c_pixel).
-        let acc = strip_gather(n, k, iy, ix0, in_weights(0u, 0u), rr.term_pass1 > vec4<f32>(0.5));
+        // One input channel: per term, the vec4 over the strip's pixels.
+        let acc = strip_gather_c1(n, k, iy, ix0);
+        let xv = vec4<f32>(
+            x[xrow + min(ix0, W - 1u)],
+            x[xrow + min(ix0 + 1u, W - 1u)],
+            x[xrow + min(ix0 + 2u, W - 1u)],
+            x[xrow + min(ix0 + 3u, W - 1u)],
+        );
+        var r = vec4<f32>(0.0);
+        for (var t = 0u; t < terms(); t++) {
+            r += rr.term_coef[t] * term_of(t, xv) * acc[t];
+        }
         for (var j = 0u; j < STRIP; j++) {
             let ix = ix0 + j;
             if (ix < W) {
-                store_r(nk, iy * W + ix, dot(rr.term_coef * every_term(x[xrow + ix]), acc[j]));
+                store_r(nk, iy * W + ix, r[j]);
             }
         }
         return;

@@ -298,7 +298,7 @@ fn layer_plans(net: &Network, method: &Method) -> Result<(Vec<LayerPlan>, Footpr
                     mode: mode.gradient() as u32,
                     relu: 0,
                     z_const: 0,
-                    pad0: 0,
+                    keep_z: u32::from(!mode.gradient() && rule.plain_data_term()),
                     pad1: 0,
                     pad2: 0,
                     rule,
@@ -906,7 +906,14 @@ impl Plan {
                         ),
                         _ => unreachable!(),
                     };
-                    let mut buffers = vec![x, &wbuf, y, &part, r_in, &s_buf, r_out];
+                    // A layer that keeps z' (conv2d.wgsl "Kept z'") holds it in an s buffer of its
+                    // own from its forward pass to its relevance step.
+                    let keep_z = matches!(p, LayerPlan::Conv(c) if c.keep_z == 1);
+                    let kept_s = keep_z.then(|| {
+                        storage(device, &format!("{label}.kept_z"), 2 * lens[k + 1] * b * F)
+                    });
+                    let s_of_layer = kept_s.as_ref().unwrap_or(&s_buf);
+                    let mut buffers = vec![x, &wbuf, y, &part, r_in, s_of_layer, r_out];
                     let wvbuf = (shader == Shader::Conv2d).then(|| {
                         device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
                             label: Some(&format!("{label}.weights_blocked")),
@@ -924,6 +931,7 @@ impl Plan {
                     let bg = bind(shader, label, uniform, &buffers, &mut uniforms);
                     owned.push(wbuf);
                     owned.extend(wvbuf);
+                    owned.extend(kept_s);
                     let (inl, outl) = (lens[k], lens[k + 1]);
                     // Conv2d partial kernels compute CONV_BLOCK channels per invocation, for a
                     // strip of CONV_STRIP pixels of a row (the back-projection: with a
@@ -946,7 +954,7 @@ impl Plan {
                     if chunks_in > 1 {
                         forward.push((kern(LinearEntry::ForwardReduce), spec, bg, outl));
                     }
-                    if mode.gradient() {
+                    if mode.gradient() || keep_z {
                         back.push((kern(LinearEntry::SReduce), spec, bg, outl));
                     } else {
                         let units = chunks_in * out_units;

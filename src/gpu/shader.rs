@@ -317,15 +317,15 @@ impl Specialisation {
 
 /// The overridable constants of conv2d.wgsl: every field of [`ConvParams`] that is fixed for a
 /// layer of a plan (all but the batch size, the bias offset, `z_const` and the rule's
-/// coefficients), and the number of rule terms, in the order of [`ConvSpec::NAMES`]. The kernels
-/// read these instead of the uniform's copies, so their loops and index arithmetic compile to
-/// constants.
+/// coefficients), the numbers of rule terms and passes, and whether z' is kept, in the order of
+/// [`ConvSpec::NAMES`]. The kernels read these instead of the uniform's copies, so their loops
+/// and index arithmetic compile to constants.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct ConvSpec([u32; 19]);
+pub struct ConvSpec([u32; 21]);
 
 impl ConvSpec {
     /// The WGSL names of the constants, in order.
-    pub const NAMES: [&'static str; 19] = [
+    pub const NAMES: [&'static str; 21] = [
         "C",
         "H",
         "W",
@@ -345,6 +345,8 @@ impl ConvSpec {
         "MODE",
         "RELU",
         "TERMS",
+        "PASSES",
+        "KEEP_Z",
     ];
 
     /// The constants of the layer whose uniform is `p`.
@@ -369,6 +371,8 @@ impl ConvSpec {
             p.mode,
             p.relu,
             p.rule.term_layout[0],
+            p.rule.extra[3] as u32,
+            p.keep_z,
         ])
     }
 
@@ -519,6 +523,26 @@ impl RuleParams {
             .collect()
     }
 
+    /// Whether the rule has one pass whose only data-dependent term is the plain x w (sign +1):
+    /// z^B, LRP-0 and epsilon. That term's share of z' is then the forward pass's sum of x w,
+    /// which the forward pass can keep for the relevance pass (`ConvParams::keep_z`).
+    pub fn plain_data_term(&self) -> bool {
+        let constant = self.constant_terms();
+        let data: Vec<usize> = (0..self.term_layout[0] as usize)
+            .filter(|t| !constant.contains(t))
+            .collect();
+        let [t] = data[..] else { return false };
+        let input = [self.x_lin[t], self.x_pos[t], self.x_neg[t], self.x_one[t]];
+        let weight = [
+            self.w_lin[t],
+            self.w_pos[t],
+            self.w_neg[t],
+            self.w_sq[t],
+            self.w_one[t],
+        ];
+        self.extra[3] == 1.0 && input == [1.0, 0.0, 0.0, 0.0] && weight == [1.0, 0.0, 0.0, 0.0, 0.0]
+    }
+
     /// sign_k g_k(w) of term k (the kernels read these precomputed, see `term_layout`).
     pub fn weight_mod(&self, k: usize, w: f32) -> f32 {
         self.w_lin[k] * w
@@ -583,7 +607,9 @@ pub struct ConvParams {
     /// 0, or 1 + the offset in the blocked weights (vec4s) of the constant-input terms' share
     /// of z', precomputed per (output-channel block, output pixel, pass)
     pub z_const: u32,
-    pub pad0: u32,
+    /// 1: the forward pass keeps its sum of x w for the relevance pass's z' (conv2d.wgsl
+    /// "Kept z'"; see [`RuleParams::plain_data_term`])
+    pub keep_z: u32,
     pub pad1: u32,
     pub pad2: u32,
     pub rule: RuleParams,
@@ -727,6 +753,38 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn z_is_kept_for_the_rules_whose_data_term_is_x_w() {
+        let zbox = Rule::ZBox {
+            low: 0.0,
+            high: 1.0,
+        };
+        for (rule, nonnegative, keep) in [
+            (Rule::Zero, false, true),
+            (Rule::Epsilon(0.25), true, true),
+            (zbox, false, true),
+            (zbox, true, true),
+            // z+ on a ReLU output is x w+; gamma's weights are w + G w+
+            (Rule::ZPlus, true, false),
+            (Rule::ZPlus, false, false),
+            (Rule::Gamma(0.25), false, false),
+            (Rule::WSquare, false, false),
+            (Rule::Flat, false, false),
+            (
+                Rule::AlphaBeta {
+                    alpha: 1.0,
+                    beta: 0.0,
+                },
+                true,
+                false,
+            ),
+        ] {
+            let p = RuleParams::from_rule(&rule, nonnegative).unwrap();
+            assert_eq!(p.plain_data_term(), keep, "{rule} {nonnegative}");
+        }
+        assert!(!RuleParams::gradient().plain_data_term());
     }
 
     #[test]
