@@ -12,8 +12,10 @@
 //! with three exact shortcuts: a term whose input modifier is constant (zbox's L and H, w^2's and
 //! flat's 1) contributes to z' a per-position constant computed once per plan, and all such terms
 //! of a pass share one transposed product, with c * sign * g(W) summed into a single matrix; a
-//! pass that is the plain forward product (zero, epsilon) reuses the forward pre-activation; on a
-//! layer whose input is known to be non-negative (after a ReLU), x+ is x and x- terms vanish.
+//! pass whose only data-dependent term is the plain x w (zero, epsilon, zbox) takes z' from the
+//! forward pre-activation (plus a per-position constant where it has constant terms or another
+//! bias); on a layer whose input is known to be non-negative (after a ReLU), x+ is x and x- terms
+//! vanish.
 
 use ndarray::linalg::general_mat_mul;
 use ndarray::{Array1, Array2, Array4, ArrayView2, ArrayViewMut2};
@@ -30,11 +32,21 @@ struct DataTerm {
     weight: Array2<f32>,
 }
 
+/// Where a pass's z' comes from.
+enum ZFrom {
+    /// Its terms' products (and `z_constant`).
+    Terms,
+    /// The layer's forward pre-activation z itself (one term x w, bias b: zero, epsilon).
+    Forward,
+    /// z plus a per-position constant, (oc, oh * ow): the pass's only data term is x w, and the
+    /// constant is `z_constant - b` (zbox: its L and H terms' response, less the bias).
+    ForwardPlus(Array2<f32>),
+}
+
 /// One pass of a rule, prepared for this layer.
 struct PreparedPass {
     coefficient: f32,
-    /// z' is the layer's forward pre-activation (one identity term, identity bias).
-    reuses_forward: bool,
+    z_from: ZFrom,
     data: Vec<DataTerm>,
     /// sum over constant-input terms of c * sign * g(W), (oc, patch), if any.
     constant: Option<Array2<f32>>,
@@ -165,16 +177,30 @@ impl Linear {
                         z_constant.view_mut(),
                     );
                 }
-                let reuses_forward = pass.bias == ParamMod::Identity
-                    && constant.is_none()
-                    && data.len() == 1
-                    && data[0].input == InputMod::Identity
-                    && pass.terms.len() == 1
-                    && pass.terms[0].weight == ParamMod::Identity
-                    && pass.terms[0].sign == 1.0;
+                let mut data_terms = pass
+                    .terms
+                    .iter()
+                    .filter(|t| input_constant(t.input).is_none());
+                let plain_data = matches!(
+                    (data_terms.next(), data_terms.next()),
+                    (Some(t), None) if t.input == InputMod::Identity
+                        && t.weight == ParamMod::Identity
+                        && t.sign == 1.0
+                );
+                let z_from = if !plain_data {
+                    ZFrom::Terms
+                } else if constant.is_none() && pass.bias == ParamMod::Identity {
+                    ZFrom::Forward
+                } else {
+                    let mut offset = z_constant.clone();
+                    for (mut row, b) in offset.outer_iter_mut().zip(&self.bias) {
+                        row -= *b;
+                    }
+                    ZFrom::ForwardPlus(offset)
+                };
                 PreparedPass {
                     coefficient: pass.coefficient as f32,
-                    reuses_forward,
+                    z_from,
                     data,
                     constant,
                     z_constant: z_constant.iter().any(|&v| v != 0.0).then_some(z_constant),
@@ -261,31 +287,36 @@ impl Linear {
         let mut fx = scratch.take(x.len());
         for pass in &self.passes {
             // z'
-            if pass.reuses_forward {
-                zp.copy_from_slice(z);
-            } else {
-                match &pass.z_constant {
-                    Some(zc) => {
-                        for (o, chunk) in zp.chunks_exact_mut(m * pout).enumerate() {
-                            let row = zc.row(o);
-                            let row = row.as_slice().expect("standard layout");
-                            for plane in chunk.chunks_exact_mut(pout) {
-                                plane.copy_from_slice(row);
+            match &pass.z_from {
+                ZFrom::Forward => zp.copy_from_slice(z),
+                ZFrom::ForwardPlus(offset) => {
+                    zp.copy_from_slice(z);
+                    add_per_position(&mut zp, offset, m * pout);
+                }
+                ZFrom::Terms => {
+                    match &pass.z_constant {
+                        Some(zc) => {
+                            for (o, chunk) in zp.chunks_exact_mut(m * pout).enumerate() {
+                                let row = zc.row(o);
+                                let row = row.as_slice().expect("standard layout");
+                                for plane in chunk.chunks_exact_mut(pout) {
+                                    plane.copy_from_slice(row);
+                                }
                             }
                         }
+                        None if pass.data.is_empty() => zp.fill(0.0),
+                        // the first product overwrites z'
+                        None => {}
                     }
-                    None if pass.data.is_empty() => zp.fill(0.0),
-                    // the first product overwrites z'
-                    None => {}
-                }
-                for (k, term) in pass.data.iter().enumerate() {
-                    let f = modified_input(term.input, x, &mut fx);
-                    let beta = if k == 0 && pass.z_constant.is_none() {
-                        0.0
-                    } else {
-                        1.0
-                    };
-                    self.apply(term.weight.view(), m, f, beta, &mut zp, scratch);
+                    for (k, term) in pass.data.iter().enumerate() {
+                        let f = modified_input(term.input, x, &mut fx);
+                        let beta = if k == 0 && pass.z_constant.is_none() {
+                            0.0
+                        } else {
+                            1.0
+                        };
+                        self.apply(term.weight.view(), m, f, beta, &mut zp, scratch);
+                    }
                 }
             }
             // s = R / stab(z'), in place
@@ -310,6 +341,20 @@ impl Linear {
         scratch.give(zp);
         scratch.give(c);
         scratch.give(fx);
+    }
+}
+
+/// Adds `per_position` (oc, oh * ow) to every sample's plane of `dst` (oc, m, oh, ow), whose
+/// rows are `row_len` = m * oh * ow long.
+fn add_per_position(dst: &mut [f32], per_position: &Array2<f32>, row_len: usize) {
+    for (o, chunk) in dst.chunks_exact_mut(row_len).enumerate() {
+        let row = per_position.row(o);
+        let row = row.as_slice().expect("standard layout");
+        for plane in chunk.chunks_exact_mut(row.len()) {
+            for (d, v) in plane.iter_mut().zip(row) {
+                *d += v;
+            }
+        }
     }
 }
 
