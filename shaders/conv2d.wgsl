@@ -8,8 +8,9 @@
 //   3 y       storage read_write  layer output, [n, oc, oh, ow]                   (forward)
 //   4 part    storage read_write  split-K partial sums, vec4 per (n, chunk, unit)  (long reductions)
 //   5 r_in    storage read        upper relevance (or gradient), [n, oc, oh, ow]
-//   6 s       storage read_write  s = R / stab(z') per pass (x: pass 0, y: pass 1), [n, oc, oh, ow]
-//                                 (with KEEP_Z, first the forward's sum of x w in x)
+//   6 s       storage read_write  s = R / stab(z') per pass, [n, oc, oh, ow] (two passes: the
+//                                 pair per unit; see s_get); with KEEP_Z, first the forward's
+//                                 sum of x w
 //   7 r_out   storage read_write  lower relevance (or gradient), [n, c, h, w]
 //   8 wv      storage read        the weights blocked by 4 channels (vec4, zero-padded), so each
 //                                 blocked multiply-add loads its 4 weights at once: per output-
@@ -46,7 +47,7 @@
 //
 // Kept z' (KEEP_Z = 1, LRP only): where the rule's one pass has a single data-dependent term
 // and it is the plain x w (z^B, LRP-0, epsilon), that term's share of z' is the forward pass's
-// own sum of x w. The forward pass then keeps it (before bias and ReLU) in s.x, in an s buffer
+// own sum of x w. The forward pass then keeps it (before bias and ReLU) as s, in an s buffer
 // of the layer's own, and the relevance pass runs s_reduce, which adds the constant terms'
 // share (P.z_const) and the bias modifier, instead of z_partial's second pass over the inputs.
 
@@ -147,9 +148,27 @@ override KEEP_Z: u32;
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;
 @group(0) @binding(4) var<storage, read_write> part: array<vec4<f32>>;
 @group(0) @binding(5) var<storage, read> r_in: array<f32>;
-@group(0) @binding(6) var<storage, read_write> s: array<vec2<f32>>;
+@group(0) @binding(6) var<storage, read_write> s: array<f32>;
 @group(0) @binding(7) var<storage, read_write> r_out: array<f32>;
 @group(0) @binding(8) var<storage, read> wv: array<vec4<f32>>;
+
+// s of output unit nj (flat over samples): pass 0's and, with two passes, pass 1's. A single-
+// pass rule (all but alpha-beta) stores one value per unit, so its s moves half the bytes.
+fn s_get(nj: u32) -> vec2<f32> {
+    if (PASSES > 1u) {
+        return vec2<f32>(s[2u * nj], s[2u * nj + 1u]);
+    }
+    return vec2<f32>(s[nj], 0.0);
+}
+
+fn s_set(nj: u32, v: vec2<f32>) {
+    if (PASSES > 1u) {
+        s[2u * nj] = v.x;
+        s[2u * nj + 1u] = v.y;
+    } else {
+        s[nj] = v.x;
+    }
+}
 
 fn flat_index(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
     return gid.x + gid.y * nwg.x * 64u;
@@ -211,14 +230,14 @@ fn finish_s(n: u32, j: u32, z: vec2<f32>) {
     let nj = n * out_len() + j;
     let rj = r_in[nj];
     if (MODE == 1u) {
-        s[nj] = vec2<f32>(rj, 0.0);
+        s_set(nj, vec2<f32>(rj, 0.0));
         return;
     }
     let b = wb[P.bias_offset + j / (OH * OW)];
     let zb = z + bmods(b);
     let s0 = rj / stab(zb.x, r.extra.z);
     let s1 = select(0.0, rj / stab(zb.y, r.extra.z), r.extra.w > 1.5);
-    s[nj] = vec2<f32>(s0, s1);
+    s_set(nj, vec2<f32>(s0, s1));
 }
 
 // Channel blocking: forward_partial and z_partial compute BLOCK (4) output channels per
@@ -383,7 +402,7 @@ fn forward_partial(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_w
                 if (CHUNKS_IN == 1u) {
                     y[o.n * olen + i] = activation(acc[j][l] + wb[P.bias_offset + oc]);
                     if (KEEP_Z == 1u) {
-                        s[o.n * olen + i] = vec2<f32>(acc[j][l], 0.0);
+                        s_set(o.n * olen + i, vec2<f32>(acc[j][l], 0.0));
                     }
                 } else {
                     part[(o.n * CHUNKS_IN + o.k) * olen + i] = vec4<f32>(acc[j][l], 0.0, 0.0, 0.0);
@@ -409,7 +428,7 @@ fn forward_reduce(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wo
     }
     y[idx] = activation(acc + wb[P.bias_offset + j / (OH * OW)]);
     if (KEEP_Z == 1u) {
-        s[idx] = vec2<f32>(acc, 0.0);
+        s_set(idx, vec2<f32>(acc, 0.0));
     }
 }
 
@@ -488,7 +507,7 @@ fn s_reduce(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgrou
     let n = idx / olen;
     var acc = vec2<f32>(0.0);
     if (MODE == 0u && KEEP_Z == 1u) {
-        acc = vec2<f32>(s[idx].x, 0.0) + kept_const_z(j);
+        acc = vec2<f32>(s_get(idx).x, 0.0) + kept_const_z(j);
     } else if (MODE == 0u) {
         for (var k = 0u; k < CHUNKS_IN; k++) {
             acc += part[(n * CHUNKS_IN + k) * olen + j].xy;
@@ -549,7 +568,7 @@ fn store_r(nk: u32, i: u32, r: f32) {
 // s of the output pixel in column ox of the s row starting at sr, per lane the pass of the lane
 // (pass1); 0 where ox is outside the output.
 fn s_at(sr: u32, ox: i32, pass1: vec4<bool>) -> vec4<f32> {
-    let sj = s[sr + u32(clamp(ox, 0, i32(OW) - 1))];
+    let sj = s_get(sr + u32(clamp(ox, 0, i32(OW) - 1)));
     let v = select(vec4<f32>(sj.x), vec4<f32>(sj.y), pass1);
     return select(vec4<f32>(0.0), v, ox >= 0 && ox < i32(OW));
 }
@@ -596,7 +615,7 @@ fn strip_gather(n: u32, k: u32, iy: u32, ix0: u32, wbase: u32, pass1: vec4<bool>
 
 // s of both passes at column ox of the s row starting at sr; 0 outside the output.
 fn s_pair(sr: u32, ox: i32) -> vec2<f32> {
-    let sj = s[sr + u32(clamp(ox, 0, i32(OW) - 1))];
+    let sj = s_get(sr + u32(clamp(ox, 0, i32(OW) - 1)));
     return select(vec2<f32>(0.0), sj, ox >= 0 && ox < i32(OW));
 }
 
@@ -717,7 +736,7 @@ fn pixel_gather(n: u32, k: u32, iy: u32, ix: u32, wbase: u32, pass1: vec4<bool>)
             let sr = so + oy * OW;
             var ox = rx.out_first;
             for (var kx = rx.first; kx < rx.end; kx += STRIDE_X) {
-                let sj = s[sr + ox];
+                let sj = s_get(sr + ox);
                 acc += select(vec4<f32>(sj.x), vec4<f32>(sj.y), pass1) * wv[wr + kx];
                 ox -= 1u;
             }

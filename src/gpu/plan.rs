@@ -907,10 +907,11 @@ impl Plan {
                         _ => unreachable!(),
                     };
                     // A layer that keeps z' (conv2d.wgsl "Kept z'") holds it in an s buffer of its
-                    // own from its forward pass to its relevance step.
+                    // own from its forward pass to its relevance step (its rule has one pass: one
+                    // value per output).
                     let keep_z = matches!(p, LayerPlan::Conv(c) if c.keep_z == 1);
                     let kept_s = keep_z.then(|| {
-                        storage(device, &format!("{label}.kept_z"), 2 * lens[k + 1] * b * F)
+                        storage(device, &format!("{label}.kept_z"), lens[k + 1] * b * F)
                     });
                     let s_of_layer = kept_s.as_ref().unwrap_or(&s_buf);
                     let mut buffers = vec![x, &wbuf, y, &part, r_in, s_of_layer, r_out];
