@@ -45,11 +45,14 @@
 // after the layer is applied by the forward pass when RELU = 1.
 // mode 0: LRP; mode 1: gradient (s = R, no division; the terms are set to (one, w)).
 //
-// Kept z' (KEEP_Z = 1, LRP only): where the rule's one pass has a single data-dependent term
-// and it is the plain x w (z^B, LRP-0, epsilon), that term's share of z' is the forward pass's
-// own sum of x w. The forward pass then keeps it (before bias and ReLU) as s, in an s buffer
-// of the layer's own, and the relevance pass runs s_reduce, which adds the constant terms'
-// share (P.z_const) and the bias modifier, instead of z_partial's second pass over the inputs.
+// Kept z' (KEEP_Z = 1 or 2, LRP only): where the rule's one pass has a single data-dependent
+// term and its input modifier is x itself, that term's share of z' is a sum over the same
+// inputs as the forward pass's. The forward pass then keeps it (before bias and ReLU) as s, in
+// an s buffer of the layer's own: with KEEP_Z = 1 (the term is the plain x w: z^B, LRP-0,
+// epsilon) its own sum, with KEEP_Z = 2 (another weight: z+ and gamma on a ReLU output) a
+// second sum with the term's weights from the same input loads. The relevance pass runs
+// s_reduce, which adds the constant terms' share (P.z_const) and the bias modifier, instead
+// of z_partial's second pass over the inputs.
 
 struct RuleParams {
     // Input modifier of term k (component k): f(x) = x_lin x + x_pos max(0,x) + x_neg min(0,x) + x_one
@@ -330,10 +333,16 @@ fn input_at(xr: u32, xi: i32, m: vec4<f32>) -> f32 {
     return select(0.0, modified(v, m), xi >= 0 && xi < i32(W));
 }
 
-// Sum of modified(x, m) * W over the chunk's receptive field for each pixel of strip `o` (one
-// vec4 over the block's channels per pixel); the weights are an output-channel block's
-// [c, kh, kw] vec4s starting at `wbase` in wv.
-fn strip_sum(o: OutStrip, wbase: u32, m: vec4<f32>) -> array<vec4<f32>, 4> {
+// Sums of modified(x, m) * W over the chunk's receptive field for each pixel of strip `o` (one
+// vec4 over the block's channels per pixel): `a` with the output-channel block's [c, kh, kw]
+// weight vec4s from `wbase` in wv and, when `both`, `b` with those from `wbase2`, from the same
+// input loads (the forward pass of a layer whose z' is kept with other weights, KEEP_Z = 2).
+struct StripSums {
+    a: array<vec4<f32>, 4>,
+    b: array<vec4<f32>, 4>,
+}
+
+fn strip_sum(o: OutStrip, wbase: u32, m: vec4<f32>, wbase2: u32, both: bool) -> StripSums {
     let y0 = i32(o.oy * STRIDE_Y) - i32(PAD_TOP);
     let ky0 = u32(max(0, -y0));
     let ky1 = u32(clamp(i32(H) - y0, 0, i32(KH)));
@@ -343,9 +352,10 @@ fn strip_sum(o: OutStrip, wbase: u32, m: vec4<f32>) -> array<vec4<f32>, 4> {
     let c1 = min(c0 + C_PER_CHUNK, C);
     let xbase = o.n * in_len();
     var acc = array<vec4<f32>, 4>(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
+    var acc2 = acc;
     for (var ch = c0; ch < c1; ch++) {
         let xc = xbase + ch * H * W;
-        let wc = wbase + ch * KH * KW;
+        let wc = ch * KH * KW;
         for (var ky = ky0; ky < ky1; ky++) {
             let xr = xc + u32(y0 + i32(ky)) * W;
             let wr = wc + ky * KW;
@@ -357,11 +367,18 @@ fn strip_sum(o: OutStrip, wbase: u32, m: vec4<f32>) -> array<vec4<f32>, 4> {
                 var v2 = input_at(xr, x0 + 2, m);
                 for (var kx = 0u; kx < KW; kx++) {
                     let v3 = input_at(xr, x0 + i32(kx) + 3, m);
-                    let wk = wv[wr + kx];
+                    let wk = wv[wbase + wr + kx];
                     acc[0] += v0 * wk;
                     acc[1] += v1 * wk;
                     acc[2] += v2 * wk;
                     acc[3] += v3 * wk;
+                    if (both) {
+                        let wk2 = wv[wbase2 + wr + kx];
+                        acc2[0] += v0 * wk2;
+                        acc2[1] += v1 * wk2;
+                        acc2[2] += v2 * wk2;
+                        acc2[3] += v3 * wk2;
+                    }
                     v0 = v1;
                     v1 = v2;
                     v2 = v3;
@@ -369,16 +386,27 @@ fn strip_sum(o: OutStrip, wbase: u32, m: vec4<f32>) -> array<vec4<f32>, 4> {
                 continue;
             }
             for (var kx = 0u; kx < KW; kx++) {
-                let wk = wv[wr + kx];
                 let xi = x0 + i32(kx);
-                acc[0] += input_at(xr, xi, m) * wk;
-                acc[1] += input_at(xr, xi + sx, m) * wk;
-                acc[2] += input_at(xr, xi + 2 * sx, m) * wk;
-                acc[3] += input_at(xr, xi + 3 * sx, m) * wk;
+                let v = vec4<f32>(
+                    input_at(xr, xi, m),
+                    input_at(xr, xi + sx, m),
+                    input_at(xr, xi + 2 * sx, m),
+                    input_at(xr, xi + 3 * sx, m),
+                );
+                let wk = wv[wbase + wr + kx];
+                for (var j = 0u; j < STRIP; j++) {
+                    acc[j] += v[j] * wk;
+                }
+                if (both) {
+                    let wk2 = wv[wbase2 + wr + kx];
+                    for (var j = 0u; j < STRIP; j++) {
+                        acc2[j] += v[j] * wk2;
+                    }
+                }
             }
         }
     }
-    return acc;
+    return StripSums(acc, acc2);
 }
 
 // Forward, split-K: one invocation per (sample, chunk of the receptive field, block of output
@@ -390,7 +418,16 @@ fn forward_partial(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_w
         return;
     }
     let o = out_strip(idx);
-    let acc = strip_sum(o, out_weights(0u, o.o0 / BLOCK), vec4<f32>(1.0, 1.0, 0.0, 0.0));
+    // KEEP_Z = 2: also z' of the rule's data term (term 0, input x) with its modified weights.
+    let ob = o.o0 / BLOCK;
+    let plain = vec4<f32>(1.0, 1.0, 0.0, 0.0);
+    let sums = strip_sum(o, out_weights(0u, ob), plain, out_weights(1u, ob), KEEP_Z == 2u);
+    let acc = sums.a;
+    // the kept z' (KEEP_Z = 1: the forward's own sum)
+    var kept = sums.a;
+    if (KEEP_Z == 2u) {
+        kept = sums.b;
+    }
     let olen = out_len();
     let ohw = OH * OW;
     for (var j = 0u; j < STRIP; j++) {
@@ -401,11 +438,11 @@ fn forward_partial(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_w
                 let i = oc * ohw + o.oy * OW + ox;
                 if (CHUNKS_IN == 1u) {
                     y[o.n * olen + i] = activation(acc[j][l] + wb[P.bias_offset + oc]);
-                    if (KEEP_Z == 1u) {
-                        s_set(o.n * olen + i, vec2<f32>(acc[j][l], 0.0));
+                    if (KEEP_Z != 0u) {
+                        s_set(o.n * olen + i, vec2<f32>(kept[j][l], 0.0));
                     }
                 } else {
-                    part[(o.n * CHUNKS_IN + o.k) * olen + i] = vec4<f32>(acc[j][l], 0.0, 0.0, 0.0);
+                    part[(o.n * CHUNKS_IN + o.k) * olen + i] = vec4<f32>(acc[j][l], kept[j][l], 0.0, 0.0);
                 }
             }
         }
@@ -422,13 +459,13 @@ fn forward_reduce(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wo
     }
     let j = idx % olen;
     let n = idx / olen;
-    var acc = 0.0;
+    var acc = vec2<f32>(0.0);
     for (var k = 0u; k < CHUNKS_IN; k++) {
-        acc += part[(n * CHUNKS_IN + k) * olen + j].x;
+        acc += part[(n * CHUNKS_IN + k) * olen + j].xy;
     }
-    y[idx] = activation(acc + wb[P.bias_offset + j / (OH * OW)]);
-    if (KEEP_Z == 1u) {
-        s_set(idx, vec2<f32>(acc, 0.0));
+    y[idx] = activation(acc.x + wb[P.bias_offset + j / (OH * OW)]);
+    if (KEEP_Z != 0u) {
+        s_set(idx, vec2<f32>(acc.y, 0.0));
     }
 }
 
@@ -458,7 +495,7 @@ fn z_partial(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgro
         if (precomputed(t)) {
             continue;
         }
-        let acc = strip_sum(o, out_weights(t + 1u, ob), term_mod(t));
+        let acc = strip_sum(o, out_weights(t + 1u, ob), term_mod(t), 0u, false).a;
         let pass1 = P.rule.term_pass1[t] > 0.5;
         for (var j = 0u; j < STRIP; j++) {
             z0[j] += select(acc[j], vec4<f32>(0.0), pass1);
@@ -506,7 +543,7 @@ fn s_reduce(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgrou
     let j = idx % olen;
     let n = idx / olen;
     var acc = vec2<f32>(0.0);
-    if (MODE == 0u && KEEP_Z == 1u) {
+    if (MODE == 0u && KEEP_Z != 0u) {
         acc = vec2<f32>(s_get(idx).x, 0.0) + kept_const_z(j);
     } else if (MODE == 0u) {
         for (var k = 0u; k < CHUNKS_IN; k++) {

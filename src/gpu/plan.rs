@@ -298,7 +298,7 @@ fn layer_plans(net: &Network, method: &Method) -> Result<(Vec<LayerPlan>, Footpr
                     mode: mode.gradient() as u32,
                     relu: 0,
                     z_const: 0,
-                    keep_z: u32::from(!mode.gradient() && rule.plain_data_term()),
+                    keep_z: if mode.gradient() { 0 } else { rule.kept_z() },
                     pad1: 0,
                     pad2: 0,
                     rule,
@@ -909,10 +909,9 @@ impl Plan {
                     // A layer that keeps z' (conv2d.wgsl "Kept z'") holds it in an s buffer of its
                     // own from its forward pass to its relevance step (its rule has one pass: one
                     // value per output).
-                    let keep_z = matches!(p, LayerPlan::Conv(c) if c.keep_z == 1);
-                    let kept_s = keep_z.then(|| {
-                        storage(device, &format!("{label}.kept_z"), lens[k + 1] * b * F)
-                    });
+                    let keep_z = matches!(p, LayerPlan::Conv(c) if c.keep_z != 0);
+                    let kept_s = keep_z
+                        .then(|| storage(device, &format!("{label}.kept_z"), lens[k + 1] * b * F));
                     let s_of_layer = kept_s.as_ref().unwrap_or(&s_buf);
                     let mut buffers = vec![x, &wbuf, y, &part, r_in, s_of_layer, r_out];
                     let wvbuf = (shader == Shader::Conv2d).then(|| {

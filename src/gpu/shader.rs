@@ -523,15 +523,18 @@ impl RuleParams {
             .collect()
     }
 
-    /// Whether the rule has one pass whose only data-dependent term is the plain x w (sign +1):
-    /// z^B, LRP-0 and epsilon. That term's share of z' is then the forward pass's sum of x w,
-    /// which the forward pass can keep for the relevance pass (`ConvParams::keep_z`).
-    pub fn plain_data_term(&self) -> bool {
+    /// Whether (and how) a layer's forward pass can keep z' for the relevance pass
+    /// (`ConvParams::keep_z`, conv2d.wgsl "Kept z'"): where the rule has one pass whose only
+    /// data-dependent term has the input x itself, that term's share of z' is a sum over the
+    /// forward pass's inputs. 1: the term is the plain x w (sign +1: z^B, LRP-0, epsilon), the
+    /// forward's own sum; 2: another weight (z+ and gamma on a ReLU output), a second sum from
+    /// the same loads; 0: neither. The data term is term 0 (`from_rule` puts data terms first).
+    pub fn kept_z(&self) -> u32 {
         let constant = self.constant_terms();
         let data: Vec<usize> = (0..self.term_layout[0] as usize)
             .filter(|t| !constant.contains(t))
             .collect();
-        let [t] = data[..] else { return false };
+        let [t] = data[..] else { return 0 };
         let input = [self.x_lin[t], self.x_pos[t], self.x_neg[t], self.x_one[t]];
         let weight = [
             self.w_lin[t],
@@ -540,7 +543,14 @@ impl RuleParams {
             self.w_sq[t],
             self.w_one[t],
         ];
-        self.extra[3] == 1.0 && input == [1.0, 0.0, 0.0, 0.0] && weight == [1.0, 0.0, 0.0, 0.0, 0.0]
+        match (
+            self.extra[3] == 1.0 && t == 0 && input == [1.0, 0.0, 0.0, 0.0],
+            weight,
+        ) {
+            (false, _) => 0,
+            (true, [1.0, 0.0, 0.0, 0.0, 0.0]) => 1,
+            (true, _) => 2,
+        }
     }
 
     /// sign_k g_k(w) of term k (the kernels read these precomputed, see `term_layout`).
@@ -607,8 +617,8 @@ pub struct ConvParams {
     /// 0, or 1 + the offset in the blocked weights (vec4s) of the constant-input terms' share
     /// of z', precomputed per (output-channel block, output pixel, pass)
     pub z_const: u32,
-    /// 1: the forward pass keeps its sum of x w for the relevance pass's z' (conv2d.wgsl
-    /// "Kept z'"; see [`RuleParams::plain_data_term`])
+    /// 1 or 2: the forward pass keeps the data term's share of z' for the relevance pass
+    /// (conv2d.wgsl "Kept z'"; see [`RuleParams::kept_z`])
     pub keep_z: u32,
     pub pad1: u32,
     pub pad2: u32,
@@ -756,35 +766,37 @@ mod tests {
     }
 
     #[test]
-    fn z_is_kept_for_the_rules_whose_data_term_is_x_w() {
+    fn z_is_kept_for_the_rules_whose_data_term_has_input_x() {
         let zbox = Rule::ZBox {
             low: 0.0,
             high: 1.0,
         };
         for (rule, nonnegative, keep) in [
-            (Rule::Zero, false, true),
-            (Rule::Epsilon(0.25), true, true),
-            (zbox, false, true),
-            (zbox, true, true),
+            (Rule::Zero, false, 1),
+            (Rule::Epsilon(0.25), true, 1),
+            (zbox, false, 1),
+            (zbox, true, 1),
             // z+ on a ReLU output is x w+; gamma's weights are w + G w+
-            (Rule::ZPlus, true, false),
-            (Rule::ZPlus, false, false),
-            (Rule::Gamma(0.25), false, false),
-            (Rule::WSquare, false, false),
-            (Rule::Flat, false, false),
+            (Rule::ZPlus, true, 2),
+            (Rule::Gamma(0.25), false, 2),
+            (Rule::Gamma(0.25), true, 2),
+            // z+ on any input has two data terms (x+ w+, x- w-)
+            (Rule::ZPlus, false, 0),
+            (Rule::WSquare, false, 0),
+            (Rule::Flat, false, 0),
             (
                 Rule::AlphaBeta {
                     alpha: 1.0,
                     beta: 0.0,
                 },
                 true,
-                false,
+                0,
             ),
         ] {
             let p = RuleParams::from_rule(&rule, nonnegative).unwrap();
-            assert_eq!(p.plain_data_term(), keep, "{rule} {nonnegative}");
+            assert_eq!(p.kept_z(), keep, "{rule} {nonnegative}");
         }
-        assert!(!RuleParams::gradient().plain_data_term());
+        assert_eq!(RuleParams::gradient().kept_z(), 0);
     }
 
     #[test]
