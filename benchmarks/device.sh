@@ -7,10 +7,13 @@
 #
 #   benchmarks/device.sh prepare   # here, with cargo: builds into .dev/ (this build and, for a
 #                                  # before/after, BASES: default the fastest build measured on the
-#                                  # H200, the last one before specialised convolutions and the
-#                                  # last before heatmap files were made ahead),
-#                                  # fetches .gl/ and .whl/
+#                                  # H200, the last one before specialised convolutions, the last
+#                                  # before heatmap files were made ahead and the last before
+#                                  # kept z'), fetches .gl/ and .whl/
 #   benchmarks/device.sh run       # on the device, from the repository root (carry .dev .gl .whl)
+#
+# `run` prints everything on stdout and, where the device tool sets $OUT, also into
+# $OUT/device.log, which comes back whole (the tool's reply keeps only the output's tail).
 #
 # `prepare` needs network access to Debian's and PyPI's mirrors once (the Vulkan loader is not
 # installed on the lent machines; the NVIDIA driver's ICD is). `run` prints everything on stdout;
@@ -35,9 +38,10 @@ for l in sys.stdin:
   # on the H200 (BENCHMARKS.md, second run: 301k heatmaps/s at 4096; its bench times throughput
   # without timestamps, as this one does), and the last build before the convolution pipelines
   # were specialised per layer (what the specialisation gains on a real GPU), and the last build
-  # before explain made its heatmap files while the backend starts (what that gains end to end).
+  # before explain made its heatmap files while the backend starts (what that gains end to end),
+  # and the last before convolutions kept z' from their forward pass (what that gains).
   : > .dev/base-revisions
-  for rev in ${BASES:-d244951 a0039ba 3241467}; do
+  for rev in ${BASES:-d244951 a0039ba 3241467 6524c82}; do
     base=$(git rev-parse --short "$rev^{commit}")
     benchmarks/revisions.sh "$base" 0
     cp "target/revisions/taylormap-$base" ".dev/taylormap-$base"
@@ -54,6 +58,10 @@ for l in sys.stdin:
   echo "ready: run on the device with carry [\".dev\", \".gl\", \".whl\"]"
   ;;
 run)
+  if [ -n "${OUT:-}" ] && [ -z "${DEVICE_LOG:-}" ]; then
+    DEVICE_LOG=1 bash benchmarks/device.sh run 2>&1 | tee "$OUT/device.log"
+    exit "${PIPESTATUS[0]}"
+  fi
   for f in .gl/*.deb; do dpkg -x "$f" /; done
   ldconfig
   icd=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
