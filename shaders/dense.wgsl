@@ -16,7 +16,7 @@
 //   forward_partial, z_partial: ceil(n/4) * chunks_in * outputs invocations, 4 samples each
 //                               (chunks_in = 1: writes the result)
 //   forward_reduce, s_reduce:   n * outputs invocations (only when chunks_in > 1; s_reduce also
-//                               for the gradient)
+//                               for the gradient and, instead of z_partial, for kept z')
 //   c_partial:                  ceil(n/4) * chunks_out * inputs invocations, 4 samples each
 //                               (chunks_out = 1: writes R_i)
 //   r_reduce:                   n * inputs invocations (only when chunks_out > 1)
@@ -35,6 +35,14 @@
 // the layer is applied by the forward pass when P.relu = 1. Split-K partials hold the
 // per-pass sums (z_partial: (z'_0, z'_1)) or the partial R_i (c_partial, in .x).
 // mode 0: LRP; mode 1: gradient (s = R, no division; the terms are set to (one, w)).
+//
+// Kept z' (P.keep_z = 1 or 2, LRP only), as in conv2d.wgsl: where the rule's one pass has a
+// single data-dependent term (term 0) whose input modifier is x itself, the forward pass keeps
+// that term's share of z' (before bias and ReLU) in s.x, in an s buffer of the layer's own: its
+// own sum when the term is the plain x w (keep_z = 1: LRP-0, epsilon, z^B), a second sum with
+// the term's weights from the same input loads otherwise (keep_z = 2: z+ and gamma on a ReLU
+// output). The relevance pass runs s_reduce, which adds the constant terms' share and the bias
+// modifier, instead of z_partial.
 
 struct RuleParams {
     // Input modifier of term k (component k): f(x) = x_lin x + x_pos max(0,x) + x_neg min(0,x) + x_one
@@ -79,7 +87,8 @@ struct DenseParams {
     // so it is the same for every sample): per output, pass 0 then pass 1. z_partial then skips
     // those terms.
     z_const: u32,
-    pad1: u32,
+    // 1 or 2: kept z' (see "Kept z'" above); 0 otherwise
+    keep_z: u32,
     pad2: u32,
     rule: RuleParams,
 }
@@ -190,16 +199,31 @@ fn forward_partial(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_w
     let end = min(start + P.chunk, P.inputs);
     let xr = rows(n0, P.inputs);
     var acc = vec4<f32>(0.0);
-    for (var i = start; i < end; i++) {
-        acc += x4(xr, i) * wb[i * P.outputs + j];
+    // keep_z = 2: the data term's sum as well, from the same input loads
+    var acc2 = vec4<f32>(0.0);
+    if (P.keep_z == 2u) {
+        for (var i = start; i < end; i++) {
+            let v = x4(xr, i);
+            acc += v * wb[i * P.outputs + j];
+            acc2 += v * wb[wmod_index(0u, i, j)];
+        }
+    } else {
+        for (var i = start; i < end; i++) {
+            acc += x4(xr, i) * wb[i * P.outputs + j];
+        }
     }
+    let kept = select(acc, acc2, P.keep_z == 2u);
     for (var l = 0u; l < BLOCK; l++) {
         let n = n0 + l;
         if (n < P.n) {
+            let nj = n * P.outputs + j;
             if (P.chunks_in == 1u) {
-                y[n * P.outputs + j] = activation(acc[l] + wb[P.bias_offset + j]);
+                y[nj] = activation(acc[l] + wb[P.bias_offset + j]);
+                if (P.keep_z != 0u) {
+                    s[nj] = vec2<f32>(kept[l], 0.0);
+                }
             } else {
-                part[(n * P.chunks_in + k) * P.outputs + j] = vec4<f32>(acc[l], 0.0, 0.0, 0.0);
+                part[(n * P.chunks_in + k) * P.outputs + j] = vec4<f32>(acc[l], kept[l], 0.0, 0.0);
             }
         }
     }
@@ -214,11 +238,14 @@ fn forward_reduce(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wo
     }
     let j = idx % P.outputs;
     let n = idx / P.outputs;
-    var acc = 0.0;
+    var acc = vec2<f32>(0.0);
     for (var k = 0u; k < P.chunks_in; k++) {
-        acc += part[(n * P.chunks_in + k) * P.outputs + j].x;
+        acc += part[(n * P.chunks_in + k) * P.outputs + j].xy;
     }
-    y[idx] = activation(acc + wb[P.bias_offset + j]);
+    y[idx] = activation(acc.x + wb[P.bias_offset + j]);
+    if (P.keep_z != 0u) {
+        s[idx] = vec2<f32>(acc.y, 0.0);
+    }
 }
 
 // Relevance step 1, modified forward per term: one invocation per (block of 4 samples, chunk of
@@ -270,7 +297,8 @@ fn z_partial(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgro
     }
 }
 
-// Relevance step 2 (long reductions, and the gradient): sum the partials, s = R / stab(z').
+// Relevance step 2 (long reductions, the gradient, and kept z'): sum the partials (or take the
+// kept z' and the constant terms' share), s = R / stab(z').
 @compute @workgroup_size(64)
 fn s_reduce(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let idx = flat_index(gid, nwg);
@@ -280,7 +308,13 @@ fn s_reduce(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgrou
     let j = idx % P.outputs;
     let n = idx / P.outputs;
     var acc = vec2<f32>(0.0);
-    if (P.mode == 0u) {
+    if (P.mode == 0u && P.keep_z != 0u) {
+        acc = vec2<f32>(s[idx].x, 0.0);
+        if (P.z_const != 0u) {
+            let zc = P.z_const - 1u + j * 2u;
+            acc += vec2<f32>(wb[zc], wb[zc + 1u]);
+        }
+    } else if (P.mode == 0u) {
         for (var k = 0u; k < P.chunks_in; k++) {
             acc += part[(n * P.chunks_in + k) * P.outputs + j].xy;
         }

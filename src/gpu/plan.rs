@@ -237,6 +237,7 @@ fn layer_plans(net: &Network, method: &Method) -> Result<(Vec<LayerPlan>, Footpr
         let plan = match layer {
             Layer::Dense { weight, .. } => {
                 let (i, o) = weight.dim();
+                let rule = rule()?;
                 let p = DenseParams {
                     n: 0,
                     inputs: u32_of(i, "inputs", &name)?,
@@ -248,9 +249,9 @@ fn layer_plans(net: &Network, method: &Method) -> Result<(Vec<LayerPlan>, Footpr
                     mode: mode.gradient() as u32,
                     relu: 0,
                     z_const: 0,
-                    pad1: 0,
+                    keep_z: if mode.gradient() { 0 } else { rule.kept_z() },
                     pad2: 0,
-                    rule: rule()?,
+                    rule,
                 };
                 fp.s = fp.s.max(2 * out_len);
                 if p.chunks_in > 1 {
@@ -906,12 +907,18 @@ impl Plan {
                         ),
                         _ => unreachable!(),
                     };
-                    // A layer that keeps z' (conv2d.wgsl "Kept z'") holds it in an s buffer of its
-                    // own from its forward pass to its relevance step (its rule has one pass: one
-                    // value per output).
-                    let keep_z = matches!(p, LayerPlan::Conv(c) if c.keep_z != 0);
-                    let kept_s = keep_z
-                        .then(|| storage(device, &format!("{label}.kept_z"), lens[k + 1] * b * F));
+                    // A layer that keeps z' ("Kept z'" in the shaders) holds it in an s buffer of
+                    // its own from its forward pass to its relevance step: one value per output
+                    // for a convolution (single-pass rule), Dense's pair layout for a Dense layer.
+                    let (keep_z, per_output) = match p {
+                        LayerPlan::Conv(c) => (c.keep_z != 0, 1),
+                        LayerPlan::Dense(d) => (d.keep_z != 0, 2),
+                        _ => unreachable!(),
+                    };
+                    let kept_s = keep_z.then(|| {
+                        let bytes = per_output * lens[k + 1] * b * F;
+                        storage(device, &format!("{label}.kept_z"), bytes)
+                    });
                     let s_of_layer = kept_s.as_ref().unwrap_or(&s_buf);
                     let mut buffers = vec![x, &wbuf, y, &part, r_in, s_of_layer, r_out];
                     let wvbuf = (shader == Shader::Conv2d).then(|| {

@@ -524,7 +524,7 @@ impl RuleParams {
     }
 
     /// Whether (and how) a layer's forward pass can keep z' for the relevance pass
-    /// (`ConvParams::keep_z`, conv2d.wgsl "Kept z'"): where the rule has one pass whose only
+    /// (`ConvParams::keep_z`, `DenseParams::keep_z`, "Kept z'" in the shaders): where the rule has one pass whose only
     /// data-dependent term has the input x itself, that term's share of z' is a sum over the
     /// forward pass's inputs. 1: the term is the plain x w (sign +1: z^B, LRP-0, epsilon), the
     /// forward's own sum; 2: another weight (z+ and gamma on a ReLU output), a second sum from
@@ -581,7 +581,9 @@ pub struct DenseParams {
     /// 0, or 1 + the offset in the weight buffer of the constant-input terms' share of z',
     /// precomputed per (output, pass)
     pub z_const: u32,
-    pub pad1: u32,
+    /// 1 or 2: the forward pass keeps the data term's share of z' for the relevance pass
+    /// (dense.wgsl "Kept z'"; see [`RuleParams::kept_z`])
+    pub keep_z: u32,
     pub pad2: u32,
     pub rule: RuleParams,
 }
