@@ -239,7 +239,10 @@ fn finish_s(n: u32, j: u32, z: vec2<f32>) {
     let b = wb[P.bias_offset + j / (OH * OW)];
     let zb = z + bmods(b);
     let s0 = rj / stab(zb.x, r.extra.z);
-    let s1 = select(0.0, rj / stab(zb.y, r.extra.z), r.extra.w > 1.5);
+    var s1 = 0.0;
+    if (PASSES > 1u) {
+        s1 = rj / stab(zb.y, r.extra.z);
+    }
     s_set(nj, vec2<f32>(s0, s1));
 }
 
@@ -520,15 +523,15 @@ fn z_partial(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgro
     }
 }
 
-// The constant-input terms' share of z' of output unit j (both passes), 0 without such terms.
-fn kept_const_z(j: u32) -> vec2<f32> {
+// The constant-input terms' share of z' of output unit j, 0 without such terms (pass 0 only:
+// a rule whose z' is kept has one pass).
+fn kept_const_z(j: u32) -> f32 {
     if (P.z_const == 0u) {
-        return vec2<f32>(0.0);
+        return 0.0;
     }
     let ohw = OH * OW;
     let oc = j / ohw;
-    let zc = P.z_const - 1u + ((oc / BLOCK) * ohw + j % ohw) * 2u;
-    return vec2<f32>(wv[zc][oc % BLOCK], wv[zc + 1u][oc % BLOCK]);
+    return wv[P.z_const - 1u + ((oc / BLOCK) * ohw + j % ohw) * 2u][oc % BLOCK];
 }
 
 // Relevance step 2 (long reductions, the gradient, and kept z'): sum the partials (or take the
@@ -544,7 +547,7 @@ fn s_reduce(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgrou
     let n = idx / olen;
     var acc = vec2<f32>(0.0);
     if (MODE == 0u && KEEP_Z != 0u) {
-        acc = vec2<f32>(s_get(idx).x, 0.0) + kept_const_z(j);
+        acc = vec2<f32>(s_get(idx).x + kept_const_z(j), 0.0);
     } else if (MODE == 0u) {
         for (var k = 0u; k < CHUNKS_IN; k++) {
             acc += part[(n * CHUNKS_IN + k) * olen + j].xy;
