@@ -207,12 +207,13 @@ fn relevance_macs_count_one_product_per_term_and_merge_the_constant_terms() {
         alpha: 2.0,
         beta: 1.0,
     };
-    // z^B: z' from x only (L and H are constant), c for x and the merged L/H term; z+ and
-    // epsilon on ReLU outputs: one term, z' and c.
+    // z^B: z' is the forward's own x w plus the constant L/H share, c for x and the merged L/H
+    // term; z+ on a ReLU output: z' (x w+) and c; epsilon: z' is the forward's, c only.
     assert_eq!(
         lrp(vec![zbox, Rule::ZPlus, Rule::Epsilon(0.25)]),
-        3 * 972 + 2 * 432 + 2 * 8
+        2 * 972 + 2 * 432 + 8
     );
+    assert_eq!(lrp(vec![Rule::Zero, Rule::Zero, Rule::Zero]), 972 + 432 + 8);
     // alpha-beta: two passes of two terms on a signed input, one term each on ReLU outputs.
     assert_eq!(lrp(vec![ab, ab, Rule::ZPlus]), 8 * 972 + 4 * 432 + 2 * 8);
     // w^2 and flat: z' is the same for every sample, only c is per sample.

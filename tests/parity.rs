@@ -610,6 +610,8 @@ fn long_reductions_beyond_the_loop_cap() {
                 high: 1.0,
             },
         ),
+        // z' of x (w + G w+) summed by the split forward pass beside x w (kept z', keep_z = 2)
+        same_rule(&net, Rule::Gamma(0.25)),
         Method::GradientXInput,
     ] {
         compare(&engines, &net, &method, &x, None, 2, "dense 70000 -> 3");

@@ -42,8 +42,10 @@ impl Method {
     /// one transposed product per term, where a pass's constant-input terms (z^B's L and H) count
     /// once (one merged product; their share of z' is the same for every sample and computed
     /// once per plan), and on a ReLU-fed layer without the x- terms that vanish there
-    /// (`Rule::passes_on`). The CPU engine does the same, and for LRP-0 and epsilon layers also
-    /// takes z' from the forward pass (one product fewer there). The gradient methods: one
+    /// (`Rule::passes_on`). Where a rule's one pass has the plain x w as its only data term
+    /// (LRP-0, epsilon, z^B), its z' is the forward pass's own sum, which both engines take from
+    /// there (one product fewer). Another data term on input x (z+ on a ReLU output) the GPU
+    /// computes during the forward pass; it is counted here. The gradient methods: one
     /// transposed product per layer. Pooling and element-wise steps are not counted (no
     /// multiply-accumulates of weights).
     pub fn relevance_macs(&self, net: &Network) -> usize {
@@ -72,7 +74,19 @@ impl Method {
                             .iter()
                             .filter(|p| p.terms.iter().any(constant))
                             .count();
-                        (2 * data + merged) * macs[k]
+                        let plain = |t: &&super::Term| {
+                            t.input == super::InputMod::Identity
+                                && t.weight == super::ParamMod::Identity
+                                && t.sign == 1.0
+                        };
+                        let reused = match &passes[..] {
+                            [p] => {
+                                let mut data = p.terms.iter().filter(|t| !constant(t));
+                                matches!((data.next(), data.next()), (Some(t), None) if plain(&t))
+                            }
+                            _ => false,
+                        };
+                        (2 * data + merged - usize::from(reused)) * macs[k]
                     })
                     .sum()
             }
