@@ -605,71 +605,26 @@ fn store_r(nk: u32, i: u32, r: f32) {
     }
 }
 
-// s of the output pixel in column ox of the s row starting at sr, per lane the pass of the lane
-// (pass1); 0 where ox is outside the output.
-fn s_at(sr: u32, ox: i32, pass1: vec4<bool>) -> vec4<f32> {
-    let sj = s_get(sr + u32(clamp(ox, 0, i32(OW) - 1)));
-    let v = select(vec4<f32>(sj.x), vec4<f32>(sj.y), pass1);
-    return select(vec4<f32>(0.0), v, ox >= 0 && ox < i32(OW));
-}
-
-// For each pixel of the strip of STRIP input pixels from (iy, ix0) (stride_x = 1): the sum over
-// chunk k's output channels and the kernel positions reaching the pixel of s * W', per lane;
-// W' are [oc, kh, kw] vec4s from `wbase` in wv.
-fn strip_gather(n: u32, k: u32, iy: u32, ix0: u32, wbase: u32, pass1: vec4<bool>) -> array<vec4<f32>, 4> {
-    let ry = reach(i32(iy + PAD_TOP), STRIDE_Y, OH, KH);
-    let o0 = k * OC_PER_CHUNK;
-    let o1 = min(o0 + OC_PER_CHUNK, OC);
-    let sbase = n * out_len();
-    // the output column of pixel j at kernel column kx: nx0 + j - kx
-    let nx0 = i32(ix0 + PAD_LEFT);
-    var acc = array<vec4<f32>, 4>(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
-    for (var o = o0; o < o1; o++) {
-        let so = sbase + o * OH * OW;
-        let wo = wbase + o * KH * KW;
-        var oy = ry.out_first;
-        for (var ky = ry.first; ky < ry.end; ky += STRIDE_Y) {
-            let sr = so + oy * OW;
-            let wr = wo + ky * KW;
-            // Pixel j's s at kernel column kx + 1 is pixel j - 1's at kx: the four slide along
-            // the row and each step loads one new s.
-            var s1 = s_at(sr, nx0 + 1, pass1);
-            var s2 = s_at(sr, nx0 + 2, pass1);
-            var s3 = s_at(sr, nx0 + 3, pass1);
-            for (var kx = 0u; kx < KW; kx++) {
-                let s0 = s_at(sr, nx0 - i32(kx), pass1);
-                let wk = wv[wr + kx];
-                acc[0] += s0 * wk;
-                acc[1] += s1 * wk;
-                acc[2] += s2 * wk;
-                acc[3] += s3 * wk;
-                s3 = s2;
-                s2 = s1;
-                s1 = s0;
-            }
-            oy -= 1u;
-        }
-    }
-    return acc;
-}
-
 // s of both passes at column ox of the s row starting at sr; 0 outside the output.
 fn s_pair(sr: u32, ox: i32) -> vec2<f32> {
     let sj = s_get(sr + u32(clamp(ox, 0, i32(OW) - 1)));
     return select(vec2<f32>(0.0), sj, ox >= 0 && ox < i32(OW));
 }
 
-// strip_gather for a single input channel (c = 1, e.g. grayscale images): per term t (acc[t])
-// the vec4 over the strip's STRIP pixels. The lanes are pixels, not terms, so none idles
-// whatever the number of terms (z^B has 2, the gradient 1): per kernel position one weight vec4
-// (term t's modified weight in lane t, [oc, kh, kw] from in_weights(0, 0)) and one new s value
-// feed TERMS x 4 multiply-adds.
-fn strip_gather_c1(n: u32, k: u32, iy: u32, ix0: u32) -> array<vec4<f32>, 4> {
+// The gather of c_partial for the strip of STRIP input pixels from (iy, ix0) (stride_x = 1):
+// over chunk k's output channels and the kernel positions reaching each pixel, the sums of
+// s * W' with W' the [oc, kh, kw] vec4s from `wbase` in wv.
+// - C > 1: acc[j], pixel j's vec4 over the block's 4 input channels, with the s of term t's pass.
+// - C = 1 (e.g. grayscale images): acc[t], term t's vec4 over the strip's pixels, for every term
+//   (W' holds term t's modified weight in lane t). The lanes are pixels, not terms, so none
+//   idles whatever the number of terms (z^B has 2, the gradient 1).
+// Per kernel position one weight vec4 and one new s value feed 16 (C = 1: TERMS x 4)
+// multiply-adds.
+fn strip_gather(n: u32, k: u32, iy: u32, ix0: u32, wbase: u32, t: u32) -> array<vec4<f32>, 4> {
     let ry = reach(i32(iy + PAD_TOP), STRIDE_Y, OH, KH);
     let o0 = k * OC_PER_CHUNK;
     let o1 = min(o0 + OC_PER_CHUNK, OC);
     let sbase = n * out_len();
-    let wbase = in_weights(0u, 0u);
     let pass1 = P.rule.term_pass1 > vec4<f32>(0.5);
     // the output column of pixel j at kernel column kx: nx0 + j - kx
     let nx0 = i32(ix0 + PAD_LEFT);
@@ -694,8 +649,15 @@ fn strip_gather_c1(n: u32, k: u32, iy: u32, ix0: u32) -> array<vec4<f32>, 4> {
                 s0 = vec4<f32>(sn.x, s0.xyz);
                 s1 = vec4<f32>(sn.y, s1.xyz);
                 let wk = wv[wr + kx];
-                for (var t = 0u; t < terms(); t++) {
-                    acc[t] += select(s0, s1, PASSES > 1u && pass1[t]) * wk[t];
+                if (C == 1u) {
+                    for (var u = 0u; u < terms(); u++) {
+                        acc[u] += select(s0, s1, PASSES > 1u && pass1[u]) * wk[u];
+                    }
+                } else {
+                    let sv = select(s0, s1, PASSES > 1u && pass1[t]);
+                    for (var j = 0u; j < STRIP; j++) {
+                        acc[j] += sv[j] * wk;
+                    }
                 }
             }
             oy -= 1u;
@@ -713,7 +675,7 @@ fn c_strip(nk: u32, ch0: u32, iy: u32, ix0: u32) {
     let rr = P.rule;
     if (C == 1u) {
         // One input channel: per term, the vec4 over the strip's pixels.
-        let acc = strip_gather_c1(n, k, iy, ix0);
+        let acc = strip_gather(n, k, iy, ix0, in_weights(0u, 0u), 0u);
         let xv = vec4<f32>(
             x[xrow + min(ix0, W - 1u)],
             x[xrow + min(ix0 + 1u, W - 1u)],
@@ -740,8 +702,7 @@ fn c_strip(nk: u32, ch0: u32, iy: u32, ix0: u32) {
     }
     var r = array<vec4<f32>, 4>(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
     for (var t = 0u; t < terms(); t++) {
-        let pass1 = rr.term_pass1[t] > 0.5;
-        let acc = strip_gather(n, k, iy, ix0, in_weights(t, ch0 / BLOCK), vec4<bool>(pass1));
+        let acc = strip_gather(n, k, iy, ix0, in_weights(t, ch0 / BLOCK), t);
         for (var j = 0u; j < STRIP; j++) {
             r[j] += rr.term_coef[t] * term_of(t, xs[j]) * acc[j];
         }
