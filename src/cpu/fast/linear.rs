@@ -9,13 +9,15 @@
 //! R_i += coefficient * sum_terms sign * f(x_i) * sum_j g(w_ij) s_j
 //! ```
 //!
-//! with three exact shortcuts: a term whose input modifier is constant (zbox's L and H, w^2's and
+//! with four exact shortcuts: a term whose input modifier is constant (zbox's L and H, w^2's and
 //! flat's 1) contributes to z' a per-position constant computed once per plan, and all such terms
 //! of a pass share one transposed product, with c * sign * g(W) summed into a single matrix; a
 //! pass whose only data-dependent term is the plain x w (zero, epsilon, zbox) takes z' from the
 //! forward pre-activation (plus a per-position constant where it has constant terms or another
-//! bias); on a layer whose input is known to be non-negative (after a ReLU), x+ is x and x- terms
-//! vanish.
+//! bias); the single pass of a rule whose only data term is x g(w) with other weights (z+ and
+//! gamma on a ReLU output) has x g(w) computed by the forward pass, in the same matrix product
+//! as x w (one im2col matrix, packed once); on a layer whose input is known to be non-negative
+//! (after a ReLU), x+ is x and x- terms vanish.
 
 use ndarray::linalg::general_mat_mul;
 use ndarray::{Array1, Array2, Array4, ArrayView2, ArrayViewMut2};
@@ -24,6 +26,14 @@ use super::window::{stabilize, Geom};
 use super::Scratch;
 use crate::lrp::{InputMod, ParamMod, Rule};
 use crate::model::Window;
+
+/// What a layer's forward pass leaves for its relevance step.
+pub(super) struct Forward<'a> {
+    /// The pre-activation z = W x + b, (oc, m, oh, ow).
+    pub z: &'a [f32],
+    /// x g(w) of a [`ZFrom::Kept`] pass, (oc, m, oh, ow): [`Linear::forward`]'s return.
+    pub kept: Option<&'a [f32]>,
+}
 
 /// A term whose input modifier depends on the data.
 struct DataTerm {
@@ -41,6 +51,10 @@ enum ZFrom {
     /// z plus a per-position constant, (oc, oh * ow): the pass's only data term is x w, and the
     /// constant is `z_constant - b` (zbox: its L and H terms' response, less the bias).
     ForwardPlus(Array2<f32>),
+    /// The pass's only data term is x g(w) with other weights (z+ and gamma on a ReLU output):
+    /// the forward pass computes x g(w) beside x w from the same im2col matrix
+    /// (`Linear::stacked`) and keeps it; z' is that plus `z_constant`.
+    Kept,
 }
 
 /// One pass of a rule, prepared for this layer.
@@ -64,6 +78,9 @@ pub(super) struct Linear {
     weight: Array2<f32>,
     bias: Array1<f32>,
     passes: Vec<PreparedPass>,
+    /// For a rule whose z' is [`ZFrom::Kept`]: W over the data term's sign * g(W), (2 oc,
+    /// patch), so the forward pass computes both products in one matrix product.
+    stacked: Option<Array2<f32>>,
     eps: f32,
 }
 
@@ -130,6 +147,7 @@ impl Linear {
             weight,
             bias,
             passes: Vec::new(),
+            stacked: None,
             eps: 0.0,
         }
     }
@@ -144,8 +162,9 @@ impl Linear {
         self.geom.im2col(1, &ones_in, &mut ones_cols);
         let modified =
             |g: ParamMod, scale: f32| self.weight.mapv(|w| scale * g.apply(w as f64) as f32);
-        self.passes = rule
-            .passes_on(nonnegative_input)
+        let passes = rule.passes_on(nonnegative_input);
+        let single_pass = passes.len() == 1;
+        self.passes = passes
             .into_iter()
             .map(|pass| {
                 let mut data = Vec::new();
@@ -181,14 +200,14 @@ impl Linear {
                     .terms
                     .iter()
                     .filter(|t| input_constant(t.input).is_none());
-                let plain_data = matches!(
-                    (data_terms.next(), data_terms.next()),
-                    (Some(t), None) if t.input == InputMod::Identity
-                        && t.weight == ParamMod::Identity
-                        && t.sign == 1.0
-                );
-                let z_from = if !plain_data {
+                let (one, none) = (data_terms.next(), data_terms.next());
+                let on_x = matches!((one, none), (Some(t), None) if t.input == InputMod::Identity);
+                let plain_data = on_x
+                    && matches!(one, Some(t) if t.weight == ParamMod::Identity && t.sign == 1.0);
+                let z_from = if !on_x || (!plain_data && !single_pass) {
                     ZFrom::Terms
+                } else if !plain_data {
+                    ZFrom::Kept
                 } else if constant.is_none() && pass.bias == ParamMod::Identity {
                     ZFrom::Forward
                 } else {
@@ -207,9 +226,19 @@ impl Linear {
                 }
             })
             .collect();
+        self.stacked = match &self.passes[..] {
+            [p] if matches!(p.z_from, ZFrom::Kept) => {
+                let w = ndarray::concatenate(
+                    ndarray::Axis(0),
+                    &[self.weight.view(), p.data[0].weight.view()],
+                );
+                Some(w.expect("same columns"))
+            }
+            _ => None,
+        };
     }
 
-    /// `dst` (oc, m, oh, ow) = w . im2col(x) (+ beta * dst); `x` is (c, m, h, w).
+    /// `dst` (rows of w, m, oh, ow) = w . im2col(x) (+ beta * dst); `x` is (c, m, h, w).
     fn apply(
         &self,
         w: ArrayView2<'_, f32>,
@@ -221,7 +250,7 @@ impl Linear {
     ) {
         let cols_n = m * self.geom.plane_out();
         let patch = self.geom.patch();
-        let dst = view_mut(self.oc, cols_n, dst);
+        let dst = view_mut(w.nrows(), cols_n, dst);
         if self.geom.is_pointwise() {
             gemm(1.0, w, view(patch, cols_n, x), beta, dst);
         } else {
@@ -256,12 +285,38 @@ impl Linear {
     }
 
     /// z = W . x + b for m samples into `dst` (oc, m, oh, ow).
-    pub fn forward(&self, m: usize, x: &[f32], dst: &mut [f32], scratch: &mut Scratch) {
+    pub fn forward(
+        &self,
+        m: usize,
+        x: &[f32],
+        dst: &mut [f32],
+        scratch: &mut Scratch,
+    ) -> Option<Vec<f32>> {
         let per = m * self.geom.plane_out();
-        for (o, chunk) in dst.chunks_exact_mut(per).enumerate() {
-            chunk.fill(self.bias[o]);
+        let Some(stacked) = &self.stacked else {
+            for (o, chunk) in dst.chunks_exact_mut(per).enumerate() {
+                chunk.fill(self.bias[o]);
+            }
+            self.apply(self.weight.view(), m, x, 1.0, dst, scratch);
+            return None;
+        };
+        // Both products from one im2col matrix: z without its bias, then the kept x g(w).
+        let mut both = scratch.take(2 * dst.len());
+        self.apply(stacked.view(), m, x, 0.0, &mut both, scratch);
+        let (z, data) = both.split_at(dst.len());
+        for (o, (d, z)) in dst
+            .chunks_exact_mut(per)
+            .zip(z.chunks_exact(per))
+            .enumerate()
+        {
+            for (d, z) in d.iter_mut().zip(z) {
+                *d = z + self.bias[o];
+            }
         }
-        self.apply(self.weight.view(), m, x, 1.0, dst, scratch);
+        let mut kept = scratch.take(dst.len());
+        kept.copy_from_slice(data);
+        scratch.give(both);
+        Some(kept)
     }
 
     /// The gradient: `dst` (c, m, h, w) = W^T . g.
@@ -270,17 +325,18 @@ impl Linear {
     }
 
     /// LRP through the layer: `dst` (c, m, h, w) receives the relevance of the input `x` given
-    /// the upper relevance `r` and the layer's forward pre-activation `z` (both (oc, m, oh, ow)).
+    /// the upper relevance `r` and what the layer's forward pass left (all (oc, m, oh, ow)).
     pub fn relevance(
         &self,
         m: usize,
         x: &[f32],
-        z: &[f32],
+        forward: Forward<'_>,
         r: &[f32],
         dst: &mut [f32],
         scratch: &mut Scratch,
     ) {
         dst.fill(0.0);
+        let Forward { z, kept } = forward;
         let pout = self.geom.plane_out();
         let mut zp = scratch.take(z.len());
         let mut c = scratch.take(x.len());
@@ -292,6 +348,12 @@ impl Linear {
                 ZFrom::ForwardPlus(offset) => {
                     zp.copy_from_slice(z);
                     add_per_position(&mut zp, offset, m * pout);
+                }
+                ZFrom::Kept => {
+                    zp.copy_from_slice(kept.expect("the forward pass keeps x g(w)"));
+                    if let Some(zc) = &pass.z_constant {
+                        add_per_position(&mut zp, zc, m * pout);
+                    }
                 }
                 ZFrom::Terms => {
                     match &pass.z_constant {

@@ -15,7 +15,7 @@ use ndarray::ArrayViewD;
 use crate::lrp::{self, argmax, Backend, BatchOutput, Method};
 use crate::model::{Layer, Network};
 use crate::{Error, Result};
-use linear::Linear;
+use linear::{Forward, Linear};
 use window::Geom;
 
 /// Samples per chunk: large enough for efficient matrix products, small enough that a chunk's
@@ -197,7 +197,8 @@ impl FastBackend {
                 _ => None,
             })
             .max();
-        let per_sample = activations + 4 * largest.unwrap_or(0) + cols.unwrap_or(0);
+        // (with a forward pass that also keeps x g(w): its two products and the kept one)
+        let per_sample = activations + 7 * largest.unwrap_or(0) + cols.unwrap_or(0);
         let max_chunk = (SCRATCH_BUDGET / per_sample.max(1)).clamp(1, CHUNK);
         Ok(FastBackend {
             steps,
@@ -356,6 +357,8 @@ impl FastBackend {
         swap_outer(m, c0, h0 * w0, x, &mut input);
         // Forward, keeping every activation (and the arg-max of every max pooling).
         let mut acts = vec![input];
+        // What each Dense/Conv2d layer's forward pass keeps for its z' (`Linear::forward`).
+        let mut kept_of: Vec<Option<Vec<f32>>> = Vec::with_capacity(self.steps.len());
         let mut argmax_of = std::mem::take(&mut scratch.argmax);
         argmax_of.resize_with(self.steps.len(), Vec::new);
         for (k, step) in self.steps.iter().enumerate() {
@@ -363,8 +366,9 @@ impl FastBackend {
             let (c, h, w) = self.shapes[k];
             let (oc, oh, ow) = self.shapes[k + 1];
             let mut next = scratch.take(oc * m * oh * ow);
+            let mut kept = None;
             match step {
-                Step::Linear(op) => op.forward(m, a, &mut next, scratch),
+                Step::Linear(op) => kept = op.forward(m, a, &mut next, scratch),
                 Step::Relu => {
                     for (d, v) in next.iter_mut().zip(a) {
                         *d = v.max(0.0);
@@ -387,6 +391,7 @@ impl FastBackend {
                 Step::Flatten => flatten(m, h * w, a, &mut next),
             }
             acts.push(next);
+            kept_of.push(kept);
         }
         // Logits, targets and the seed at the output.
         let last = acts.last().expect("the input at least");
@@ -417,7 +422,11 @@ impl FastBackend {
             let mut below = scratch.take(a.len());
             match step {
                 Step::Linear(op) if lrp => {
-                    op.relevance(m, a, &acts[k + 1], &r, &mut below, scratch)
+                    let forward = Forward {
+                        z: &acts[k + 1],
+                        kept: kept_of[k].as_deref(),
+                    };
+                    op.relevance(m, a, forward, &r, &mut below, scratch)
                 }
                 Step::Linear(op) => op.gradient(m, &r, &mut below, scratch),
                 // ReLU passes relevance unchanged; the gradient only where the input is > 0.
@@ -458,7 +467,7 @@ impl FastBackend {
         }
         swap_outer(c0, m, h0 * w0, &r, out.relevance);
         scratch.give(r);
-        for a in acts {
+        for a in acts.into_iter().chain(kept_of.into_iter().flatten()) {
             scratch.give(a);
         }
         scratch.argmax = argmax_of;
