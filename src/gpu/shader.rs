@@ -524,9 +524,9 @@ impl RuleParams {
     }
 
     /// Whether (and how) a layer's forward pass can keep z' for the relevance pass
-    /// (`ConvParams::keep_z`, `DenseParams::keep_z`, "Kept z'" in the shaders): where the rule has one pass whose only
-    /// data-dependent term has the input x itself, that term's share of z' is a sum over the
-    /// forward pass's inputs. 1: the term is the plain x w (sign +1: z^B, LRP-0, epsilon), the
+    /// (`ConvParams::keep_z`, `DenseParams::keep_z`, "Kept z'" in the shaders): where the rule
+    /// has one pass whose only data-dependent term has the input x itself, that term's share of
+    /// z' is a sum over the forward pass's inputs. 1: the term is the plain x w (sign +1: z^B, LRP-0, epsilon), the
     /// forward's own sum; 2: another weight (z+ and gamma on a ReLU output), a second sum from
     /// the same loads; 0: neither. The data term is term 0 (`from_rule` puts data terms first).
     pub fn kept_z(&self) -> u32 {

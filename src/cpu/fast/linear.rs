@@ -284,7 +284,8 @@ impl Linear {
         }
     }
 
-    /// z = W . x + b for m samples into `dst` (oc, m, oh, ow).
+    /// z = W . x + b for m samples into `dst` (oc, m, oh, ow); for a [`ZFrom::Kept`] rule also
+    /// x g(w), returned (a scratch buffer) for [`Linear::relevance`].
     pub fn forward(
         &self,
         m: usize,
