@@ -109,20 +109,19 @@ struct ConvParams {
     // so it is the same for every sample): per (output-channel block, output pixel), the vec4 of
     // pass 0 then that of pass 1. z_partial then skips those terms.
     z_const: u32,
-    // 1: kept z' (read from the KEEP_Z override)
+    // 1 or 2: kept z' (the kernels read the KEEP_Z override)
     keep_z: u32,
     pad1: u32,
     pad2: u32,
     rule: RuleParams,
 }
 
-// Specialisation: the layer's geometry, chunking, mode, fused ReLU and numbers of rule terms and
-// passes are
-// pipeline-overridable constants, set per layer by the plan from the same values as the uniform
-// (src/gpu/shader.rs `ConvSpec`), so loop bounds, strides and the divisions of the index
-// arithmetic are constants that the driver's compiler unrolls and folds. The kernels read them
-// here, never from P's copies of them; P.n (the batch), the bias offset, z_const and the rule's
-// coefficients stay in the uniform.
+// Specialisation: the layer's geometry, chunking, mode, fused ReLU, numbers of rule terms and
+// passes, and kept z' mode are pipeline-overridable constants, set per layer by the plan from the
+// same values as the uniform (src/gpu/shader.rs `ConvSpec`), so loop bounds, strides and the
+// divisions of the index arithmetic are constants that the driver's compiler unrolls and folds.
+// The kernels read them here, never from P's copies of them; P.n (the batch), the bias offset,
+// z_const and the rule's coefficients stay in the uniform.
 override C: u32;
 override H: u32;
 override W: u32;
