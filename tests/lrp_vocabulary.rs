@@ -302,3 +302,38 @@ fn on_nonnegative_inputs_the_x_minus_terms_vanish_and_x_plus_is_x() {
     );
     assert_eq!(count(Rule::WSquare), 1);
 }
+
+#[test]
+fn forward_z_is_given_for_one_pass_whose_data_term_has_input_x() {
+    use taylormap::lrp::ForwardZ;
+    let zbox = Rule::ZBox {
+        low: 0.0,
+        high: 1.0,
+    };
+    for (rule, nonnegative, want) in [
+        (Rule::Zero, false, ForwardZ::Plain),
+        (Rule::Epsilon(0.25), true, ForwardZ::Plain),
+        // x w beside the constant L/H term
+        (zbox, false, ForwardZ::Plain),
+        (zbox, true, ForwardZ::Plain),
+        // z+ on a ReLU output is x w+; gamma's weights are w + G w+
+        (Rule::ZPlus, true, ForwardZ::Other),
+        (Rule::Gamma(0.25), false, ForwardZ::Other),
+        (Rule::Gamma(0.25), true, ForwardZ::Other),
+        // z+ on any input has two data terms (x+ w+, x- w-); w^2 and flat none
+        (Rule::ZPlus, false, ForwardZ::None),
+        (Rule::WSquare, false, ForwardZ::None),
+        (Rule::Flat, true, ForwardZ::None),
+        // two passes, even with beta = 0
+        (
+            Rule::AlphaBeta {
+                alpha: 1.0,
+                beta: 0.0,
+            },
+            true,
+            ForwardZ::None,
+        ),
+    ] {
+        assert_eq!(rule.forward_z(nonnegative), want, "{rule} {nonnegative}");
+    }
+}

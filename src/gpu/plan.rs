@@ -9,7 +9,7 @@ use wgpu::util::DeviceExt;
 
 use super::context::GpuContext;
 use super::shader::{
-    ConvParams, ConvSpec, DenseParams, ElementwiseEntry, ElementwiseParams, InputEntry,
+    kept_z, ConvParams, ConvSpec, DenseParams, ElementwiseEntry, ElementwiseParams, InputEntry,
     InputParams, Kernel, LinearEntry, PoolEntry, PoolParams, RuleParams, Shader, Specialisation,
     CHUNK, CONV_BLOCK, CONV_STRIP, MAX_CHUNKS, MAX_WINDOW, WORKGROUP,
 };
@@ -214,15 +214,19 @@ fn layer_plans(net: &Network, method: &Method) -> Result<(Vec<LayerPlan>, Footpr
         let out = &shapes[k + 1];
         let in_len = inp.iter().product::<usize>() as u64;
         let out_len = out.iter().product::<usize>() as u64;
+        // The layer's rule (LRP only).
+        let lrp_rule = match method {
+            Method::Lrp { rules } => linear.iter().position(|&l| l == k).map(|i| &rules[i]),
+            _ => None,
+        };
         let rule = || -> Result<RuleParams> {
-            match method {
-                Method::Lrp { rules } => {
-                    let idx = linear.iter().position(|&l| l == k).unwrap();
-                    RuleParams::from_rule(&rules[idx], nonnegative_input)
-                }
-                _ => Ok(RuleParams::gradient()),
+            match lrp_rule {
+                Some(r) => RuleParams::from_rule(r, nonnegative_input),
+                None => Ok(RuleParams::gradient()),
             }
         };
+        // Whether the forward pass keeps z' for the relevance pass ("Kept z'" in the shaders).
+        let keep_z = lrp_rule.map_or(0, |r| kept_z(r, nonnegative_input));
         // `units` values in chunks of `per_chunk`: the number of chunks a reduce kernel sums.
         let chunks = |units: usize, per_chunk: usize, what: &str| -> Result<u32> {
             let c = units.div_ceil(per_chunk);
@@ -249,7 +253,7 @@ fn layer_plans(net: &Network, method: &Method) -> Result<(Vec<LayerPlan>, Footpr
                     mode: mode.gradient() as u32,
                     relu: 0,
                     z_const: 0,
-                    keep_z: if mode.gradient() { 0 } else { rule.kept_z() },
+                    keep_z,
                     pad2: 0,
                     rule,
                 };
@@ -299,7 +303,7 @@ fn layer_plans(net: &Network, method: &Method) -> Result<(Vec<LayerPlan>, Footpr
                     mode: mode.gradient() as u32,
                     relu: 0,
                     z_const: 0,
-                    keep_z: if mode.gradient() { 0 } else { rule.kept_z() },
+                    keep_z,
                     pad1: 0,
                     pad2: 0,
                     rule,

@@ -4,7 +4,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use crate::lrp::{InputMod, ParamMod, Rule};
+use crate::lrp::{ForwardZ, InputMod, ParamMod, Rule};
 use crate::{Error, Result};
 
 /// Longest run of a reduction one invocation performs (split-K chunk). Longer reductions are cut
@@ -523,36 +523,6 @@ impl RuleParams {
             .collect()
     }
 
-    /// Whether (and how) a layer's forward pass can keep z' for the relevance pass
-    /// (`ConvParams::keep_z`, `DenseParams::keep_z`, "Kept z'" in the shaders): where the rule
-    /// has one pass whose only data-dependent term has the input x itself, that term's share of
-    /// z' is a sum over the forward pass's inputs. 1: the term is the plain x w (sign +1: z^B, LRP-0, epsilon), the
-    /// forward's own sum; 2: another weight (z+ and gamma on a ReLU output), a second sum from
-    /// the same loads; 0: neither. The data term is term 0 (`from_rule` puts data terms first).
-    pub fn kept_z(&self) -> u32 {
-        let constant = self.constant_terms();
-        let data: Vec<usize> = (0..self.term_layout[0] as usize)
-            .filter(|t| !constant.contains(t))
-            .collect();
-        let [t] = data[..] else { return 0 };
-        let input = [self.x_lin[t], self.x_pos[t], self.x_neg[t], self.x_one[t]];
-        let weight = [
-            self.w_lin[t],
-            self.w_pos[t],
-            self.w_neg[t],
-            self.w_sq[t],
-            self.w_one[t],
-        ];
-        match (
-            self.extra[3] == 1.0 && t == 0 && input == [1.0, 0.0, 0.0, 0.0],
-            weight,
-        ) {
-            (false, _) => 0,
-            (true, [1.0, 0.0, 0.0, 0.0, 0.0]) => 1,
-            (true, _) => 2,
-        }
-    }
-
     /// sign_k g_k(w) of term k (the kernels read these precomputed, see `term_layout`).
     pub fn weight_mod(&self, k: usize, w: f32) -> f32 {
         self.w_lin[k] * w
@@ -560,6 +530,18 @@ impl RuleParams {
             + self.w_neg[k] * w.min(0.0)
             + self.w_sq[k] * (w * w)
             + self.w_one[k]
+    }
+}
+
+/// The shaders' `keep_z` for a layer under `rule` (see "Kept z'" in dense.wgsl and conv2d.wgsl):
+/// 1 for [`ForwardZ::Plain`] (the forward's own sum), 2 for [`ForwardZ::Other`] (a second sum
+/// with the data term's weights, term 0 of [`RuleParams::from_rule`], which puts data terms
+/// first), 0 otherwise.
+pub fn kept_z(rule: &Rule, nonnegative_input: bool) -> u32 {
+    match rule.forward_z(nonnegative_input) {
+        ForwardZ::None => 0,
+        ForwardZ::Plain => 1,
+        ForwardZ::Other => 2,
     }
 }
 
@@ -582,7 +564,7 @@ pub struct DenseParams {
     /// precomputed per (output, pass)
     pub z_const: u32,
     /// 1 or 2: the forward pass keeps the data term's share of z' for the relevance pass
-    /// (dense.wgsl "Kept z'"; see [`RuleParams::kept_z`])
+    /// (dense.wgsl "Kept z'"; [`kept_z`])
     pub keep_z: u32,
     pub pad2: u32,
     pub rule: RuleParams,
@@ -620,7 +602,7 @@ pub struct ConvParams {
     /// of z', precomputed per (output-channel block, output pixel, pass)
     pub z_const: u32,
     /// 1 or 2: the forward pass keeps the data term's share of z' for the relevance pass
-    /// (conv2d.wgsl "Kept z'"; see [`RuleParams::kept_z`])
+    /// (conv2d.wgsl "Kept z'"; [`kept_z`])
     pub keep_z: u32,
     pub pad1: u32,
     pub pad2: u32,
@@ -765,40 +747,6 @@ mod tests {
                 }
             }
         }
-    }
-
-    #[test]
-    fn z_is_kept_for_the_rules_whose_data_term_has_input_x() {
-        let zbox = Rule::ZBox {
-            low: 0.0,
-            high: 1.0,
-        };
-        for (rule, nonnegative, keep) in [
-            (Rule::Zero, false, 1),
-            (Rule::Epsilon(0.25), true, 1),
-            (zbox, false, 1),
-            (zbox, true, 1),
-            // z+ on a ReLU output is x w+; gamma's weights are w + G w+
-            (Rule::ZPlus, true, 2),
-            (Rule::Gamma(0.25), false, 2),
-            (Rule::Gamma(0.25), true, 2),
-            // z+ on any input has two data terms (x+ w+, x- w-)
-            (Rule::ZPlus, false, 0),
-            (Rule::WSquare, false, 0),
-            (Rule::Flat, false, 0),
-            (
-                Rule::AlphaBeta {
-                    alpha: 1.0,
-                    beta: 0.0,
-                },
-                true,
-                0,
-            ),
-        ] {
-            let p = RuleParams::from_rule(&rule, nonnegative).unwrap();
-            assert_eq!(p.kept_z(), keep, "{rule} {nonnegative}");
-        }
-        assert_eq!(RuleParams::gradient().kept_z(), 0);
     }
 
     #[test]

@@ -60,32 +60,15 @@ impl Method {
                     .zip(rules)
                     .map(|(&k, rule)| {
                         let passes = rule.passes_on(nonnegative[k]);
-                        let constant = |t: &super::Term| {
-                            matches!(
-                                t.input,
-                                super::InputMod::Ones | super::InputMod::Constant(_)
-                            )
-                        };
                         let data: usize = passes
                             .iter()
-                            .map(|p| p.terms.iter().filter(|t| !constant(t)).count())
+                            .map(|p| p.terms.iter().filter(|t| !t.input.is_constant()).count())
                             .sum();
                         let merged = passes
                             .iter()
-                            .filter(|p| p.terms.iter().any(constant))
+                            .filter(|p| p.terms.iter().any(|t| t.input.is_constant()))
                             .count();
-                        let plain = |t: &&super::Term| {
-                            t.input == super::InputMod::Identity
-                                && t.weight == super::ParamMod::Identity
-                                && t.sign == 1.0
-                        };
-                        let reused = match &passes[..] {
-                            [p] => {
-                                let mut data = p.terms.iter().filter(|t| !constant(t));
-                                matches!((data.next(), data.next()), (Some(t), None) if plain(&t))
-                            }
-                            _ => false,
-                        };
+                        let reused = rule.forward_z(nonnegative[k]) == super::ForwardZ::Plain;
                         (2 * data + merged - usize::from(reused)) * macs[k]
                     })
                     .sum()

@@ -6,7 +6,7 @@ mod rule;
 mod stats;
 
 pub use composite::{Composite, LayerSelector, Method};
-pub use rule::{stabilize, InputMod, ParamMod, Pass, Rule, Term, DEFAULT_EPS};
+pub use rule::{stabilize, ForwardZ, InputMod, ParamMod, Pass, Rule, Term, DEFAULT_EPS};
 pub use stats::SampleStats;
 
 use ndarray::{Array2, ArrayD, ArrayViewD};

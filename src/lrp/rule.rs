@@ -67,6 +67,21 @@ pub enum ParamMod {
     Zero,
 }
 
+/// What a layer's forward pass can give towards a rule's z' ([`Rule::forward_z`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ForwardZ {
+    /// Nothing: z' takes products of its own.
+    None,
+    /// The rule's one pass has the plain x w (sign +1) as its only data-dependent term (LRP-0,
+    /// epsilon, z^B beside its constant L/H term): that term's share of z' is the forward pass's
+    /// own sum of x w.
+    Plain,
+    /// The rule's one pass has x g(w) with other weights as its only data-dependent term (z+ and
+    /// gamma on a ReLU output): a second sum over the forward pass's inputs, which an engine
+    /// can compute together with x w.
+    Other,
+}
+
 /// One product term `sign * f(x) g(w)` of a pass.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Term {
@@ -84,6 +99,11 @@ pub struct Pass {
 }
 
 impl InputMod {
+    /// Whether the modifier ignores the data (1 or zbox's L and H).
+    pub fn is_constant(self) -> bool {
+        matches!(self, InputMod::Ones | InputMod::Constant(_))
+    }
+
     /// Applies the modifier to one input value.
     pub fn apply(self, x: f64) -> f64 {
         match self {
@@ -154,6 +174,27 @@ impl Rule {
             }
         }
         passes
+    }
+
+    /// What the forward pass of a layer under this rule can give towards its z' (the engines
+    /// then skip or merge that product: see [`ForwardZ`]); `nonnegative_input` as for
+    /// [`Rule::passes_on`].
+    pub fn forward_z(&self, nonnegative_input: bool) -> ForwardZ {
+        let passes = self.passes_on(nonnegative_input);
+        let [pass] = &passes[..] else {
+            return ForwardZ::None;
+        };
+        let mut data = pass.terms.iter().filter(|t| !t.input.is_constant());
+        match (data.next(), data.next()) {
+            (Some(t), None) if t.input == InputMod::Identity => {
+                if t.weight == ParamMod::Identity && t.sign == 1.0 {
+                    ForwardZ::Plain
+                } else {
+                    ForwardZ::Other
+                }
+            }
+            _ => ForwardZ::None,
+        }
     }
 
     /// The passes of the rule (see the module docs).

@@ -24,7 +24,7 @@ use ndarray::{Array1, Array2, Array4, ArrayView2, ArrayViewMut2};
 
 use super::window::{stabilize, Geom};
 use super::Scratch;
-use crate::lrp::{InputMod, ParamMod, Rule};
+use crate::lrp::{ForwardZ, InputMod, ParamMod, Rule};
 use crate::model::Window;
 
 /// What a layer's forward pass leaves for its relevance step.
@@ -162,9 +162,9 @@ impl Linear {
         self.geom.im2col(1, &ones_in, &mut ones_cols);
         let modified =
             |g: ParamMod, scale: f32| self.weight.mapv(|w| scale * g.apply(w as f64) as f32);
-        let passes = rule.passes_on(nonnegative_input);
-        let single_pass = passes.len() == 1;
-        self.passes = passes
+        let forward_z = rule.forward_z(nonnegative_input);
+        self.passes = rule
+            .passes_on(nonnegative_input)
             .into_iter()
             .map(|pass| {
                 let mut data = Vec::new();
@@ -196,26 +196,20 @@ impl Linear {
                         z_constant.view_mut(),
                     );
                 }
-                let mut data_terms = pass
-                    .terms
-                    .iter()
-                    .filter(|t| input_constant(t.input).is_none());
-                let (one, none) = (data_terms.next(), data_terms.next());
-                let on_x = matches!((one, none), (Some(t), None) if t.input == InputMod::Identity);
-                let plain_data = on_x
-                    && matches!(one, Some(t) if t.weight == ParamMod::Identity && t.sign == 1.0);
-                let z_from = if !on_x || (!plain_data && !single_pass) {
-                    ZFrom::Terms
-                } else if !plain_data {
-                    ZFrom::Kept
-                } else if constant.is_none() && pass.bias == ParamMod::Identity {
-                    ZFrom::Forward
-                } else {
-                    let mut offset = z_constant.clone();
-                    for (mut row, b) in offset.outer_iter_mut().zip(&self.bias) {
-                        row -= *b;
+                // (forward_z is not None only for a rule of one pass: this one)
+                let z_from = match forward_z {
+                    ForwardZ::None => ZFrom::Terms,
+                    ForwardZ::Other => ZFrom::Kept,
+                    ForwardZ::Plain if constant.is_none() && pass.bias == ParamMod::Identity => {
+                        ZFrom::Forward
                     }
-                    ZFrom::ForwardPlus(offset)
+                    ForwardZ::Plain => {
+                        let mut offset = z_constant.clone();
+                        for (mut row, b) in offset.outer_iter_mut().zip(&self.bias) {
+                            row -= *b;
+                        }
+                        ZFrom::ForwardPlus(offset)
+                    }
                 };
                 PreparedPass {
                     coefficient: pass.coefficient as f32,
