@@ -52,7 +52,9 @@
 // epsilon) its own sum, with KEEP_Z = 2 (another weight: z+ and gamma on a ReLU output) a
 // second sum with the term's weights from the same input loads. The relevance pass runs
 // s_reduce, which adds the constant terms' share (P.z_const) and the bias modifier, instead
-// of z_partial's second pass over the inputs.
+// of z_partial's second pass over the inputs. With KEEP_Z = 3 (alpha-beta on a ReLU output:
+// x w+ in pass 0, x w- in pass 1, terms 0 and 1) the forward pass sums x w+ and x w- instead of
+// x w, which is their sum, and keeps the two as the pair of s.
 
 struct RuleParams {
     // Input modifier of term k (component k): f(x) = x_lin x + x_pos max(0,x) + x_neg min(0,x) + x_one
@@ -420,15 +422,24 @@ fn forward_partial(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_w
         return;
     }
     let o = out_strip(idx);
-    // KEEP_Z = 2: also z' of the rule's data term (term 0, input x) with its modified weights.
+    // KEEP_Z = 2: also z' of the rule's data term (term 0, input x) with its modified weights;
+    // KEEP_Z = 3: x w+ and x w- (terms 0 and 1) instead of x w.
     let ob = o.o0 / BLOCK;
     let plain = vec4<f32>(1.0, 1.0, 0.0, 0.0);
-    let sums = strip_sum(o, out_weights(0u, ob), plain, out_weights(1u, ob), KEEP_Z == 2u);
-    let acc = sums.a;
-    // the kept z' (KEEP_Z = 1: the forward's own sum)
+    let split = KEEP_Z == 3u;
+    let first = select(0u, 1u, split);
+    let sums = strip_sum(o, out_weights(first, ob), plain, out_weights(first + 1u, ob), KEEP_Z >= 2u);
+    var acc = sums.a;
+    // the kept z' of pass 0 (KEEP_Z = 1: the forward's own sum) and of pass 1
     var kept = sums.a;
+    var kept1 = sums.b;
     if (KEEP_Z == 2u) {
         kept = sums.b;
+    }
+    if (split) {
+        for (var j = 0u; j < STRIP; j++) {
+            acc[j] = sums.a[j] + sums.b[j];
+        }
     }
     let olen = out_len();
     let ohw = OH * OW;
@@ -441,10 +452,11 @@ fn forward_partial(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_w
                 if (CHUNKS_IN == 1u) {
                     y[o.n * olen + i] = activation(acc[j][l] + wb[P.bias_offset + oc]);
                     if (KEEP_Z != 0u) {
-                        s_set(o.n * olen + i, vec2<f32>(kept[j][l], 0.0));
+                        s_set(o.n * olen + i, vec2<f32>(kept[j][l], kept1[j][l]));
                     }
                 } else {
-                    part[(o.n * CHUNKS_IN + o.k) * olen + i] = vec4<f32>(acc[j][l], kept[j][l], 0.0, 0.0);
+                    part[(o.n * CHUNKS_IN + o.k) * olen + i] =
+                        vec4<f32>(acc[j][l], kept[j][l], kept1[j][l], 0.0);
                 }
             }
         }
@@ -461,13 +473,13 @@ fn forward_reduce(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wo
     }
     let j = idx % olen;
     let n = idx / olen;
-    var acc = vec2<f32>(0.0);
+    var acc = vec3<f32>(0.0);
     for (var k = 0u; k < CHUNKS_IN; k++) {
-        acc += part[(n * CHUNKS_IN + k) * olen + j].xy;
+        acc += part[(n * CHUNKS_IN + k) * olen + j].xyz;
     }
     y[idx] = activation(acc.x + wb[P.bias_offset + j / (OH * OW)]);
     if (KEEP_Z != 0u) {
-        s_set(idx, vec2<f32>(acc.y, 0.0));
+        s_set(idx, acc.yz);
     }
 }
 
@@ -523,7 +535,7 @@ fn z_partial(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgro
 }
 
 // The constant-input terms' share of z' of output unit j, 0 without such terms (pass 0 only:
-// a rule whose z' is kept has one pass).
+// a rule whose z' is kept has one pass, or two without constant terms).
 fn kept_const_z(j: u32) -> f32 {
     if (P.z_const == 0u) {
         return 0.0;
@@ -546,7 +558,7 @@ fn s_reduce(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgrou
     let n = idx / olen;
     var acc = vec2<f32>(0.0);
     if (MODE == 0u && KEEP_Z != 0u) {
-        acc = vec2<f32>(s_get(idx).x + kept_const_z(j), 0.0);
+        acc = s_get(idx) + vec2<f32>(kept_const_z(j), 0.0);
     } else if (MODE == 0u) {
         for (var k = 0u; k < CHUNKS_IN; k++) {
             acc += part[(n * CHUNKS_IN + k) * olen + j].xy;

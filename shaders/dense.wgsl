@@ -36,13 +36,15 @@
 // per-pass sums (z_partial: (z'_0, z'_1)) or the partial R_i (c_partial, in .x).
 // mode 0: LRP; mode 1: gradient (s = R, no division; the terms are set to (one, w)).
 //
-// Kept z' (P.keep_z = 1 or 2, LRP only), as in conv2d.wgsl: where the rule's one pass has a
+// Kept z' (P.keep_z = 1, 2 or 3, LRP only), as in conv2d.wgsl: where the rule's one pass has a
 // single data-dependent term (term 0) whose input modifier is x itself, the forward pass keeps
 // that term's share of z' (before bias and ReLU) in s.x, in an s buffer of the layer's own: its
 // own sum when the term is the plain x w (keep_z = 1: LRP-0, epsilon, z^B), a second sum with
 // the term's weights from the same input loads otherwise (keep_z = 2: z+ and gamma on a ReLU
-// output). The relevance pass runs s_reduce, which adds the constant terms' share and the bias
-// modifier, instead of z_partial.
+// output). With keep_z = 3 (alpha-beta on a ReLU output: x w+ in pass 0, x w- in pass 1, terms 0
+// and 1) it sums x w+ and x w- instead of x w, which is their sum, and keeps them as s.x and s.y.
+// The relevance pass runs s_reduce, which adds the constant terms' share and the bias modifier,
+// instead of z_partial.
 
 struct RuleParams {
     // Input modifier of term k (component k): f(x) = x_lin x + x_pos max(0,x) + x_neg min(0,x) + x_one
@@ -87,7 +89,7 @@ struct DenseParams {
     // so it is the same for every sample): per output, pass 0 then pass 1. z_partial then skips
     // those terms.
     z_const: u32,
-    // 1 or 2: kept z' (see "Kept z'" above); 0 otherwise
+    // 1, 2 or 3: kept z' (see "Kept z'" above); 0 otherwise
     keep_z: u32,
     pad2: u32,
     rule: RuleParams,
@@ -199,20 +201,31 @@ fn forward_partial(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_w
     let end = min(start + P.chunk, P.inputs);
     let xr = rows(n0, P.inputs);
     var acc = vec4<f32>(0.0);
-    // keep_z = 2: the data term's sum as well, from the same input loads
+    // keep_z = 2: the data term's sum as well, from the same input loads; keep_z = 3: the sums
+    // with terms 0 and 1's weights (x w+ and x w-), whose sum is x w
     var acc2 = vec4<f32>(0.0);
-    if (P.keep_z == 2u) {
+    var kept = vec4<f32>(0.0);
+    var kept1 = vec4<f32>(0.0);
+    if (P.keep_z == 3u) {
+        for (var i = start; i < end; i++) {
+            let v = x4(xr, i);
+            kept += v * wb[wmod_index(0u, i, j)];
+            kept1 += v * wb[wmod_index(1u, i, j)];
+        }
+        acc = kept + kept1;
+    } else if (P.keep_z == 2u) {
         for (var i = start; i < end; i++) {
             let v = x4(xr, i);
             acc += v * wb[i * P.outputs + j];
             acc2 += v * wb[wmod_index(0u, i, j)];
         }
+        kept = acc2;
     } else {
         for (var i = start; i < end; i++) {
             acc += x4(xr, i) * wb[i * P.outputs + j];
         }
+        kept = acc;
     }
-    let kept = select(acc, acc2, P.keep_z == 2u);
     for (var l = 0u; l < BLOCK; l++) {
         let n = n0 + l;
         if (n < P.n) {
@@ -220,10 +233,10 @@ fn forward_partial(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_w
             if (P.chunks_in == 1u) {
                 y[nj] = activation(acc[l] + wb[P.bias_offset + j]);
                 if (P.keep_z != 0u) {
-                    s[nj] = vec2<f32>(kept[l], 0.0);
+                    s[nj] = vec2<f32>(kept[l], kept1[l]);
                 }
             } else {
-                part[(n * P.chunks_in + k) * P.outputs + j] = vec4<f32>(acc[l], kept[l], 0.0, 0.0);
+                part[(n * P.chunks_in + k) * P.outputs + j] = vec4<f32>(acc[l], kept[l], kept1[l], 0.0);
             }
         }
     }
@@ -238,13 +251,13 @@ fn forward_reduce(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wo
     }
     let j = idx % P.outputs;
     let n = idx / P.outputs;
-    var acc = vec2<f32>(0.0);
+    var acc = vec3<f32>(0.0);
     for (var k = 0u; k < P.chunks_in; k++) {
-        acc += part[(n * P.chunks_in + k) * P.outputs + j].xy;
+        acc += part[(n * P.chunks_in + k) * P.outputs + j].xyz;
     }
     y[idx] = activation(acc.x + wb[P.bias_offset + j]);
     if (P.keep_z != 0u) {
-        s[idx] = vec2<f32>(acc.y, 0.0);
+        s[idx] = acc.yz;
     }
 }
 
@@ -309,7 +322,8 @@ fn s_reduce(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgrou
     let n = idx / P.outputs;
     var acc = vec2<f32>(0.0);
     if (P.mode == 0u && P.keep_z != 0u) {
-        acc = vec2<f32>(s[idx].x, 0.0);
+        // (pass 1's share is 0 but with keep_z = 3)
+        acc = s[idx];
         if (P.z_const != 0u) {
             let zc = P.z_const - 1u + j * 2u;
             acc += vec2<f32>(wb[zc], wb[zc + 1u]);

@@ -214,8 +214,10 @@ fn relevance_macs_count_one_product_per_term_and_merge_the_constant_terms() {
         2 * 972 + 2 * 432 + 8
     );
     assert_eq!(lrp(vec![Rule::Zero, Rule::Zero, Rule::Zero]), 972 + 432 + 8);
-    // alpha-beta: two passes of two terms on a signed input, one term each on ReLU outputs.
-    assert_eq!(lrp(vec![ab, ab, Rule::ZPlus]), 8 * 972 + 4 * 432 + 2 * 8);
+    // alpha-beta: two passes of two terms on a signed input; on a ReLU output one term each, x w+
+    // and x w-, which the forward pass sums instead of x w (one product more than its own), and
+    // c for each.
+    assert_eq!(lrp(vec![ab, ab, Rule::ZPlus]), 8 * 972 + 3 * 432 + 2 * 8);
     // w^2 and flat: z' is the same for every sample, only c is per sample.
     assert_eq!(
         lrp(vec![Rule::WSquare, Rule::Flat, Rule::Gamma(0.25)]),
@@ -324,13 +326,30 @@ fn forward_z_is_given_for_one_pass_whose_data_term_has_input_x() {
         (Rule::ZPlus, false, ForwardZ::None),
         (Rule::WSquare, false, ForwardZ::None),
         (Rule::Flat, true, ForwardZ::None),
-        // two passes, even with beta = 0
+        // alpha-beta on a ReLU output: x w+ and x w-, which add up to x w (even with beta = 0)
         (
             Rule::AlphaBeta {
                 alpha: 1.0,
                 beta: 0.0,
             },
             true,
+            ForwardZ::Split,
+        ),
+        (
+            Rule::AlphaBeta {
+                alpha: 2.0,
+                beta: 1.0,
+            },
+            true,
+            ForwardZ::Split,
+        ),
+        // on any input, each pass has two data terms (x+ w+ and x- w-, x+ w- and x- w+)
+        (
+            Rule::AlphaBeta {
+                alpha: 2.0,
+                beta: 1.0,
+            },
+            false,
             ForwardZ::None,
         ),
     ] {

@@ -683,6 +683,35 @@ fn long_reductions_beyond_the_loop_cap() {
     ] {
         compare(&engines, &net, &method, &x, None, 1, "conv 20->4 k8 s2 p1");
     }
+    // Alpha-beta on ReLU outputs, whose x w+ and x w- the forward pass sums instead of x w and
+    // keeps (keep_z = 3): a convolution over a split receptive field (24 channels of 7 x 7,
+    // 1,176 per term), strided and padded, then a Dense layer.
+    let ab = Rule::AlphaBeta {
+        alpha: 2.0,
+        beta: 1.0,
+    };
+    let layers = vec![
+        conv(&mut rng, 3, 24, 3, 1, 1, false),
+        Layer::Relu,
+        conv(&mut rng, 24, 4, 7, 2, 1, false),
+        Layer::Relu,
+        Layer::Flatten,
+        dense(&mut rng, 36, 3, false),
+    ];
+    let net = Network::new(vec![3, 9, 9], layers, vec![]).unwrap();
+    let x = random_input(&mut rng, &net, 3, -1.0, 1.0);
+    let method = Method::Lrp {
+        rules: vec![Rule::Epsilon(0.25), ab, ab],
+    };
+    compare(
+        &engines,
+        &net,
+        &method,
+        &x,
+        None,
+        3,
+        "conv 3->24 k3, conv 24->4 k7 s2 p1",
+    );
 }
 
 #[test]

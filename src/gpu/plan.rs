@@ -912,10 +912,11 @@ impl Plan {
                         _ => unreachable!(),
                     };
                     // A layer that keeps z' ("Kept z'" in the shaders) holds it in an s buffer of
-                    // its own from its forward pass to its relevance step: one value per output
-                    // for a convolution (single-pass rule), Dense's pair layout for a Dense layer.
+                    // its own from its forward pass to its relevance step: for a convolution one
+                    // value per output and pass (a pair for alpha-beta's, keep_z = 3), Dense's
+                    // pair layout for a Dense layer.
                     let (keep_z, per_output) = match p {
-                        LayerPlan::Conv(c) => (c.keep_z != 0, 1),
+                        LayerPlan::Conv(c) => (c.keep_z != 0, if c.keep_z == 3 { 2 } else { 1 }),
                         LayerPlan::Dense(d) => (d.keep_z != 0, 2),
                         _ => unreachable!(),
                     };

@@ -536,12 +536,14 @@ impl RuleParams {
 /// The shaders' `keep_z` for a layer under `rule` (see "Kept z'" in dense.wgsl and conv2d.wgsl):
 /// 1 for [`ForwardZ::Plain`] (the forward's own sum), 2 for [`ForwardZ::Other`] (a second sum
 /// with the data term's weights, term 0 of [`RuleParams::from_rule`], which puts data terms
-/// first), 0 otherwise.
+/// first), 3 for [`ForwardZ::Split`] (the sums with terms 0 and 1's weights, w+ and w-, instead
+/// of x w, which is their sum; a pair per output, one per pass), 0 otherwise.
 pub fn kept_z(rule: &Rule, nonnegative_input: bool) -> u32 {
     match rule.forward_z(nonnegative_input) {
         ForwardZ::None => 0,
         ForwardZ::Plain => 1,
         ForwardZ::Other => 2,
+        ForwardZ::Split => 3,
     }
 }
 
@@ -563,7 +565,7 @@ pub struct DenseParams {
     /// 0, or 1 + the offset in the weight buffer of the constant-input terms' share of z',
     /// precomputed per (output, pass)
     pub z_const: u32,
-    /// 1 or 2: the forward pass keeps the data term's share of z' for the relevance pass
+    /// 1, 2 or 3: the forward pass keeps the data terms' shares of z' for the relevance pass
     /// (dense.wgsl "Kept z'"; [`kept_z`])
     pub keep_z: u32,
     pub pad2: u32,
@@ -601,7 +603,7 @@ pub struct ConvParams {
     /// 0, or 1 + the offset in the blocked weights (vec4s) of the constant-input terms' share
     /// of z', precomputed per (output-channel block, output pixel, pass)
     pub z_const: u32,
-    /// 1 or 2: the forward pass keeps the data term's share of z' for the relevance pass
+    /// 1, 2 or 3: the forward pass keeps the data terms' shares of z' for the relevance pass
     /// (conv2d.wgsl "Kept z'"; [`kept_z`])
     pub keep_z: u32,
     pub pad1: u32,

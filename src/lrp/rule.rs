@@ -80,6 +80,10 @@ pub enum ForwardZ {
     /// gamma on a ReLU output): a second sum over the forward pass's inputs, which an engine
     /// can compute together with x w.
     Other,
+    /// The rule's two passes have one term each, x w+ in the first and x w- in the second,
+    /// both with sign +1 (alpha-beta on a ReLU output). Those two sums add up to x w, so the
+    /// forward pass can compute them instead of x w and keep each as its pass's share of z'.
+    Split,
 }
 
 /// One product term `sign * f(x) g(w)` of a pass.
@@ -181,8 +185,13 @@ impl Rule {
     /// [`Rule::passes_on`].
     pub fn forward_z(&self, nonnegative_input: bool) -> ForwardZ {
         let passes = self.passes_on(nonnegative_input);
-        let [pass] = &passes[..] else {
-            return ForwardZ::None;
+        let one_term = |p: &Pass, weight: ParamMod| matches!(&p.terms[..], [t] if t.input == InputMod::Identity && t.weight == weight && t.sign == 1.0);
+        let pass = match &passes[..] {
+            [pass] => pass,
+            [a, b] if one_term(a, ParamMod::Positive) && one_term(b, ParamMod::Negative) => {
+                return ForwardZ::Split;
+            }
+            _ => return ForwardZ::None,
         };
         let mut data = pass.terms.iter().filter(|t| !t.input.is_constant());
         match (data.next(), data.next()) {

@@ -16,8 +16,9 @@
 //! forward pre-activation (plus a per-position constant where it has constant terms or another
 //! bias); the single pass of a rule whose only data term is x g(w) with other weights (z+ and
 //! gamma on a ReLU output) has x g(w) computed by the forward pass, in the same matrix product
-//! as x w (one im2col matrix, packed once); on a layer whose input is known to be non-negative
-//! (after a ReLU), x+ is x and x- terms vanish.
+//! as x w (one im2col matrix, packed once), and so do alpha-beta's two passes on a ReLU output,
+//! x w+ and x w-, whose sum the forward pass takes for x w; on a layer whose input is known to be
+//! non-negative (after a ReLU), x+ is x and x- terms vanish.
 
 use ndarray::linalg::general_mat_mul;
 use ndarray::{Array1, Array2, Array4, ArrayView2, ArrayViewMut2};
@@ -31,7 +32,8 @@ use crate::model::Window;
 pub(super) struct Forward<'a> {
     /// The pre-activation z = W x + b, (oc, m, oh, ow).
     pub z: &'a [f32],
-    /// x g(w) of a [`ZFrom::Kept`] pass, (oc, m, oh, ow): [`Linear::forward`]'s return.
+    /// x g(w) of the [`ZFrom::Kept`] passes, (passes, oc, m, oh, ow): [`Linear::forward`]'s
+    /// return.
     pub kept: Option<&'a [f32]>,
 }
 
@@ -51,10 +53,11 @@ enum ZFrom {
     /// z plus a per-position constant, (oc, oh * ow): the pass's only data term is x w, and the
     /// constant is `z_constant - b` (zbox: its L and H terms' response, less the bias).
     ForwardPlus(Array2<f32>),
-    /// The pass's only data term is x g(w) with other weights (z+ and gamma on a ReLU output):
-    /// the forward pass computes x g(w) beside x w from the same im2col matrix
-    /// (`Linear::stacked`) and keeps it; z' is that plus `z_constant`.
-    Kept,
+    /// The pass's only data term is x g(w) with other weights (z+ and gamma on a ReLU output,
+    /// each pass of alpha-beta there): the forward pass computes x g(w) from the same im2col
+    /// matrix as x w (`Linear::stacked`) and keeps it, as the given one of the sums it keeps;
+    /// z' is that plus `z_constant`.
+    Kept(usize),
 }
 
 /// One pass of a rule, prepared for this layer.
@@ -78,9 +81,11 @@ pub(super) struct Linear {
     weight: Array2<f32>,
     bias: Array1<f32>,
     passes: Vec<PreparedPass>,
-    /// For a rule whose z' is [`ZFrom::Kept`]: W over the data term's sign * g(W), (2 oc,
-    /// patch), so the forward pass computes both products in one matrix product.
+    /// For a rule whose z' is [`ZFrom::Kept`], the weights of the forward pass's one matrix
+    /// product, (2 oc, patch): W over the data term's sign * g(W) ([`ForwardZ::Other`]), or the
+    /// two passes' W+ over W-, whose sum is x w ([`ForwardZ::Split`], `split`).
     stacked: Option<Array2<f32>>,
+    split: bool,
     eps: f32,
 }
 
@@ -148,6 +153,7 @@ impl Linear {
             bias,
             passes: Vec::new(),
             stacked: None,
+            split: false,
             eps: 0.0,
         }
     }
@@ -166,7 +172,8 @@ impl Linear {
         self.passes = rule
             .passes_on(nonnegative_input)
             .into_iter()
-            .map(|pass| {
+            .enumerate()
+            .map(|(p, pass)| {
                 let mut data = Vec::new();
                 let mut constant: Option<Array2<f32>> = None;
                 for t in &pass.terms {
@@ -196,10 +203,12 @@ impl Linear {
                         z_constant.view_mut(),
                     );
                 }
-                // (forward_z is not None only for a rule of one pass: this one)
+                // (forward_z is Split for a rule of two passes, else not None only for a rule
+                // of one pass: this one)
                 let z_from = match forward_z {
                     ForwardZ::None => ZFrom::Terms,
-                    ForwardZ::Other => ZFrom::Kept,
+                    ForwardZ::Other => ZFrom::Kept(0),
+                    ForwardZ::Split => ZFrom::Kept(p),
                     ForwardZ::Plain if constant.is_none() && pass.bias == ParamMod::Identity => {
                         ZFrom::Forward
                     }
@@ -220,14 +229,16 @@ impl Linear {
                 }
             })
             .collect();
-        self.stacked = match &self.passes[..] {
-            [p] if matches!(p.z_from, ZFrom::Kept) => {
-                let w = ndarray::concatenate(
-                    ndarray::Axis(0),
-                    &[self.weight.view(), p.data[0].weight.view()],
-                );
-                Some(w.expect("same columns"))
-            }
+        let stack = |a: &Array2<f32>, b: &Array2<f32>| {
+            Some(
+                ndarray::concatenate(ndarray::Axis(0), &[a.view(), b.view()])
+                    .expect("same columns"),
+            )
+        };
+        self.split = forward_z == ForwardZ::Split;
+        self.stacked = match (&self.passes[..], forward_z) {
+            ([p], ForwardZ::Other) => stack(&self.weight, &p.data[0].weight),
+            ([p, q], ForwardZ::Split) => stack(&p.data[0].weight, &q.data[0].weight),
             _ => None,
         };
     }
@@ -279,7 +290,8 @@ impl Linear {
     }
 
     /// z = W . x + b for m samples into `dst` (oc, m, oh, ow); for a [`ZFrom::Kept`] rule also
-    /// x g(w), returned (a scratch buffer) for [`Linear::relevance`].
+    /// x g(w) (alpha-beta: x w+ then x w-), returned (a scratch buffer) for
+    /// [`Linear::relevance`].
     pub fn forward(
         &self,
         m: usize,
@@ -295,18 +307,30 @@ impl Linear {
             self.apply(self.weight.view(), m, x, 1.0, dst, scratch);
             return None;
         };
-        // Both products from one im2col matrix: z without its bias, then the kept x g(w).
+        // Both products from one im2col matrix: z without its bias, then the kept x g(w); or
+        // (split) x w+ and x w-, both kept, whose sum is z without its bias.
         let mut both = scratch.take(2 * dst.len());
         self.apply(stacked.view(), m, x, 0.0, &mut both, scratch);
         let (z, data) = both.split_at(dst.len());
-        for (o, (d, z)) in dst
+        for (o, ((d, z), v)) in dst
             .chunks_exact_mut(per)
             .zip(z.chunks_exact(per))
+            .zip(data.chunks_exact(per))
             .enumerate()
         {
-            for (d, z) in d.iter_mut().zip(z) {
-                *d = z + self.bias[o];
+            let b = self.bias[o];
+            if self.split {
+                for ((d, z), v) in d.iter_mut().zip(z).zip(v) {
+                    *d = z + v + b;
+                }
+            } else {
+                for (d, z) in d.iter_mut().zip(z) {
+                    *d = z + b;
+                }
             }
+        }
+        if self.split {
+            return Some(both);
         }
         let mut kept = scratch.take(dst.len());
         kept.copy_from_slice(data);
@@ -344,8 +368,9 @@ impl Linear {
                     zp.copy_from_slice(z);
                     add_per_position(&mut zp, offset, m * pout);
                 }
-                ZFrom::Kept => {
-                    zp.copy_from_slice(kept.expect("the forward pass keeps x g(w)"));
+                ZFrom::Kept(h) => {
+                    let kept = kept.expect("the forward pass keeps x g(w)");
+                    zp.copy_from_slice(&kept[h * z.len()..(h + 1) * z.len()]);
                     if let Some(zc) = &pass.z_constant {
                         add_per_position(&mut zp, zc, m * pout);
                     }
