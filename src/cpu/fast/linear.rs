@@ -266,7 +266,7 @@ impl Linear {
         }
     }
 
-    /// `dst` (c, m, h, w) = w^T . s mapped back onto the input (col2im).
+    /// `dst` (c, m, h, w) = w^T . s mapped back onto the input (col2im); s has a row per row of w.
     fn transpose(
         &self,
         w: ArrayView2<'_, f32>,
@@ -277,7 +277,7 @@ impl Linear {
     ) {
         let cols_n = m * self.geom.plane_out();
         let patch = self.geom.patch();
-        let s = view(self.oc, cols_n, s);
+        let s = view(w.nrows(), cols_n, s);
         if self.geom.is_pointwise() {
             gemm(1.0, w.t(), s, 0.0, view_mut(patch, cols_n, dst));
         } else {
@@ -354,8 +354,13 @@ impl Linear {
         dst: &mut [f32],
         scratch: &mut Scratch,
     ) {
-        dst.fill(0.0);
         let Forward { z, kept } = forward;
+        if self.split {
+            let kept = kept.expect("the forward pass keeps x w+ and x w-");
+            self.split_relevance(m, x, kept, r, dst, scratch);
+            return;
+        }
+        dst.fill(0.0);
         let pout = self.geom.plane_out();
         let mut zp = scratch.take(z.len());
         let mut c = scratch.take(x.len());
@@ -423,6 +428,45 @@ impl Linear {
         scratch.give(zp);
         scratch.give(c);
         scratch.give(fx);
+    }
+}
+
+impl Linear {
+    /// [`Linear::relevance`] for alpha-beta on a ReLU output ([`ForwardZ::Split`]): both passes'
+    /// data term has input x, so R = x * (W+^T (alpha s+) + W-^T (-beta s-)), one transposed
+    /// product of the stacked [W+; W-] over the stacked [alpha s+; -beta s-], whose z' are the
+    /// forward's kept x w+ and x w- (plus h(b)).
+    fn split_relevance(
+        &self,
+        m: usize,
+        x: &[f32],
+        kept: &[f32],
+        r: &[f32],
+        dst: &mut [f32],
+        scratch: &mut Scratch,
+    ) {
+        let len = r.len();
+        let rows = m * self.geom.plane_out();
+        let mut s = scratch.take(2 * len);
+        s.copy_from_slice(kept);
+        for (pass, s) in self.passes.iter().zip(s.chunks_exact_mut(len)) {
+            if let Some(zc) = &pass.z_constant {
+                add_per_position(s, zc, rows);
+            }
+            let k = pass.coefficient;
+            for (s, r) in s.iter_mut().zip(r) {
+                *s = k * (r / stabilize(*s, self.eps));
+            }
+        }
+        let stacked = self
+            .stacked
+            .as_ref()
+            .expect("a split rule stacks W+ and W-");
+        self.transpose(stacked.view(), m, &s, dst, scratch);
+        for (d, x) in dst.iter_mut().zip(x) {
+            *d *= x;
+        }
+        scratch.give(s);
     }
 }
 
