@@ -18,7 +18,8 @@
 //                                 each term's modified weights; from P.rule.term_layout.w, per
 //                                 term and input-channel block cb [oc, kh, kw] modified weights,
 //                                 or, for a single input channel (c = 1), one block [oc, kh, kw]
-//                                 whose lane t holds term t's modified weight
+//                                 whose lane t holds term t's modified weight; these (c_partial's)
+//                                 carry their term's pass coefficient: coef_t sign_t g_t(W)
 // Dispatch: 1-D over invocations, 64 per workgroup, folded into (x, y) workgroups when there are
 // more than the per-dimension limit; index = gid.x + gid.y * num_workgroups.x * 64.
 //   forward_partial, z_partial: n * chunks_in * ceil(oc/4) * oh * ceil(ow/4) invocations; each
@@ -568,8 +569,9 @@ fn s_reduce(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgrou
 }
 
 // Relevance step 3, gather of the back-projection per term: one invocation per (sample, chunk of
-// the transposed reduction, block of input channels, input strip or pixel); R = sum_t coef_t
-// f_t(x) c_t is formed per channel (split-K partials hold R). With stride_x = 1 an invocation
+// the transposed reduction, block of input channels, input strip or pixel); R = sum_t f_t(x) c_t
+// with c_t = (coef_t g_t(W))^T s_t is formed per channel (split-K partials hold R); terms with
+// the same input modifier f (alpha-beta's two on a ReLU output) share one gather. With stride_x = 1 an invocation
 // gathers a strip of STRIP input pixels of one row (`c_strip`), so each weight vec4 is loaded
 // once per strip; otherwise one pixel (`c_pixel`), over the kernel positions that reach it.
 @compute @workgroup_size(64)
@@ -590,6 +592,18 @@ fn c_partial(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgro
     } else {
         c_pixel(nk, ch0, q / cols, q % cols);
     }
+}
+
+// Whether every term of the rule has term 0's input modifier (alpha-beta on a ReLU output: x and
+// x; the gradient's one term): then R = f(x) sum_t c_t, one gather for all.
+fn same_input() -> bool {
+    let r = P.rule;
+    let x = transpose(mat4x4<f32>(r.x_lin, r.x_pos, r.x_neg, r.x_one));
+    var same = true;
+    for (var t = 1u; t < terms(); t++) {
+        same = same && all(x[t] == x[0]);
+    }
+    return same;
 }
 
 // f_t(v) of every term t (lane t), for one input value v.
@@ -625,13 +639,14 @@ fn s_pair(sr: u32, ox: i32) -> vec2<f32> {
 // The gather of c_partial for the strip of STRIP input pixels from (iy, ix0) (stride_x = 1):
 // over chunk k's output channels and the kernel positions reaching each pixel, the sums of
 // s * W' with W' the [oc, kh, kw] vec4s from `wbase` in wv.
-// - C > 1: acc[j], pixel j's vec4 over the block's 4 input channels, with the s of term t's pass.
+// - C > 1: acc[j], pixel j's vec4 over the block's 4 input channels, summed over terms t0 .. t1
+//   - 1 (wbase: term t0's weights), each with the s of its pass.
 // - C = 1 (e.g. grayscale images): acc[t], term t's vec4 over the strip's pixels, for every term
 //   (W' holds term t's modified weight in lane t). The lanes are pixels, not terms, so none
 //   idles whatever the number of terms (z^B has 2, the gradient 1).
-// Per kernel position one weight vec4 and one new s value feed 16 (C = 1: TERMS x 4)
-// multiply-adds.
-fn strip_gather(n: u32, k: u32, iy: u32, ix0: u32, wbase: u32, t: u32) -> array<vec4<f32>, 4> {
+// Per kernel position and term one weight vec4 and, per position, one new s value feed 16
+// (C = 1: TERMS x 4) multiply-adds.
+fn strip_gather(n: u32, k: u32, iy: u32, ix0: u32, wbase: u32, t0: u32, t1: u32) -> array<vec4<f32>, 4> {
     let ry = reach(i32(iy + PAD_TOP), STRIDE_Y, OH, KH);
     let o0 = k * OC_PER_CHUNK;
     let o1 = min(o0 + OC_PER_CHUNK, OC);
@@ -639,6 +654,8 @@ fn strip_gather(n: u32, k: u32, iy: u32, ix0: u32, wbase: u32, t: u32) -> array<
     let pass1 = P.rule.term_pass1 > vec4<f32>(0.5);
     // the output column of pixel j at kernel column kx: nx0 + j - kx
     let nx0 = i32(ix0 + PAD_LEFT);
+    // from one term's weights to the next's (C > 1)
+    let tstride = blocks(C) * OC * KH * KW;
     var acc = array<vec4<f32>, 4>(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
     for (var o = o0; o < o1; o++) {
         let so = sbase + o * OH * OW;
@@ -659,15 +676,18 @@ fn strip_gather(n: u32, k: u32, iy: u32, ix0: u32, wbase: u32, t: u32) -> array<
                 let sn = s_pair(sr, nx0 - i32(kx));
                 s0 = vec4<f32>(sn.x, s0.xyz);
                 s1 = vec4<f32>(sn.y, s1.xyz);
-                let wk = wv[wr + kx];
                 if (C == 1u) {
+                    let wk = wv[wr + kx];
                     for (var u = 0u; u < terms(); u++) {
                         acc[u] += select(s0, s1, PASSES > 1u && pass1[u]) * wk[u];
                     }
                 } else {
-                    let sv = select(s0, s1, PASSES > 1u && pass1[t]);
-                    for (var j = 0u; j < STRIP; j++) {
-                        acc[j] += sv[j] * wk;
+                    for (var u = t0; u < t1; u++) {
+                        let sv = select(s0, s1, PASSES > 1u && pass1[u]);
+                        let wk = wv[wr + kx + (u - t0) * tstride];
+                        for (var j = 0u; j < STRIP; j++) {
+                            acc[j] += sv[j] * wk;
+                        }
                     }
                 }
             }
@@ -686,7 +706,7 @@ fn c_strip(nk: u32, ch0: u32, iy: u32, ix0: u32) {
     let rr = P.rule;
     if (C == 1u) {
         // One input channel: per term, the vec4 over the strip's pixels.
-        let acc = strip_gather(n, k, iy, ix0, in_weights(0u, 0u), 0u);
+        let acc = strip_gather(n, k, iy, ix0, in_weights(0u, 0u), 0u, 0u);
         let xv = vec4<f32>(
             x[xrow + min(ix0, W - 1u)],
             x[xrow + min(ix0 + 1u, W - 1u)],
@@ -695,7 +715,7 @@ fn c_strip(nk: u32, ch0: u32, iy: u32, ix0: u32) {
         );
         var r = vec4<f32>(0.0);
         for (var t = 0u; t < terms(); t++) {
-            r += rr.term_coef[t] * term_of(t, xv) * acc[t];
+            r += term_of(t, xv) * acc[t];
         }
         for (var j = 0u; j < STRIP; j++) {
             let ix = ix0 + j;
@@ -712,10 +732,12 @@ fn c_strip(nk: u32, ch0: u32, iy: u32, ix0: u32) {
         xs[j] = vec4<f32>(x[xl.x], x[xl.y], x[xl.z], x[xl.w]);
     }
     var r = array<vec4<f32>, 4>(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
-    for (var t = 0u; t < terms(); t++) {
-        let acc = strip_gather(n, k, iy, ix0, in_weights(t, ch0 / BLOCK), t);
+    // one gather for all terms where they share their input modifier, else one per term
+    let per = select(1u, terms(), same_input());
+    for (var t = 0u; t < terms(); t += per) {
+        let acc = strip_gather(n, k, iy, ix0, in_weights(t, ch0 / BLOCK), t, t + per);
         for (var j = 0u; j < STRIP; j++) {
-            r[j] += rr.term_coef[t] * term_of(t, xs[j]) * acc[j];
+            r[j] += term_of(t, xs[j]) * acc[j];
         }
     }
     for (var j = 0u; j < STRIP; j++) {
@@ -772,7 +794,7 @@ fn c_pixel(nk: u32, ch0: u32, iy: u32, ix: u32) {
         // (wv holds sign_t g_t(W) in lane t, zero past the last term), so each s value is
         // loaded once for all terms and no lane idles.
         let acc = pixel_gather(n, k, iy, ix, in_weights(0u, 0u), rr.term_pass1 > vec4<f32>(0.5));
-        store_r(nk, p, dot(rr.term_coef * every_term(x[xbase + p]), acc));
+        store_r(nk, p, dot(every_term(x[xbase + p]), acc));
         return;
     }
     let xl = lane_offsets(ch0, C, hw) + vec4<u32>(xbase + p);
@@ -781,7 +803,7 @@ fn c_pixel(nk: u32, ch0: u32, iy: u32, ix: u32) {
     for (var t = 0u; t < terms(); t++) {
         let pass1 = vec4<bool>(rr.term_pass1[t] > 0.5);
         let acc = pixel_gather(n, k, iy, ix, in_weights(t, ch0 / BLOCK), pass1);
-        r += rr.term_coef[t] * term_of(t, xv) * acc;
+        r += term_of(t, xv) * acc;
     }
     for (var l = 0u; l < BLOCK; l++) {
         let ch = ch0 + l;

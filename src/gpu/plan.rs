@@ -828,6 +828,8 @@ impl Plan {
                             }
                         }
                         transposed = blocked.len() / cb;
+                        // c_partial's weights carry their term's pass coefficient (alpha-beta's
+                        // alpha and -beta, else 1): R = sum_t f_t(x) (coef_t g_t(W))^T s_t.
                         if c == 1 {
                             // One input channel: c_partial's lanes are the terms instead,
                             // [oc, kh, kw] with term t's modified weight in lane t.
@@ -836,7 +838,7 @@ impl Plan {
                                     for kx in 0..kw {
                                         for l in 0..cb {
                                             blocked.push(if l < terms {
-                                                value(Some(l), o, 0, ky, kx)
+                                                rp.term_coef[l] * value(Some(l), o, 0, ky, kx)
                                             } else {
                                                 0.0
                                             });
@@ -852,13 +854,10 @@ impl Plan {
                                     for ky in 0..kh {
                                         for kx in 0..kw {
                                             for l in 0..cb {
-                                                blocked.push(value(
-                                                    Some(t),
-                                                    o,
-                                                    ib * cb + l,
-                                                    ky,
-                                                    kx,
-                                                ));
+                                                blocked.push(
+                                                    rp.term_coef[t]
+                                                        * value(Some(t), o, ib * cb + l, ky, kx),
+                                                );
                                             }
                                         }
                                     }
