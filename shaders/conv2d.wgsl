@@ -20,6 +20,9 @@
 //                                 or, for a single input channel (c = 1), one block [oc, kh, kw]
 //                                 whose lane t holds term t's modified weight; these (c_partial's)
 //                                 carry their term's pass coefficient: coef_t sign_t g_t(W)
+//   9 pool_arg storage read       with a fused max pooling (POOL_KH > 0): its arg-max, the flat
+//                                 index within the sample of each window's winner, [n, oc,
+//                                 pool_oh, pool_ow]; r_in is then the pooling's upper relevance
 // Dispatch: 1-D over invocations, 64 per workgroup, folded into (x, y) workgroups when there are
 // more than the per-dimension limit; index = gid.x + gid.y * num_workgroups.x * 64.
 //   forward_partial, z_partial: n * chunks_in * ceil(oc/4) * oh * ceil(ow/4) invocations; each
@@ -56,6 +59,13 @@
 // of z_partial's second pass over the inputs. With KEEP_Z = 3 (alpha-beta on a ReLU output:
 // x w+ in pass 0, x w- in pass 1, terms 0 and 1) the forward pass sums x w+ and x w- instead of
 // x w, which is their sum, and keeps the two as the pair of s.
+//
+// Fused max pooling (POOL_KH > 0, LRP only): where a max pooling whose windows tile this layer's
+// output follows it (after the fused ReLU, whose relevance is the identity), LRP gives each
+// window's relevance to its winner and 0 to the other outputs. The s step (z_partial or s_reduce)
+// then reads R_j of output j through the pooling's arg-max (`upper_r`) instead of a relevance
+// buffer written by the pooling, which runs no relevance step: one pass over this layer's output
+// fewer.
 
 struct RuleParams {
     // Input modifier of term k (component k): f(x) = x_lin x + x_pos max(0,x) + x_neg min(0,x) + x_one
@@ -114,6 +124,12 @@ struct ConvParams {
     z_const: u32,
     // 1 or 2: kept z' (the kernels read the KEEP_Z override)
     keep_z: u32,
+    // window and output size of the fused max pooling (0 without; the kernels read the
+    // POOL_* overrides)
+    pool_kh: u32,
+    pool_kw: u32,
+    pool_oh: u32,
+    pool_ow: u32,
     pad1: u32,
     pad2: u32,
     rule: RuleParams,
@@ -146,6 +162,10 @@ override RELU: u32;
 override TERMS: u32;
 override PASSES: u32;
 override KEEP_Z: u32;
+override POOL_KH: u32;
+override POOL_KW: u32;
+override POOL_OH: u32;
+override POOL_OW: u32;
 
 @group(0) @binding(0) var<uniform> P: ConvParams;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
@@ -156,6 +176,7 @@ override KEEP_Z: u32;
 @group(0) @binding(6) var<storage, read_write> s: array<f32>;
 @group(0) @binding(7) var<storage, read_write> r_out: array<f32>;
 @group(0) @binding(8) var<storage, read> wv: array<vec4<f32>>;
+@group(0) @binding(9) var<storage, read> pool_arg: array<u32>;
 
 // s of output unit nj (flat over samples): pass 0's and, with two passes, pass 1's. A single-
 // pass rule (all but alpha-beta) stores one value per unit, so its s moves half the bytes.
@@ -229,11 +250,28 @@ fn reach(n: i32, stride: u32, outs: u32, k: u32) -> Reach {
     return Reach(first, end, u32(max(n - i32(first), 0)) / stride);
 }
 
+// The upper relevance R_j of output unit j of sample n: r_in's, or with a fused max pooling
+// (POOL_KH > 0) that of j's window where j is its winner, else 0 (also past the last window).
+fn upper_r(n: u32, j: u32) -> f32 {
+    if (POOL_KH == 0u) {
+        return r_in[n * out_len() + j];
+    }
+    // (max: the constants are folded where POOL_KH = 0 too, and must not divide by 0)
+    let ohw = OH * OW;
+    let py = (j % ohw) / OW / max(POOL_KH, 1u);
+    let px = j % OW / max(POOL_KW, 1u);
+    if (py >= POOL_OH || px >= POOL_OW) {
+        return 0.0;
+    }
+    let win = (n * OC + j / ohw) * POOL_OH * POOL_OW + py * POOL_OW + px;
+    return select(0.0, r_in[win], pool_arg[win] == j);
+}
+
 // s from the per-pass sums z of output unit j of sample n.
 fn finish_s(n: u32, j: u32, z: vec2<f32>) {
     let r = P.rule;
     let nj = n * out_len() + j;
-    let rj = r_in[nj];
+    let rj = upper_r(n, j);
     if (MODE == 1u) {
         s_set(nj, vec2<f32>(rj, 0.0));
         return;

@@ -272,9 +272,11 @@ fn kernel_times_name_every_dispatch_add_up_to_the_stages_and_change_no_result() 
     let names: Vec<&str> = k.kernels.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(names[0], "input.unpack unpack_u8", "{names:?}");
     // Every layer's kernels, named by layer label and entry point: each Conv2d and Dense layer
-    // has its forward, s and back-projection dispatches, each pooling layer two. Under
-    // deep-taylor-bounded every layer keeps z' from its forward pass (z^B: x w; z+ on a ReLU
-    // output: x w+) and finishes s with s_reduce instead of a z_partial pass.
+    // has its forward, s and back-projection dispatches, each pooling layer two, but a max
+    // pooling right after a convolution's ReLU: its relevance step is the convolution's s step,
+    // which reads the pooling's relevance through its arg-max. Under deep-taylor-bounded every
+    // layer keeps z' from its forward pass (z^B: x w; z+ on a ReLU output: x w+) and finishes s
+    // with s_reduce instead of a z_partial pass.
     for (k, layer) in net.layers.iter().enumerate() {
         let of_layer: Vec<&str> = names
             .iter()
@@ -285,8 +287,9 @@ fn kernel_times_name_every_dispatch_add_up_to_the_stages_and_change_no_result() 
             Layer::Conv2d { .. } | Layer::Dense { .. } => {
                 &["forward_partial", "s_reduce", "c_partial"]
             }
-            // 2 x 2 windows of stride 2 tile the input: the tiled relevance kernels
-            Layer::MaxPool2d { .. } => &["max_forward", "max_relevance_tiled"],
+            // 2 x 2 windows of stride 2 tile the input: the tiled relevance kernel, or none
+            // where the convolution below takes the step over (both max poolings here)
+            Layer::MaxPool2d { .. } => &["max_forward"],
             Layer::AvgPool2d { .. } => &["avg_forward", "avg_relevance_tiled"],
             _ => &[],
         };
@@ -298,6 +301,9 @@ fn kernel_times_name_every_dispatch_add_up_to_the_stages_and_change_no_result() 
         }
         if matches!(layer, Layer::Conv2d { .. } | Layer::Dense { .. }) {
             assert!(!of_layer.contains(&"z_partial"), "{names:?}");
+        }
+        if matches!(layer, Layer::MaxPool2d { .. }) {
+            assert_eq!(of_layer, ["max_forward"], "layer {k}: {names:?}");
         }
     }
     let seed = names.iter().position(|n| *n == "seed seed").unwrap();

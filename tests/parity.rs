@@ -467,11 +467,20 @@ fn pooling_layers() {
                 x,
             )
         });
+        // (a max pooling that tiles the convolution's output hands its relevance step to the
+        // convolution's s step: z_partial under z+ on a signed input, s_reduce under epsilon,
+        // whose z' the forward pass keeps)
         let methods = [
             (
                 "zplus/epsilon",
                 Method::Lrp {
                     rules: vec![Rule::ZPlus, Rule::Epsilon(0.25)],
+                },
+            ),
+            (
+                "epsilon/epsilon",
+                Method::Lrp {
+                    rules: vec![Rule::Epsilon(0.25), Rule::Epsilon(0.25)],
                 },
             ),
             ("sensitivity", Method::Sensitivity),

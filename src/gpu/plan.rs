@@ -122,7 +122,9 @@ enum LayerPlan {
         len: u32,
         fused: bool,
     },
-    MaxPool(PoolParams),
+    /// `true`: the Conv2d right before it (or before its fused ReLU) takes over its relevance
+    /// step (`ConvParams::pool_kh`; LRP only, windows tiling the input).
+    MaxPool(PoolParams, bool),
     AvgPool(PoolParams),
     Flatten,
 }
@@ -304,6 +306,10 @@ fn layer_plans(net: &Network, method: &Method) -> Result<(Vec<LayerPlan>, Footpr
                     relu: 0,
                     z_const: 0,
                     keep_z,
+                    pool_kh: 0,
+                    pool_kw: 0,
+                    pool_oh: 0,
+                    pool_ow: 0,
                     pad1: 0,
                     pad2: 0,
                     rule,
@@ -374,7 +380,22 @@ fn layer_plans(net: &Network, method: &Method) -> Result<(Vec<LayerPlan>, Footpr
                 u32_of(in_len as usize, "input values per sample", &name)?;
                 if matches!(layer, Layer::MaxPool2d { .. }) {
                     fp.argmax = fp.argmax.max(out_len);
-                    LayerPlan::MaxPool(p)
+                    // LRP passes max pooling's relevance to each window's winner; where the
+                    // windows tile a convolution's output, the convolution's s step reads it
+                    // from there through the arg-max, and the pooling needs no relevance step.
+                    let conv = match &mut plans[..] {
+                        [.., LayerPlan::Conv(c), LayerPlan::Relu { fused: true, .. }]
+                        | [.., LayerPlan::Conv(c)] => Some(c),
+                        _ => None,
+                    };
+                    let fused = match conv {
+                        Some(c) if !mode.gradient() && p.tiles().is_some() => {
+                            (c.pool_kh, c.pool_kw, c.pool_oh, c.pool_ow) = (p.kh, p.kw, p.oh, p.ow);
+                            true
+                        }
+                        _ => false,
+                    };
+                    LayerPlan::MaxPool(p, fused)
                 } else {
                     fp.s = fp.s.max(out_len);
                     LayerPlan::AvgPool(p)
@@ -658,7 +679,8 @@ impl Plan {
         for k in (0..plans.len()).rev() {
             reads[k] = cur;
             let swaps = match plans[k] {
-                LayerPlan::Flatten => false,
+                // (a fused max pooling's relevance is read by the convolution below it)
+                LayerPlan::Flatten | LayerPlan::MaxPool(_, true) => false,
                 LayerPlan::Relu { .. } => mode.gradient(),
                 _ => true,
             };
@@ -714,6 +736,18 @@ impl Plan {
 
         // Weights and max-pool arg-max buffers, kept with the plan.
         let mut owned = vec![];
+        // The arg-max of each max pooling (read by its relevance step, or by the convolution's
+        // that takes it over).
+        let pool_args: Vec<Option<wgpu::Buffer>> = plans
+            .iter()
+            .enumerate()
+            .map(|(k, p)| {
+                matches!(p, LayerPlan::MaxPool(..)).then(|| {
+                    let label = format!("layer.{k}.{}.argmax", net.names[k]);
+                    storage(device, &label, lens[k + 1] * b * F)
+                })
+            })
+            .collect();
         let mut backward_layers: Vec<Vec<PendingStep>> = vec![];
         for (k, p) in plans.iter().enumerate() {
             let x = &act_buffers[acts[k]];
@@ -934,6 +968,17 @@ impl Plan {
                     });
                     if let Some(wv) = &wvbuf {
                         buffers.push(wv);
+                        // the arg-max of the max pooling whose relevance step this layer's s
+                        // step takes over (after the fused ReLU, if any)
+                        let takes_pool = matches!(p, LayerPlan::Conv(c) if c.pool_kh != 0);
+                        let fused_pool = (k + 1..plans.len().min(k + 3)).find(|&j| {
+                            takes_pool && matches!(plans[j], LayerPlan::MaxPool(_, true))
+                        });
+                        buffers.push(
+                            fused_pool
+                                .and_then(|j| pool_args[j].as_ref())
+                                .unwrap_or(&dummy),
+                        );
                     }
                     let spec = match &uniform {
                         Uniform::Conv(c) => Specialisation::Conv(ConvSpec::of(c)),
@@ -1014,13 +1059,9 @@ impl Plan {
                         ));
                     }
                 }
-                LayerPlan::MaxPool(pp) | LayerPlan::AvgPool(pp) => {
-                    let is_max = matches!(p, LayerPlan::MaxPool(_));
-                    let arg = if is_max {
-                        storage(device, &format!("{label}.argmax"), lens[k + 1] * b * F)
-                    } else {
-                        dummy.clone()
-                    };
+                LayerPlan::MaxPool(pp, _) | LayerPlan::AvgPool(pp) => {
+                    let is_max = matches!(p, LayerPlan::MaxPool(..));
+                    let arg = pool_args[k].clone().unwrap_or_else(|| dummy.clone());
                     let bg = bind(
                         Shader::Pooling,
                         label,
@@ -1041,7 +1082,9 @@ impl Plan {
                             None => (PoolEntry::MaxRelevance, lens[k]),
                         };
                         let relevance = Kernel::Pooling(entry);
-                        back.push((relevance, Specialisation::None, bg, invocations));
+                        if !matches!(p, LayerPlan::MaxPool(_, true)) {
+                            back.push((relevance, Specialisation::None, bg, invocations));
+                        }
                     } else {
                         step(
                             &mut forward,

@@ -105,8 +105,9 @@ impl Shader {
         match self {
             // P, x, wb, y, part, r_in, s, r_out
             Shader::Dense => &[U, R, R, W, W, R, W, W],
-            // P, x, wb, y, part, r_in, s, r_out, wv (the weights blocked by CONV_BLOCK channels)
-            Shader::Conv2d => &[U, R, R, W, W, R, W, W, R],
+            // P, x, wb, y, part, r_in, s, r_out, wv (the weights blocked by CONV_BLOCK channels),
+            // pool_arg (the arg-max of a max pooling whose relevance step is fused)
+            Shader::Conv2d => &[U, R, R, W, W, R, W, W, R, R],
             // P, x, y, arg, r_in, s, r_out
             Shader::Pooling => &[U, R, W, W, R, W, W],
             // P, x, y, r_in, r_out, targets
@@ -317,15 +318,16 @@ impl Specialisation {
 
 /// The overridable constants of conv2d.wgsl: every field of [`ConvParams`] that is fixed for a
 /// layer of a plan (all but the batch size, the bias offset, `z_const` and the rule's
-/// coefficients), the numbers of rule terms and passes, and whether z' is kept, in the order of
+/// coefficients), the numbers of rule terms and passes, whether z' is kept, and the window of a
+/// max pooling whose relevance step is fused, in the order of
 /// [`ConvSpec::NAMES`]. The kernels read these instead of the uniform's copies, so their loops
 /// and index arithmetic compile to constants.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct ConvSpec([u32; 21]);
+pub struct ConvSpec([u32; 25]);
 
 impl ConvSpec {
     /// The WGSL names of the constants, in order.
-    pub const NAMES: [&'static str; 21] = [
+    pub const NAMES: [&'static str; 25] = [
         "C",
         "H",
         "W",
@@ -347,6 +349,10 @@ impl ConvSpec {
         "TERMS",
         "PASSES",
         "KEEP_Z",
+        "POOL_KH",
+        "POOL_KW",
+        "POOL_OH",
+        "POOL_OW",
     ];
 
     /// The constants of the layer whose uniform is `p`.
@@ -373,6 +379,10 @@ impl ConvSpec {
             p.rule.term_layout[0],
             p.rule.extra[3] as u32,
             p.keep_z,
+            p.pool_kh,
+            p.pool_kw,
+            p.pool_oh,
+            p.pool_ow,
         ])
     }
 
@@ -606,6 +616,13 @@ pub struct ConvParams {
     /// 1, 2 or 3: the forward pass keeps the data terms' shares of z' for the relevance pass
     /// (conv2d.wgsl "Kept z'"; [`kept_z`])
     pub keep_z: u32,
+    /// The window (kh, kw) and output size (oh, ow) of the max pooling right after the layer
+    /// (after its fused ReLU) whose relevance step the layer's relevance pass takes over, its
+    /// windows tiling the layer's output; all 0 without (conv2d.wgsl "Fused max pooling")
+    pub pool_kh: u32,
+    pub pool_kw: u32,
+    pub pool_oh: u32,
+    pub pool_ow: u32,
     pub pad1: u32,
     pub pad2: u32,
     pub rule: RuleParams,
