@@ -32,8 +32,8 @@ use crate::model::Window;
 pub(super) struct Forward<'a> {
     /// The pre-activation z = W x + b, (oc, m, oh, ow).
     pub z: &'a [f32],
-    /// x g(w) of the [`ZFrom::Kept`] passes, (passes, oc, m, oh, ow): [`Linear::forward`]'s
-    /// return.
+    /// The stacked products of the forward pass, (2, oc, m, oh, ow), whose halves the
+    /// [`ZFrom::Kept`] passes index: [`Linear::forward`]'s return.
     pub kept: Option<&'a [f32]>,
 }
 
@@ -207,7 +207,8 @@ impl Linear {
                 // of one pass: this one)
                 let z_from = match forward_z {
                     ForwardZ::None => ZFrom::Terms,
-                    ForwardZ::Other => ZFrom::Kept(0),
+                    // the second of the stacked products
+                    ForwardZ::Other => ZFrom::Kept(1),
                     ForwardZ::Split => ZFrom::Kept(p),
                     ForwardZ::Plain if constant.is_none() && pass.bias == ParamMod::Identity => {
                         ZFrom::Forward
@@ -290,8 +291,8 @@ impl Linear {
     }
 
     /// z = W . x + b for m samples into `dst` (oc, m, oh, ow); for a [`ZFrom::Kept`] rule also
-    /// x g(w) (alpha-beta: x w+ then x w-), returned (a scratch buffer) for
-    /// [`Linear::relevance`].
+    /// both stacked products, W x then x g(w) (alpha-beta: x w+ then x w-), returned (a scratch
+    /// buffer) for [`Linear::relevance`].
     pub fn forward(
         &self,
         m: usize,
@@ -329,13 +330,7 @@ impl Linear {
                 }
             }
         }
-        if self.split {
-            return Some(both);
-        }
-        let mut kept = scratch.take(dst.len());
-        kept.copy_from_slice(data);
-        scratch.give(both);
-        Some(kept)
+        Some(both)
     }
 
     /// The gradient: `dst` (c, m, h, w) = W^T . g.
@@ -368,17 +363,13 @@ impl Linear {
         for pass in &self.passes {
             // z'
             match &pass.z_from {
-                ZFrom::Forward => zp.copy_from_slice(z),
-                ZFrom::ForwardPlus(offset) => {
-                    zp.copy_from_slice(z);
-                    add_per_position(&mut zp, offset, m * pout);
-                }
+                // s = R / stab(z') straight from where z' lies
+                ZFrom::Forward => self.s_of(z, None, 1.0, r, m, &mut zp),
+                ZFrom::ForwardPlus(offset) => self.s_of(z, Some(offset), 1.0, r, m, &mut zp),
                 ZFrom::Kept(h) => {
                     let kept = kept.expect("the forward pass keeps x g(w)");
-                    zp.copy_from_slice(&kept[h * z.len()..(h + 1) * z.len()]);
-                    if let Some(zc) = &pass.z_constant {
-                        add_per_position(&mut zp, zc, m * pout);
-                    }
+                    let zh = &kept[h * z.len()..(h + 1) * z.len()];
+                    self.s_of(zh, pass.z_constant.as_ref(), 1.0, r, m, &mut zp);
                 }
                 ZFrom::Terms => {
                     match &pass.z_constant {
@@ -404,11 +395,11 @@ impl Linear {
                         };
                         self.apply(term.weight.view(), m, f, beta, &mut zp, scratch);
                     }
+                    // s = R / stab(z'), in place
+                    for (s, r) in zp.iter_mut().zip(r) {
+                        *s = r / stabilize(*s, self.eps);
+                    }
                 }
-            }
-            // s = R / stab(z'), in place
-            for (s, r) in zp.iter_mut().zip(r) {
-                *s = r / stabilize(*s, self.eps);
             }
             let k = pass.coefficient;
             if let Some(wc) = &pass.constant {
@@ -446,17 +437,10 @@ impl Linear {
         scratch: &mut Scratch,
     ) {
         let len = r.len();
-        let rows = m * self.geom.plane_out();
         let mut s = scratch.take(2 * len);
-        s.copy_from_slice(kept);
-        for (pass, s) in self.passes.iter().zip(s.chunks_exact_mut(len)) {
-            if let Some(zc) = &pass.z_constant {
-                add_per_position(s, zc, rows);
-            }
-            let k = pass.coefficient;
-            for (s, r) in s.iter_mut().zip(r) {
-                *s = k * (r / stabilize(*s, self.eps));
-            }
+        let halves = s.chunks_exact_mut(len).zip(kept.chunks_exact(len));
+        for (pass, (s, z)) in self.passes.iter().zip(halves) {
+            self.s_of(z, pass.z_constant.as_ref(), pass.coefficient, r, m, s);
         }
         let stacked = self
             .stacked
@@ -468,17 +452,37 @@ impl Linear {
         }
         scratch.give(s);
     }
-}
 
-/// Adds `per_position` (oc, oh * ow) to every sample's plane of `dst` (oc, m, oh, ow), whose
-/// rows are `row_len` = m * oh * ow long.
-fn add_per_position(dst: &mut [f32], per_position: &Array2<f32>, row_len: usize) {
-    for (o, chunk) in dst.chunks_exact_mut(row_len).enumerate() {
-        let row = per_position.row(o);
-        let row = row.as_slice().expect("standard layout");
-        for plane in chunk.chunks_exact_mut(row.len()) {
-            for (d, v) in plane.iter_mut().zip(row) {
-                *d += v;
+    /// `dst` = k * R / stab(z + per_position) for m samples (all (oc, m, oh, ow); per_position
+    /// (oc, oh * ow), the same for every sample): s from a z' that the forward pass left, in
+    /// one pass over it.
+    fn s_of(
+        &self,
+        z: &[f32],
+        per_position: Option<&Array2<f32>>,
+        k: f32,
+        r: &[f32],
+        m: usize,
+        dst: &mut [f32],
+    ) {
+        let eps = self.eps;
+        let Some(pp) = per_position else {
+            for ((d, z), r) in dst.iter_mut().zip(z).zip(r) {
+                *d = k * (r / stabilize(*z, eps));
+            }
+            return;
+        };
+        let row_len = m * self.geom.plane_out();
+        let rows = dst.chunks_exact_mut(row_len).zip(z.chunks_exact(row_len));
+        for (o, ((d, z), r)) in rows.zip(r.chunks_exact(row_len)).enumerate() {
+            let add = pp.row(o);
+            let add = add.as_slice().expect("standard layout");
+            let n = add.len();
+            let planes = d.chunks_exact_mut(n).zip(z.chunks_exact(n));
+            for ((d, z), r) in planes.zip(r.chunks_exact(n)) {
+                for (((d, z), r), a) in d.iter_mut().zip(z).zip(r).zip(add) {
+                    *d = k * (r / stabilize(z + a, eps));
+                }
             }
         }
     }
