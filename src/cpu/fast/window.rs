@@ -221,12 +221,39 @@ impl Geom {
         let cols: Vec<_> = (0..self.ow)
             .map(|oj| span(oj, self.sw, self.left, self.kw, self.w))
             .collect();
+        // 2 x 2 windows of stride 2 from the top left (the usual pooling): those wholly inside
+        // the input take the path below, without the per-window spans and loops.
+        let pairs = (self.kh, self.kw, self.sh, self.sw, self.top, self.left) == (2, 2, 2, 2, 0, 0);
+        let (full_rows, full_cols) = if pairs {
+            ((self.h / 2).min(self.oh), (self.w / 2).min(self.ow))
+        } else {
+            (0, 0)
+        };
+        let w = self.w;
         for p in 0..planes {
             let plane = &src[p * pin..][..pin];
             let out = &mut dst[p * pout..][..pout];
             let out_arg = &mut arg[p * pout..][..pout];
+            for oi in 0..full_rows {
+                let (r0, r1) = (&plane[2 * oi * w..][..w], &plane[(2 * oi + 1) * w..][..w]);
+                let o = &mut out[oi * self.ow..][..full_cols];
+                let oa = &mut out_arg[oi * self.ow..][..full_cols];
+                for (oj, (o, oa)) in o.iter_mut().zip(oa).enumerate() {
+                    let j = 2 * oj;
+                    // row-major order, strictly greater: the first maximum wins
+                    let (mut best, mut at) = (r0[j], j);
+                    for (v, i) in [(r0[j + 1], j + 1), (r1[j], w + j), (r1[j + 1], w + j + 1)] {
+                        let better = v > best;
+                        best = if better { v } else { best };
+                        at = if better { i } else { at };
+                    }
+                    *o = best;
+                    *oa = (2 * oi * w + at) as u32;
+                }
+            }
             for (oi, &(i0, i1)) in rows.iter().enumerate() {
-                for (oj, &(j0, j1)) in cols.iter().enumerate() {
+                let first = if oi < full_rows { full_cols } else { 0 };
+                for (oj, &(j0, j1)) in cols.iter().enumerate().skip(first) {
                     let (mut best, mut at) = (f32::NEG_INFINITY, NONE);
                     if i0 < i1 && j0 < j1 {
                         (best, at) = (plane[i0 * self.w + j0], (i0 * self.w + j0) as u32);
