@@ -57,8 +57,10 @@
 // second sum with the term's weights from the same input loads. The relevance pass runs
 // s_reduce, which adds the constant terms' share (P.z_const) and the bias modifier, instead
 // of z_partial's second pass over the inputs. With KEEP_Z = 3 (alpha-beta on a ReLU output:
-// x w+ in pass 0, x w- in pass 1, terms 0 and 1) the forward pass sums x w+ and x w- instead of
-// x w, which is their sum, and keeps the two as the pair of s.
+// x w+ in pass 0, x w- in pass 1, terms 0 and 1) the forward pass sums x w+ and x w- beside x w
+// and keeps the two as the pair of s. (Not x w as their sum: with the positive and negative
+// parts summed apart, the rounding of the larger part lands on x w, and the forward's output
+// would depend on the rule.)
 //
 // Fused max pooling (POOL_KH > 0, LRP only): where a max pooling whose windows tile this layer's
 // output follows it (after the fused ReLU, whose relevance is the identity), LRP gives each
@@ -378,14 +380,16 @@ fn input_at(xr: u32, xi: i32, m: vec4<f32>) -> f32 {
 
 // Sums of modified(x, m) * W over the chunk's receptive field for each pixel of strip `o` (one
 // vec4 over the block's channels per pixel): `a` with the output-channel block's [c, kh, kw]
-// weight vec4s from `wbase` in wv and, when `both`, `b` with those from `wbase2`, from the same
-// input loads (the forward pass of a layer whose z' is kept with other weights, KEEP_Z = 2).
+// weight vec4s from `wbase` in wv and, for `extra` = 1 or 2, `b` with those from `wbase2` and
+// `c` with those from `wbase3`, from the same input loads (the forward pass of a layer whose z'
+// is kept with other weights, KEEP_Z = 2 and 3).
 struct StripSums {
     a: array<vec4<f32>, 4>,
     b: array<vec4<f32>, 4>,
+    c: array<vec4<f32>, 4>,
 }
 
-fn strip_sum(o: OutStrip, wbase: u32, m: vec4<f32>, wbase2: u32, both: bool) -> StripSums {
+fn strip_sum(o: OutStrip, wbase: u32, m: vec4<f32>, wbase2: u32, wbase3: u32, extra: u32) -> StripSums {
     let y0 = i32(o.oy * STRIDE_Y) - i32(PAD_TOP);
     let ky0 = u32(max(0, -y0));
     let ky1 = u32(clamp(i32(H) - y0, 0, i32(KH)));
@@ -396,6 +400,7 @@ fn strip_sum(o: OutStrip, wbase: u32, m: vec4<f32>, wbase2: u32, both: bool) -> 
     let xbase = o.n * in_len();
     var acc = array<vec4<f32>, 4>(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
     var acc2 = acc;
+    var acc3 = acc;
     for (var ch = c0; ch < c1; ch++) {
         let xc = xbase + ch * H * W;
         let wc = ch * KH * KW;
@@ -415,12 +420,19 @@ fn strip_sum(o: OutStrip, wbase: u32, m: vec4<f32>, wbase2: u32, both: bool) -> 
                     acc[1] += v1 * wk;
                     acc[2] += v2 * wk;
                     acc[3] += v3 * wk;
-                    if (both) {
+                    if (extra >= 1u) {
                         let wk2 = wv[wbase2 + wr + kx];
                         acc2[0] += v0 * wk2;
                         acc2[1] += v1 * wk2;
                         acc2[2] += v2 * wk2;
                         acc2[3] += v3 * wk2;
+                    }
+                    if (extra >= 2u) {
+                        let wk3 = wv[wbase3 + wr + kx];
+                        acc3[0] += v0 * wk3;
+                        acc3[1] += v1 * wk3;
+                        acc3[2] += v2 * wk3;
+                        acc3[3] += v3 * wk3;
                     }
                     v0 = v1;
                     v1 = v2;
@@ -440,16 +452,22 @@ fn strip_sum(o: OutStrip, wbase: u32, m: vec4<f32>, wbase2: u32, both: bool) -> 
                 for (var j = 0u; j < STRIP; j++) {
                     acc[j] += v[j] * wk;
                 }
-                if (both) {
+                if (extra >= 1u) {
                     let wk2 = wv[wbase2 + wr + kx];
                     for (var j = 0u; j < STRIP; j++) {
                         acc2[j] += v[j] * wk2;
                     }
                 }
+                if (extra >= 2u) {
+                    let wk3 = wv[wbase3 + wr + kx];
+                    for (var j = 0u; j < STRIP; j++) {
+                        acc3[j] += v[j] * wk3;
+                    }
+                }
             }
         }
     }
-    return StripSums(acc, acc2);
+    return StripSums(acc, acc2, acc3);
 }
 
 // Forward, split-K: one invocation per (sample, chunk of the receptive field, block of output
@@ -462,23 +480,17 @@ fn forward_partial(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_w
     }
     let o = out_strip(idx);
     // KEEP_Z = 2: also z' of the rule's data term (term 0, input x) with its modified weights;
-    // KEEP_Z = 3: x w+ and x w- (terms 0 and 1) instead of x w.
+    // KEEP_Z = 3: also x w+ and x w- (terms 0 and 1).
     let ob = o.o0 / BLOCK;
     let plain = vec4<f32>(1.0, 1.0, 0.0, 0.0);
-    let split = KEEP_Z == 3u;
-    let first = select(0u, 1u, split);
-    let sums = strip_sum(o, out_weights(first, ob), plain, out_weights(first + 1u, ob), KEEP_Z >= 2u);
-    var acc = sums.a;
+    let extra = select(0u, KEEP_Z - 1u, KEEP_Z >= 2u);
+    let sums = strip_sum(o, out_weights(0u, ob), plain, out_weights(1u, ob), out_weights(2u, ob), extra);
+    let acc = sums.a;
     // the kept z' of pass 0 (KEEP_Z = 1: the forward's own sum) and of pass 1
     var kept = sums.a;
-    var kept1 = sums.b;
-    if (KEEP_Z == 2u) {
+    let kept1 = sums.c;
+    if (KEEP_Z >= 2u) {
         kept = sums.b;
-    }
-    if (split) {
-        for (var j = 0u; j < STRIP; j++) {
-            acc[j] = sums.a[j] + sums.b[j];
-        }
     }
     let olen = out_len();
     let ohw = OH * OW;
@@ -548,7 +560,7 @@ fn z_partial(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgro
         if (precomputed(t)) {
             continue;
         }
-        let acc = strip_sum(o, out_weights(t + 1u, ob), term_mod(t), 0u, false).a;
+        let acc = strip_sum(o, out_weights(t + 1u, ob), term_mod(t), 0u, 0u, 0u).a;
         let pass1 = P.rule.term_pass1[t] > 0.5;
         for (var j = 0u; j < STRIP; j++) {
             z0[j] += select(acc[j], vec4<f32>(0.0), pass1);

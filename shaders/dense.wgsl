@@ -42,7 +42,7 @@
 // own sum when the term is the plain x w (keep_z = 1: LRP-0, epsilon, z^B), a second sum with
 // the term's weights from the same input loads otherwise (keep_z = 2: z+ and gamma on a ReLU
 // output). With keep_z = 3 (alpha-beta on a ReLU output: x w+ in pass 0, x w- in pass 1, terms 0
-// and 1) it sums x w+ and x w- instead of x w, which is their sum, and keeps them as s.x and s.y.
+// and 1) it sums x w+ and x w- beside x w and keeps them as s.x and s.y.
 // The relevance pass runs s_reduce, which adds the constant terms' share and the bias modifier,
 // instead of z_partial.
 
@@ -202,17 +202,17 @@ fn forward_partial(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_w
     let xr = rows(n0, P.inputs);
     var acc = vec4<f32>(0.0);
     // keep_z = 2: the data term's sum as well, from the same input loads; keep_z = 3: the sums
-    // with terms 0 and 1's weights (x w+ and x w-), whose sum is x w
+    // with terms 0 and 1's weights (x w+ and x w-) as well
     var acc2 = vec4<f32>(0.0);
     var kept = vec4<f32>(0.0);
     var kept1 = vec4<f32>(0.0);
     if (P.keep_z == 3u) {
         for (var i = start; i < end; i++) {
             let v = x4(xr, i);
+            acc += v * wb[i * P.outputs + j];
             kept += v * wb[wmod_index(0u, i, j)];
             kept1 += v * wb[wmod_index(1u, i, j)];
         }
-        acc = kept + kept1;
     } else if (P.keep_z == 2u) {
         for (var i = start; i < end; i++) {
             let v = x4(xr, i);

@@ -214,10 +214,9 @@ fn relevance_macs_count_one_product_per_term_and_merge_the_constant_terms() {
         2 * 972 + 2 * 432 + 8
     );
     assert_eq!(lrp(vec![Rule::Zero, Rule::Zero, Rule::Zero]), 972 + 432 + 8);
-    // alpha-beta: two passes of two terms on a signed input; on a ReLU output one term each, x w+
-    // and x w-, which the forward pass sums instead of x w (one product more than its own), and
-    // c for each.
-    assert_eq!(lrp(vec![ab, ab, Rule::ZPlus]), 8 * 972 + 3 * 432 + 2 * 8);
+    // alpha-beta: two passes of two terms on a signed input, one term each on ReLU outputs (their
+    // z', x w+ and x w-, summed by the forward pass beside x w, still count).
+    assert_eq!(lrp(vec![ab, ab, Rule::ZPlus]), 8 * 972 + 4 * 432 + 2 * 8);
     // w^2 and flat: z' is the same for every sample, only c is per sample.
     assert_eq!(
         lrp(vec![Rule::WSquare, Rule::Flat, Rule::Gamma(0.25)]),

@@ -341,6 +341,52 @@ fn every_composite_and_baseline() {
     }
 }
 
+#[test]
+fn the_forward_pass_does_not_depend_on_the_rule() {
+    // Each engine sums x w the same way under every rule: what a rule's z' takes from the
+    // forward pass (x w itself, or x w+ and x w- summed beside it) must not change the logits,
+    // bit for bit. (Taking x w as the sum of x w+ and x w- would: the rounding of the larger part
+    // lands on it.)
+    let engines = engines();
+    let mut rng = rng("the_forward_pass_does_not_depend_on_the_rule");
+    let net = random_cnn(&mut rng, 2, 10, 9, false);
+    let x = random_input(&mut rng, &net, 5, 0.0, 1.0);
+    let bounds = Bounds {
+        low: 0.0,
+        high: 1.0,
+    };
+    let ab = Rule::AlphaBeta {
+        alpha: 2.0,
+        beta: 1.0,
+    };
+    let mut methods = vec![
+        Method::GradientXInput,
+        same_rule(&net, ab),
+        same_rule(&net, Rule::ZPlus),
+    ];
+    methods.extend(
+        Composite::ALL
+            .iter()
+            .map(|(_, c)| c.resolve(&net, bounds, &[]).unwrap()),
+    );
+    for engine in &engines {
+        let logits: Vec<_> = methods
+            .iter()
+            .map(|m| {
+                engine
+                    .backend(&net, m, 2)
+                    .run(x.view(), None)
+                    .unwrap()
+                    .logits
+            })
+            .collect();
+        for (m, l) in methods.iter().zip(&logits) {
+            let bits = |a: &ndarray::Array2<f64>| a.mapv(f64::to_bits);
+            assert_eq!(bits(l), bits(&logits[0]), "{}: {m:?}", engine.name());
+        }
+    }
+}
+
 fn window(k: usize, s: usize, p: usize) -> Window {
     Window {
         kernel: [k, k],

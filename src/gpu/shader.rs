@@ -546,8 +546,8 @@ impl RuleParams {
 /// The shaders' `keep_z` for a layer under `rule` (see "Kept z'" in dense.wgsl and conv2d.wgsl):
 /// 1 for [`ForwardZ::Plain`] (the forward's own sum), 2 for [`ForwardZ::Other`] (a second sum
 /// with the data term's weights, term 0 of [`RuleParams::from_rule`], which puts data terms
-/// first), 3 for [`ForwardZ::Split`] (the sums with terms 0 and 1's weights, w+ and w-, instead
-/// of x w, which is their sum; a pair per output, one per pass), 0 otherwise.
+/// first), 3 for [`ForwardZ::Split`] (two more sums, with terms 0 and 1's weights, w+ and w-; a
+/// pair per output, one per pass), 0 otherwise.
 pub fn kept_z(rule: &Rule, nonnegative_input: bool) -> u32 {
     match rule.forward_z(nonnegative_input) {
         ForwardZ::None => 0,

@@ -45,9 +45,8 @@ impl Method {
     /// (`Rule::passes_on`). Where a rule's one pass has the plain x w as its only data term
     /// (LRP-0, epsilon, z^B), its z' is the forward pass's own sum, which both engines take from
     /// there (one product fewer). Another data term on input x (z+ on a ReLU output) the GPU
-    /// computes during the forward pass; it is counted here. Alpha-beta on a ReLU output has
-    /// x w+ and x w- as its passes' data terms, which the forward pass sums instead of x w: one
-    /// product more than the forward's own, counted here, and none for z'. The gradient methods: one
+    /// computes during the forward pass (so do alpha-beta's x w+ and x w- on a ReLU output); it
+    /// is counted here. The gradient methods: one
     /// transposed product per layer. Pooling and element-wise steps are not counted (no
     /// multiply-accumulates of weights).
     pub fn relevance_macs(&self, net: &Network) -> usize {
@@ -70,12 +69,7 @@ impl Method {
                             .iter()
                             .filter(|p| p.terms.iter().any(|t| t.input.is_constant()))
                             .count();
-                        // z' taken from the forward's own sum, or the forward summing x w+ and
-                        // x w- instead of x w (one product more than its own, two fewer here)
-                        let reused = matches!(
-                            rule.forward_z(nonnegative[k]),
-                            super::ForwardZ::Plain | super::ForwardZ::Split
-                        );
+                        let reused = rule.forward_z(nonnegative[k]) == super::ForwardZ::Plain;
                         (2 * data + merged - usize::from(reused)) * macs[k]
                     })
                     .sum()

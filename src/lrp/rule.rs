@@ -81,8 +81,9 @@ pub enum ForwardZ {
     /// can compute together with x w.
     Other,
     /// The rule's two passes have one term each, x w+ in the first and x w- in the second,
-    /// both with sign +1 (alpha-beta on a ReLU output). Those two sums add up to x w, so the
-    /// forward pass can compute them instead of x w and keep each as its pass's share of z'.
+    /// both with sign +1 (alpha-beta on a ReLU output): two more sums over the forward pass's
+    /// inputs, each its pass's z' (less h(b)). They add up to x w, but the forward pass sums x w
+    /// itself: the rounding of the larger part would otherwise land on its output.
     Split,
 }
 

@@ -17,8 +17,8 @@
 //! bias); the single pass of a rule whose only data term is x g(w) with other weights (z+ and
 //! gamma on a ReLU output) has x g(w) computed by the forward pass, in the same matrix product
 //! as x w (one im2col matrix, packed once), and so do alpha-beta's two passes on a ReLU output,
-//! x w+ and x w-, whose sum the forward pass takes for x w; on a layer whose input is known to be
-//! non-negative (after a ReLU), x+ is x and x- terms vanish.
+//! x w+ and x w-; on a layer whose input is known to be non-negative (after a ReLU), x+ is x and
+//! x- terms vanish.
 
 use ndarray::linalg::general_mat_mul;
 use ndarray::{Array1, Array2, Array4, ArrayView2, ArrayViewMut2};
@@ -32,7 +32,7 @@ use crate::model::Window;
 pub(super) struct Forward<'a> {
     /// The pre-activation z = W x + b, (oc, m, oh, ow).
     pub z: &'a [f32],
-    /// The stacked products of the forward pass, (2, oc, m, oh, ow), whose halves the
+    /// The stacked products of the forward pass, (2 or 3, oc, m, oh, ow), whose parts the
     /// [`ZFrom::Kept`] passes index: [`Linear::forward`]'s return.
     pub kept: Option<&'a [f32]>,
 }
@@ -82,8 +82,10 @@ pub(super) struct Linear {
     bias: Array1<f32>,
     passes: Vec<PreparedPass>,
     /// For a rule whose z' is [`ZFrom::Kept`], the weights of the forward pass's one matrix
-    /// product, (2 oc, patch): W over the data term's sign * g(W) ([`ForwardZ::Other`]), or the
-    /// two passes' W+ over W-, whose sum is x w ([`ForwardZ::Split`], `split`).
+    /// product: W over the data term's sign * g(W) ([`ForwardZ::Other`], (2 oc, patch)), or W
+    /// over the two passes' W+ and W- ([`ForwardZ::Split`], `split`, (3 oc, patch)). (Not x w as
+    /// the sum of x w+ and x w-: the rounding of the larger part would land on x w, and the
+    /// forward's output would depend on the rule.)
     stacked: Option<Array2<f32>>,
     split: bool,
     eps: f32,
@@ -207,9 +209,9 @@ impl Linear {
                 // of one pass: this one)
                 let z_from = match forward_z {
                     ForwardZ::None => ZFrom::Terms,
-                    // the second of the stacked products
+                    // the second (third) of the stacked products
                     ForwardZ::Other => ZFrom::Kept(1),
-                    ForwardZ::Split => ZFrom::Kept(p),
+                    ForwardZ::Split => ZFrom::Kept(1 + p),
                     ForwardZ::Plain if constant.is_none() && pass.bias == ParamMod::Identity => {
                         ZFrom::Forward
                     }
@@ -230,16 +232,16 @@ impl Linear {
                 }
             })
             .collect();
-        let stack = |a: &Array2<f32>, b: &Array2<f32>| {
-            Some(
-                ndarray::concatenate(ndarray::Axis(0), &[a.view(), b.view()])
-                    .expect("same columns"),
-            )
+        let stack = |parts: &[&Array2<f32>]| {
+            let views: Vec<_> = parts.iter().map(|a| a.view()).collect();
+            Some(ndarray::concatenate(ndarray::Axis(0), &views).expect("same columns"))
         };
         self.split = forward_z == ForwardZ::Split;
         self.stacked = match (&self.passes[..], forward_z) {
-            ([p], ForwardZ::Other) => stack(&self.weight, &p.data[0].weight),
-            ([p, q], ForwardZ::Split) => stack(&p.data[0].weight, &q.data[0].weight),
+            ([p], ForwardZ::Other) => stack(&[&self.weight, &p.data[0].weight]),
+            ([p, q], ForwardZ::Split) => {
+                stack(&[&self.weight, &p.data[0].weight, &q.data[0].weight])
+            }
             _ => None,
         };
     }
@@ -308,29 +310,21 @@ impl Linear {
             self.apply(self.weight.view(), m, x, 1.0, dst, scratch);
             return None;
         };
-        // Both products from one im2col matrix: z without its bias, then the kept x g(w); or
-        // (split) x w+ and x w-, both kept, whose sum is z without its bias.
-        let mut both = scratch.take(2 * dst.len());
-        self.apply(stacked.view(), m, x, 0.0, &mut both, scratch);
-        let (z, data) = both.split_at(dst.len());
-        for (o, ((d, z), v)) in dst
+        // All products from one im2col matrix: z without its bias, then the kept x g(w) (split:
+        // x w+ and x w-).
+        let parts = stacked.nrows() / self.oc;
+        let mut all = scratch.take(parts * dst.len());
+        self.apply(stacked.view(), m, x, 0.0, &mut all, scratch);
+        for (o, (d, z)) in dst
             .chunks_exact_mut(per)
-            .zip(z.chunks_exact(per))
-            .zip(data.chunks_exact(per))
+            .zip(all.chunks_exact(per))
             .enumerate()
         {
-            let b = self.bias[o];
-            if self.split {
-                for ((d, z), v) in d.iter_mut().zip(z).zip(v) {
-                    *d = z + v + b;
-                }
-            } else {
-                for (d, z) in d.iter_mut().zip(z) {
-                    *d = z + b;
-                }
+            for (d, z) in d.iter_mut().zip(z) {
+                *d = z + self.bias[o];
             }
         }
-        Some(both)
+        Some(all)
     }
 
     /// The gradient: `dst` (c, m, h, w) = W^T . g.
@@ -438,15 +432,17 @@ impl Linear {
     ) {
         let len = r.len();
         let mut s = scratch.take(2 * len);
-        let halves = s.chunks_exact_mut(len).zip(kept.chunks_exact(len));
+        // (the forward's x w+ and x w- follow its x w)
+        let halves = s.chunks_exact_mut(len).zip(kept[len..].chunks_exact(len));
         for (pass, (s, z)) in self.passes.iter().zip(halves) {
             self.s_of(z, pass.z_constant.as_ref(), pass.coefficient, r, m, s);
         }
         let stacked = self
             .stacked
             .as_ref()
-            .expect("a split rule stacks W+ and W-");
-        self.transpose(stacked.view(), m, &s, dst, scratch);
+            .expect("a split rule stacks W, W+ and W-");
+        let plus_minus = stacked.slice(ndarray::s![self.oc.., ..]);
+        self.transpose(plus_minus, m, &s, dst, scratch);
         for (d, x) in dst.iter_mut().zip(x) {
             *d *= x;
         }
