@@ -8,8 +8,9 @@
 #   benchmarks/device.sh prepare   # here, with cargo: builds into .dev/ (this build and, for a
 #                                  # before/after, BASES: default the fastest build measured on the
 #                                  # H200, the last one before specialised convolutions, the last
-#                                  # before heatmap files were made ahead and the last before
-#                                  # kept z'), fetches .gl/ and .whl/
+#                                  # before heatmap files were made ahead, the last before
+#                                  # kept z' and the last before fused max pooling), fetches
+#                                  # .gl/ and .whl/
 #   benchmarks/device.sh run       # on the device, from the repository root (carry .dev .gl .whl)
 #
 # `run` prints everything on stdout and, where the device tool sets $OUT, also into
@@ -39,9 +40,11 @@ for l in sys.stdin:
   # without timestamps, as this one does), and the last build before the convolution pipelines
   # were specialised per layer (what the specialisation gains on a real GPU), and the last build
   # before explain made its heatmap files while the backend starts (what that gains end to end),
-  # and the last before convolutions kept z' from their forward pass (what that gains).
+  # the last before convolutions kept z' from their forward pass (what that gains), and the last
+  # before max pooling's relevance step went into the convolution's s step (with alpha-beta's
+  # kept z' and the CPU engine's 2 x 2 pooling).
   : > .dev/base-revisions
-  for rev in ${BASES:-d244951 a0039ba 3241467 6524c82}; do
+  for rev in ${BASES:-d244951 a0039ba 3241467 6524c82 891b6ea}; do
     base=$(git rev-parse --short "$rev^{commit}")
     benchmarks/revisions.sh "$base" 0
     cp "target/revisions/taylormap-$base" ".dev/taylormap-$base"

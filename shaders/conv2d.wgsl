@@ -49,7 +49,7 @@
 // after the layer is applied by the forward pass when RELU = 1.
 // mode 0: LRP; mode 1: gradient (s = R, no division; the terms are set to (one, w)).
 //
-// Kept z' (KEEP_Z = 1 or 2, LRP only): where the rule's one pass has a single data-dependent
+// Kept z' (KEEP_Z = 1, 2 or 3, LRP only): where the rule's one pass has a single data-dependent
 // term and its input modifier is x itself, that term's share of z' is a sum over the same
 // inputs as the forward pass's. The forward pass then keeps it (before bias and ReLU) as s, in
 // an s buffer of the layer's own: with KEEP_Z = 1 (the term is the plain x w: z^B, LRP-0,
@@ -124,7 +124,7 @@ struct ConvParams {
     // so it is the same for every sample): per (output-channel block, output pixel), the vec4 of
     // pass 0 then that of pass 1. z_partial then skips those terms.
     z_const: u32,
-    // 1 or 2: kept z' (the kernels read the KEEP_Z override)
+    // 1, 2 or 3: kept z' (the kernels read the KEEP_Z override)
     keep_z: u32,
     // window and output size of the fused max pooling (0 without; the kernels read the
     // POOL_* overrides)

@@ -203,7 +203,6 @@ fn forward_partial(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_w
     var acc = vec4<f32>(0.0);
     // keep_z = 2: the data term's sum as well, from the same input loads; keep_z = 3: the sums
     // with terms 0 and 1's weights (x w+ and x w-) as well
-    var acc2 = vec4<f32>(0.0);
     var kept = vec4<f32>(0.0);
     var kept1 = vec4<f32>(0.0);
     if (P.keep_z == 3u) {
@@ -217,9 +216,8 @@ fn forward_partial(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_w
         for (var i = start; i < end; i++) {
             let v = x4(xr, i);
             acc += v * wb[i * P.outputs + j];
-            acc2 += v * wb[wmod_index(0u, i, j)];
+            kept += v * wb[wmod_index(0u, i, j)];
         }
-        kept = acc2;
     } else {
         for (var i = start; i < end; i++) {
             acc += x4(xr, i) * wb[i * P.outputs + j];
