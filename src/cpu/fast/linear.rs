@@ -414,9 +414,7 @@ impl Linear {
         scratch.give(c);
         scratch.give(fx);
     }
-}
 
-impl Linear {
     /// [`Linear::relevance`] for alpha-beta on a ReLU output ([`ForwardZ::Split`]): both passes'
     /// data term has input x, so R = x * (W+^T (alpha s+) + W-^T (-beta s-)), one transposed
     /// product of the stacked [W+; W-] over the stacked [alpha s+; -beta s-], whose z' are the

@@ -197,7 +197,7 @@ impl FastBackend {
                 _ => None,
             })
             .max();
-        // (with a forward pass that also keeps x g(w): its two products and the kept one)
+        // (with a forward pass that also keeps x g(w): its stacked products, up to three, kept)
         let per_sample = activations + 7 * largest.unwrap_or(0) + cols.unwrap_or(0);
         let max_chunk = (SCRATCH_BUDGET / per_sample.max(1)).clamp(1, CHUNK);
         Ok(FastBackend {
