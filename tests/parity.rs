@@ -544,6 +544,32 @@ fn pooling_layers() {
             );
         }
     }
+    // Max pooling straight after a convolution without a ReLU between (its relevance step still
+    // goes into the convolution's s step), on signed outputs.
+    let layers = vec![
+        conv(&mut rng, 2, 3, 3, 1, 1, false),
+        Layer::MaxPool2d {
+            window: window(2, 2, 0),
+        },
+        Layer::Flatten,
+        dense(&mut rng, 3 * 4 * 5, 3, false),
+    ];
+    let net = Network::new(vec![2, 9, 10], layers, vec![]).unwrap();
+    let x = random_input(&mut rng, &net, 3, -1.0, 1.0);
+    for method in [
+        same_rule(&net, Rule::Epsilon(0.25)),
+        same_rule(&net, Rule::ZPlus),
+    ] {
+        compare(
+            &engines,
+            &net,
+            &method,
+            &x,
+            None,
+            2,
+            "conv then max pool, no ReLU",
+        );
+    }
     // Max pooling straight on negative inputs: padding (0) must never win.
     let layers = vec![
         Layer::MaxPool2d {
