@@ -184,24 +184,43 @@ impl Geom {
     /// col2im, the transpose of [`Geom::im2col`]: adds `src` (c * kh * kw, m, oh, ow) into `dst`
     /// (c, m, h, w); overlapping windows accumulate and padding positions are dropped.
     pub fn col2im_add(&self, m: usize, src: &[f32], dst: &mut [f32]) {
-        let (pin, pout, kk) = (self.plane_in(), self.plane_out(), self.kh * self.kw);
+        let (pin, pout, ow) = (self.plane_in(), self.plane_out(), self.ow);
         debug_assert_eq!(dst.len(), self.c * m * pin);
         debug_assert_eq!(src.len(), self.patch() * m * pout);
-        self.for_each_run(self.c * m, |p, ki, kj, oi, (c0, c1), ii, jj0| {
-            let (ch, n) = (p / m, p % m);
-            let row = (ch * kk + ki * self.kw + kj) * m + n;
-            let from = &src[row * pout + oi * self.ow..][c0..c1];
-            let line = &mut dst[p * pin + ii * self.w..][..self.w];
-            if self.sw == 1 {
-                for (d, v) in line[jj0..jj0 + (c1 - c0)].iter_mut().zip(from) {
-                    *d += *v;
-                }
-            } else {
-                for (d, v) in line[jj0..].iter_mut().step_by(self.sw).zip(from) {
-                    *d += *v;
+        // One row of the matrix per (channel, kernel position), as im2col writes them; per
+        // sample, the output rows that see a real input row, each added from its real columns.
+        let mut rows = src.chunks_exact(m * pout);
+        for ch in 0..self.c {
+            for ki in 0..self.kh {
+                let (r0, r1) = self.rows(ki);
+                for kj in 0..self.kw {
+                    let (c0, c1) = self.cols(kj);
+                    let row = rows.next().expect("c * kh * kw rows");
+                    if c0 == c1 || r0 == r1 {
+                        continue;
+                    }
+                    let jj0 = c0 * self.sw + kj - self.left;
+                    for (n, from) in row.chunks_exact(pout).enumerate() {
+                        let plane = &mut dst[(ch * m + n) * pin..][..pin];
+                        let lines = from[r0 * ow..r1 * ow].chunks_exact(ow);
+                        for (oi, from) in (r0..r1).zip(lines) {
+                            let ii = oi * self.sh + ki - self.top;
+                            let line = &mut plane[ii * self.w..][..self.w];
+                            let from = &from[c0..c1];
+                            if self.sw == 1 {
+                                for (d, v) in line[jj0..jj0 + from.len()].iter_mut().zip(from) {
+                                    *d += *v;
+                                }
+                            } else {
+                                for (d, v) in line[jj0..].iter_mut().step_by(self.sw).zip(from) {
+                                    *d += *v;
+                                }
+                            }
+                        }
+                    }
                 }
             }
-        });
+        }
     }
 
     /// Max pooling of `planes` planes: the window maxima into `dst` and, per output position,
