@@ -186,7 +186,11 @@ impl Rule {
     /// [`Rule::passes_on`].
     pub fn forward_z(&self, nonnegative_input: bool) -> ForwardZ {
         let passes = self.passes_on(nonnegative_input);
-        let one_term = |p: &Pass, weight: ParamMod| matches!(&p.terms[..], [t] if t.input == InputMod::Identity && t.weight == weight && t.sign == 1.0);
+        // a pass whose one term is x g(w) with sign +1
+        let one_term = |p: &Pass, weight: ParamMod| match &p.terms[..] {
+            [t] => t.input == InputMod::Identity && t.weight == weight && t.sign == 1.0,
+            _ => false,
+        };
         let pass = match &passes[..] {
             [pass] => pass,
             [a, b] if one_term(a, ParamMod::Positive) && one_term(b, ParamMod::Negative) => {
