@@ -48,6 +48,53 @@ fn signed_maps_send_zero_to_neutral_and_extremes_to_the_ends() {
     }
 }
 
+/// Every map is piecewise linear between its documented nodes, rounded to the nearest byte:
+/// checked on a fine grid, every node and the midpoints between them, against that formula
+/// written out here with `f64::round`.
+#[test]
+fn colormaps_interpolate_linearly_between_their_nodes() {
+    let maps: [(Colormap, &[[u8; 3]]); 4] = [
+        (Colormap::Bwr, &[[0, 0, 255], [255, 255, 255], [255, 0, 0]]),
+        (
+            Colormap::ColdHot,
+            &[
+                [0, 255, 255],
+                [0, 0, 255],
+                [0, 0, 0],
+                [255, 0, 0],
+                [255, 255, 0],
+            ],
+        ),
+        (
+            Colormap::Heat,
+            &[[0, 0, 0], [255, 0, 0], [255, 255, 0], [255, 255, 255]],
+        ),
+        (Colormap::Gray, &[[0, 0, 0], [255, 255, 255]]),
+    ];
+    let mut rng = common::rng("colormap_nodes");
+    for (cmap, nodes) in maps {
+        let segments = (nodes.len() - 1) as f64;
+        let mut ts: Vec<f64> = (-2000..=2000).map(|k| f64::from(k) / 2000.0).collect();
+        ts.extend((0..1000).map(|_| common::uniform(&mut rng, -1.0, 1.0) as f64));
+        for t in ts {
+            // position along the nodes: [-1, 1] onto them all, or [0, 1] for a positive-only map
+            let u = if cmap.is_signed() {
+                (t + 1.0) / 2.0
+            } else {
+                t.max(0.0)
+            };
+            let pos = u * segments;
+            let k = (pos.floor() as usize).min(nodes.len() - 2);
+            let f = pos - k as f64;
+            let want: [u8; 3] = std::array::from_fn(|c| {
+                let (a, b) = (f64::from(nodes[k][c]), f64::from(nodes[k + 1][c]));
+                (a + (b - a) * f).round() as u8
+            });
+            assert_eq!(cmap.color(t), want, "{cmap} at t = {t:e}");
+        }
+    }
+}
+
 #[test]
 fn heat_is_positive_only() {
     let mut rng = common::rng("heat");

@@ -74,24 +74,64 @@ impl Colormap {
     /// Signed maps send -1, 0 and +1 exactly to their first, middle and last node; the
     /// positive-only [`Colormap::Heat`] sends t <= 0 to its first node and +1 to its last.
     pub fn color(self, t: f64) -> Rgb {
+        self.painter().color(t)
+    }
+
+    /// The map prepared for colouring many values: [`Painter::color`] is [`Colormap::color`]
+    /// without matching on the map for each value.
+    pub(crate) fn painter(self) -> Painter {
+        let nodes = self.nodes();
+        let mut p = Painter {
+            start: [[0.0; 3]; MAX_SEGMENTS],
+            step: [[0.0; 3]; MAX_SEGMENTS],
+            segments: nodes.len() - 1,
+            signed: self.is_signed(),
+        };
+        for (k, pair) in nodes.windows(2).enumerate() {
+            p.start[k] = pair[0].map(f64::from);
+            // exact: differences of two bytes
+            p.step[k] = std::array::from_fn(|c| f64::from(pair[1][c]) - f64::from(pair[0][c]));
+        }
+        p
+    }
+    /// The colour of zero relevance.
+    pub fn neutral(self) -> Rgb {
+        self.color(0.0)
+    }
+}
+
+/// The most segments (nodes less one) of a colormap.
+const MAX_SEGMENTS: usize = 4;
+
+/// A [`Colormap`]'s segments in f64: [`Colormap::painter`].
+pub(crate) struct Painter {
+    /// The first node of each segment, and the last less the first.
+    start: [[f64; 3]; MAX_SEGMENTS],
+    step: [[f64; 3]; MAX_SEGMENTS],
+    segments: usize,
+    signed: bool,
+}
+
+impl Painter {
+    /// [`Colormap::color`] of `t`: the same arithmetic, so the same bytes.
+    #[inline]
+    pub(crate) fn color(&self, t: f64) -> Rgb {
         let t = if t.is_nan() { 0.0 } else { t.clamp(-1.0, 1.0) };
-        let u = if self.is_signed() {
+        let u = if self.signed {
             (t + 1.0) / 2.0
         } else {
             t.max(0.0)
         };
-        let nodes = self.nodes();
-        let pos = u * (nodes.len() - 1) as f64;
+        let pos = u * self.segments as f64;
         // pos >= 0, so truncation is floor
-        let k = (pos as usize).min(nodes.len() - 2);
+        let k = (pos as usize).min(self.segments - 1);
         let f = pos - k as f64;
-        let (a, b) = (nodes[k], nodes[k + 1]);
-        std::array::from_fn(|c| round_to_byte(a[c] as f64 + (b[c] as f64 - a[c] as f64) * f))
-    }
-
-    /// The colour of zero relevance.
-    pub fn neutral(self) -> Rgb {
-        self.color(0.0)
+        let (a, d) = (self.start[k], self.step[k]);
+        [
+            round_to_byte(a[0] + d[0] * f),
+            round_to_byte(a[1] + d[1] * f),
+            round_to_byte(a[2] + d[2] * f),
+        ]
     }
 }
 

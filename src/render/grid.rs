@@ -92,6 +92,7 @@ pub fn overlay_rgb(
         );
     }
     let gray = gray_plane(input, plane, channels, input_range);
+    let painter = cmap.painter();
     let colors: Vec<Rgb> = normalised(relevance, plane, channels)
         .into_iter()
         .zip(gray)
@@ -101,7 +102,7 @@ pub fn overlay_rgb(
             } else {
                 t.max(0.0)
             };
-            let colour = cmap.color(t);
+            let colour = painter.color(t);
             let g = g * 255.0;
             std::array::from_fn(|c| round_to_byte(alpha * f64::from(colour[c]) + (1.0 - alpha) * g))
         })
