@@ -8,7 +8,7 @@
 # limit keeps what matters. Every figure in BENCHMARKS.md's GPU sections comes from a run of this
 # script.
 #
-#   benchmarks/device.sh prepare   # here, with cargo: builds into .dev/ (this build and, for a
+#   benchmarks/device.sh prepare   # here, with cargo: builds into .dev/ (gzipped; this build and, for a
 #                                  # before/after, BASES: default the fastest build measured on the
 #                                  # H200, the last one before specialised convolutions, the last
 #                                  # before heatmap files were made ahead, the last before
@@ -55,12 +55,22 @@ for l in sys.stdin:
     echo "$base" >> .dev/base-revisions
   done
   strip .dev/taylormap .dev/parity
+  # Compressed for the trip (8.8 MB a binary, 3.6 MB gzipped): the working tree that travels,
+  # carried paths included, is limited to 64 MiB, and seven binaries as they are came to 62 MB.
+  gzip -9 -f .dev/taylormap .dev/parity .dev/taylormap-*
   # downloaded once (kept between runs)
   ls .gl/libvulkan1_*.deb >/dev/null 2>&1 ||
     (cd .gl && apt-get download -oAPT::Architecture=amd64 libvulkan1 libglvnd0 libegl1 libgl1 \
       libgles2 libglx0 libopengl0)
   ls .whl/zennit-*.whl >/dev/null 2>&1 || python3 -m pip download --no-deps -d .whl zennit==0.5.1
   ls .whl/captum-*.whl >/dev/null 2>&1 || python3 -m pip download --no-deps -d .whl captum==0.9.0 tqdm
+  travels=$( (git ls-files -z --cached --others --exclude-standard | xargs -0 du -cb 2>/dev/null |
+    tail -1; du -cb .dev .gl .whl | tail -1) | awk '{ s += $1 } END { print s }')
+  echo "the working tree with .dev .gl .whl: $((travels / 1048576)) MiB of the device's 64"
+  if [ "$travels" -gt $((64 * 1048576)) ]; then
+    echo "too large to travel: fewer BASES" >&2
+    exit 1
+  fi
   echo "ready: run on the device with carry [\".dev\", \".gl\", \".whl\"]"
   ;;
 run)
@@ -69,6 +79,7 @@ run)
     exit "${PIPESTATUS[0]}"
   fi
   for f in .gl/*.deb; do dpkg -x "$f" /; done
+  gzip -d -f .dev/*.gz
   ldconfig
   icd=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
   [ -f $icd ] && export VK_DRIVER_FILES=$icd
