@@ -121,11 +121,21 @@ pub struct Folder {
     pub bytes: Option<Vec<u8>>,
 }
 
-/// Reads every PNG in `dir`.
+/// Images per decoding thread at the least: below that, a thread costs more than it saves.
+const FILES_PER_THREAD: usize = 64;
+
+/// Reads every PNG in `dir`, decoding on every core (each thread a run of files in order,
+/// straight into its part of the stacked values).
 ///
 /// All images must have the size and channel count of the first one; the error names the first
-/// file that differs.
+/// file, in file-name order, that differs or cannot be read, as a reading one by one would.
 pub fn read_folder(dir: &Path) -> Result<Folder> {
+    let cores = std::thread::available_parallelism().map_or(1, |t| t.get());
+    read_folder_on(dir, cores)
+}
+
+/// [`read_folder`] on at most `threads` threads.
+fn read_folder_on(dir: &Path, threads: usize) -> Result<Folder> {
     let files = list_png_files(dir)?;
     let Some(first_path) = files.first() else {
         return Err(Error::input(
@@ -135,48 +145,191 @@ pub fn read_folder(dir: &Path) -> Result<Folder> {
         ));
     };
     let first = read_png(first_path)?;
-    let (c, h, w) = (first.channels, first.height, first.width);
-    let mut values = Vec::with_capacity(files.len() * c * h * w);
-    values.extend_from_slice(&first.values);
+    let per = first.values.len();
+    let mut values = vec![0f32; files.len() * per];
     // the bytes too, while every image is 8-bit
-    let mut bytes = first.bytes;
-    for path in &files[1..] {
-        let img = read_png(path)?;
-        if (img.height, img.width) != (h, w) {
-            return Err(Error::input(
-                path,
-                format!(
-                    "image is {}x{} (width x height) but {} is {w}x{h}; all PNG files in the folder must be one size",
-                    img.width,
-                    img.height,
-                    first_path.display()
-                ),
-            ));
-        }
-        if img.channels != c {
-            let kind = |c| if c == 1 { "grayscale" } else { "RGB" };
-            return Err(Error::input(
-                path,
-                format!(
-                    "image is {} but {} is {}; all PNG files in the folder must be all grayscale or all RGB",
-                    kind(img.channels),
-                    first_path.display(),
-                    kind(c)
-                ),
-            ));
-        }
-        values.extend_from_slice(&img.values);
-        bytes = match (bytes, img.bytes) {
-            (Some(mut all), Some(b)) => {
-                all.extend_from_slice(&b);
-                Some(all)
-            }
-            _ => None,
-        };
+    let mut bytes = first.bytes.as_ref().map(|_| vec![0u8; files.len() * per]);
+    let threads = threads.min(files.len().div_ceil(FILES_PER_THREAD)).max(1);
+    let run = files.len().div_ceil(threads);
+    let value_runs = values.chunks_mut(run * per);
+    let byte_runs: Vec<Option<&mut [u8]>> = match &mut bytes {
+        Some(b) => b.chunks_mut(run * per).map(Some).collect(),
+        None => (0..threads).map(|_| None).collect(),
+    };
+    let outcomes: Vec<RunOutcome> = std::thread::scope(|scope| {
+        let handles: Vec<_> = files
+            .chunks(run)
+            .zip(value_runs)
+            .zip(byte_runs)
+            .map(|((paths, vals), byts)| {
+                let first = (&first, first_path.as_path());
+                scope.spawn(move || read_run(paths, first, vals, byts))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect()
+    });
+    // runs are in file order, each stopped at its first refusal: the first refusal is the
+    // folder's first
+    let mut all_bytes = bytes.is_some();
+    for outcome in outcomes {
+        all_bytes &= outcome.all_bytes;
+        outcome.refusal.map_or(Ok(()), Err)?;
     }
     Ok(Folder {
-        shape: vec![files.len(), c, h, w],
+        shape: vec![files.len(), first.channels, first.height, first.width],
         values,
-        bytes,
+        bytes: bytes.filter(|_| all_bytes),
     })
+}
+
+/// What a decoding thread found in its run of files.
+struct RunOutcome {
+    /// Whether every image of the run was 8-bit.
+    all_bytes: bool,
+    /// The run's first file that could not be read or does not match the first image.
+    refusal: Option<Error>,
+}
+
+/// Decodes `paths` in order into `values` (and `bytes` while they are 8-bit), image after image,
+/// until one cannot be read or differs from `first` (the folder's first image and its path).
+fn read_run(
+    paths: &[PathBuf],
+    (first, first_path): (&Image, &Path),
+    values: &mut [f32],
+    mut bytes: Option<&mut [u8]>,
+) -> RunOutcome {
+    let per = first.values.len();
+    let mut all_bytes = true;
+    for (i, path) in paths.iter().enumerate() {
+        let img = match read_png(path).and_then(|img| matches_first(img, path, first, first_path)) {
+            Ok(img) => img,
+            Err(e) => {
+                return RunOutcome {
+                    all_bytes,
+                    refusal: Some(e),
+                }
+            }
+        };
+        values[i * per..][..per].copy_from_slice(&img.values);
+        match (&mut bytes, &img.bytes) {
+            (Some(all), Some(b)) => all[i * per..][..per].copy_from_slice(b),
+            _ => all_bytes = false,
+        }
+    }
+    RunOutcome {
+        all_bytes,
+        refusal: None,
+    }
+}
+
+/// `img` (read from `path`) when it has the size and channels of the folder's first image.
+fn matches_first(img: Image, path: &Path, first: &Image, first_path: &Path) -> Result<Image> {
+    let (c, h, w) = (first.channels, first.height, first.width);
+    if (img.height, img.width) != (h, w) {
+        return Err(Error::input(
+            path,
+            format!(
+                "image is {}x{} (width x height) but {} is {w}x{h}; all PNG files in the folder must be one size",
+                img.width,
+                img.height,
+                first_path.display()
+            ),
+        ));
+    }
+    if img.channels != c {
+        let kind = |c| if c == 1 { "grayscale" } else { "RGB" };
+        return Err(Error::input(
+            path,
+            format!(
+                "image is {} but {} is {}; all PNG files in the folder must be all grayscale or all RGB",
+                kind(img.channels),
+                first_path.display(),
+                kind(c)
+            ),
+        ));
+    }
+    Ok(img)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A `w x h` grayscale PNG of the given samples (8 or 16 bit).
+    fn gray(path: &Path, w: u32, h: u32, sixteen: bool, seed: u32) -> Vec<f32> {
+        let n = (w * h) as usize;
+        let samples: Vec<u32> = (0..n as u32).map(|i| (seed * 97 + i * 31) % 251).collect();
+        let mut e = png::Encoder::new(File::create(path).unwrap(), w, h);
+        e.set_color(ColorType::Grayscale);
+        let (depth, data, scale) = if sixteen {
+            let d: Vec<u8> = samples
+                .iter()
+                .flat_map(|&v| ((v * 257) as u16).to_be_bytes())
+                .collect();
+            (BitDepth::Sixteen, d, 255.0)
+        } else {
+            (
+                BitDepth::Eight,
+                samples.iter().map(|&v| v as u8).collect(),
+                255.0,
+            )
+        };
+        e.set_depth(depth);
+        e.write_header().unwrap().write_image_data(&data).unwrap();
+        samples.iter().map(|&v| (v as f64 / scale) as f32).collect()
+    }
+
+    /// Reads of a folder of many files on 1 to 7 threads agree: the same values in file order,
+    /// the bytes only while every image is 8-bit, and the same refusal, of the first odd file,
+    /// wherever the runs of the threads begin.
+    #[test]
+    fn threads_read_a_folder_as_one_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let name = |i: usize| dir.path().join(format!("{i:03}.png"));
+        let n = 300;
+        let mut want = vec![];
+        for i in 0..n {
+            want.extend(gray(&name(i), 3, 2, false, i as u32));
+        }
+        let counts = [1, 2, 3, 7];
+        for t in counts {
+            let f = read_folder_on(dir.path(), t).unwrap();
+            assert_eq!(f.shape, vec![n, 1, 2, 3]);
+            assert_eq!(f.values, want, "{t} threads");
+            let bytes: Vec<f32> = f
+                .bytes
+                .unwrap()
+                .iter()
+                .map(|&b| (b as f64 / 255.0) as f32)
+                .collect();
+            assert_eq!(bytes, want, "{t} threads");
+        }
+        // one 16-bit image late in the folder: the same values (v * 257 / 65535 = v / 255), no bytes
+        gray(&name(250), 3, 2, true, 250);
+        for t in counts {
+            let f = read_folder_on(dir.path(), t).unwrap();
+            assert_eq!(f.values, want, "{t} threads");
+            assert!(f.bytes.is_none(), "{t} threads");
+        }
+        // two odd files: the first one is named, whichever thread reads it
+        gray(&name(130), 2, 3, false, 130);
+        std::fs::write(name(200), b"\x89PNG cut short").unwrap();
+        for (odd, what) in [(130, "one size"), (200, "not a readable PNG")] {
+            for t in counts {
+                let msg = read_folder_on(dir.path(), t)
+                    .err()
+                    .expect("a refusal")
+                    .to_string();
+                assert!(
+                    msg.contains(&format!("{odd:03}.png")) && msg.contains(what),
+                    "{t} threads: {msg}"
+                );
+            }
+            gray(&name(odd), 3, 2, false, odd as u32);
+        }
+        assert!(read_folder_on(dir.path(), 3).is_ok());
+    }
 }
