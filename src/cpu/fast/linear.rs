@@ -24,7 +24,7 @@ use ndarray::linalg::general_mat_mul;
 use ndarray::{Array1, Array2, Array4, ArrayView2, ArrayViewMut2};
 
 use super::window::{stabilize, Geom};
-use super::Scratch;
+use super::{Buf, Scratch};
 use crate::lrp::{ForwardZ, InputMod, ParamMod, Rule};
 use crate::model::Window;
 
@@ -301,7 +301,7 @@ impl Linear {
         x: &[f32],
         dst: &mut [f32],
         scratch: &mut Scratch,
-    ) -> Option<Vec<f32>> {
+    ) -> Option<Buf> {
         let per = m * self.geom.plane_out();
         let Some(stacked) = &self.stacked else {
             for (o, chunk) in dst.chunks_exact_mut(per).enumerate() {

@@ -29,38 +29,69 @@ const SCRATCH_BUDGET: usize = 16 << 20;
 /// Buffers a worker reuses from chunk to chunk, so that the steady state allocates nothing.
 #[derive(Default)]
 struct Scratch {
+    /// Each at the largest length it had: handing out a shorter part of it and then a longer
+    /// one again writes nothing (a `Vec` truncated and grown again would be zero-filled anew).
     free: Vec<Vec<f32>>,
     /// The arg-max indices of each max-pooling step (empty for other steps).
     argmax: Vec<Vec<u32>>,
 }
 
+/// A scratch buffer: the first `len` values of a buffer of the worker's [`Scratch`].
+struct Buf {
+    v: Vec<f32>,
+    len: usize,
+}
+
+impl std::ops::Deref for Buf {
+    type Target = [f32];
+    fn deref(&self) -> &[f32] {
+        &self.v[..self.len]
+    }
+}
+
+impl std::ops::DerefMut for Buf {
+    fn deref_mut(&mut self) -> &mut [f32] {
+        &mut self.v[..self.len]
+    }
+}
+
+impl<'a> IntoIterator for &'a Buf {
+    type Item = &'a f32;
+    type IntoIter = std::slice::Iter<'a, f32>;
+    fn into_iter(self) -> Self::IntoIter {
+        self[..].iter()
+    }
+}
+
 impl Scratch {
     /// A buffer of `len` values whose contents are left over from an earlier use: for outputs
     /// that are written in full.
-    fn take(&mut self, len: usize) -> Vec<f32> {
-        // the smallest free buffer that is large enough, else the largest one (it grows)
+    fn take(&mut self, len: usize) -> Buf {
+        // the smallest free buffer that is long enough, else the longest one (it grows)
         let fits = (0..self.free.len())
-            .filter(|&i| self.free[i].capacity() >= len)
-            .min_by_key(|&i| self.free[i].capacity());
-        let largest = (0..self.free.len()).max_by_key(|&i| self.free[i].capacity());
+            .filter(|&i| self.free[i].len() >= len)
+            .min_by_key(|&i| self.free[i].len());
+        let longest = (0..self.free.len()).max_by_key(|&i| self.free[i].len());
         let mut v = fits
-            .or(largest)
+            .or(longest)
             .map(|i| self.free.swap_remove(i))
             .unwrap_or_default();
-        v.resize(len, 0.0);
-        v
+        if v.len() < len {
+            v.resize(len, 0.0);
+        }
+        Buf { v, len }
     }
 
     /// A buffer of `len` zeros.
-    fn zeroed(&mut self, len: usize) -> Vec<f32> {
+    fn zeroed(&mut self, len: usize) -> Buf {
         let mut v = self.take(len);
         v.fill(0.0);
         v
     }
 
     /// Returns a buffer for reuse.
-    fn give(&mut self, v: Vec<f32>) {
-        self.free.push(v);
+    fn give(&mut self, b: Buf) {
+        self.free.push(b.v);
     }
 }
 
@@ -358,7 +389,7 @@ impl FastBackend {
         // Forward, keeping every activation (and the arg-max of every max pooling).
         let mut acts = vec![input];
         // What each Dense/Conv2d layer's forward pass keeps for its z' (`Linear::forward`).
-        let mut kept_of: Vec<Option<Vec<f32>>> = Vec::with_capacity(self.steps.len());
+        let mut kept_of: Vec<Option<Buf>> = Vec::with_capacity(self.steps.len());
         let mut argmax_of = std::mem::take(&mut scratch.argmax);
         argmax_of.resize_with(self.steps.len(), Vec::new);
         for (k, step) in self.steps.iter().enumerate() {
