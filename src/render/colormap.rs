@@ -81,19 +81,19 @@ impl Colormap {
     /// without matching on the map for each value.
     pub(crate) fn painter(self) -> Painter {
         let nodes = self.nodes();
-        let mut p = Painter {
-            start: [[0.0; 3]; MAX_SEGMENTS],
-            step: [[0.0; 3]; MAX_SEGMENTS],
-            segments: nodes.len() - 1,
-            signed: self.is_signed(),
-        };
+        let mut step = [[0.0; 3]; MAX_SEGMENTS];
         for (k, pair) in nodes.windows(2).enumerate() {
-            p.start[k] = pair[0].map(f64::from);
             // exact: differences of two bytes
-            p.step[k] = std::array::from_fn(|c| f64::from(pair[1][c]) - f64::from(pair[0][c]));
+            step[k] = std::array::from_fn(|c| f64::from(pair[1][c]) - f64::from(pair[0][c]));
         }
-        p
+        Painter {
+            first: nodes[0].map(f64::from),
+            step,
+            segments: (nodes.len() - 1) as f64,
+            signed: self.is_signed(),
+        }
     }
+
     /// The colour of zero relevance.
     pub fn neutral(self) -> Rgb {
         self.color(0.0)
@@ -103,17 +103,25 @@ impl Colormap {
 /// The most segments (nodes less one) of a colormap.
 const MAX_SEGMENTS: usize = 4;
 
-/// A [`Colormap`]'s segments in f64: [`Colormap::painter`].
+/// A [`Colormap`]'s nodes in f64: [`Colormap::painter`].
 pub(crate) struct Painter {
-    /// The first node of each segment, and the last less the first.
-    start: [[f64; 3]; MAX_SEGMENTS],
+    /// The first node.
+    first: [f64; 3],
+    /// Per segment, its last node less its first; 0 past the map's last segment.
     step: [[f64; 3]; MAX_SEGMENTS],
-    segments: usize,
+    segments: f64,
     signed: bool,
 }
 
 impl Painter {
-    /// [`Colormap::color`] of `t`: the same arithmetic, so the same bytes.
+    /// [`Colormap::color`] of `t`.
+    ///
+    /// With `pos` = t's position along the nodes (0 at the first, one per segment), segment k
+    /// adds its step times clamp(pos - k, 0, 1): the whole step for the segments before pos, the
+    /// fraction f = pos - k for pos's own and nothing after. That is the linear interpolation
+    /// a + (b - a) f between pos's two nodes to the last bit: the whole steps are integers that
+    /// sum exactly to a, and those after add 0. Without a segment index to look up, every value
+    /// takes the same instructions.
     #[inline]
     pub(crate) fn color(&self, t: f64) -> Rgb {
         let t = if t.is_nan() { 0.0 } else { t.clamp(-1.0, 1.0) };
@@ -122,16 +130,15 @@ impl Painter {
         } else {
             t.max(0.0)
         };
-        let pos = u * self.segments as f64;
-        // pos >= 0, so truncation is floor
-        let k = (pos as usize).min(self.segments - 1);
-        let f = pos - k as f64;
-        let (a, d) = (self.start[k], self.step[k]);
-        [
-            round_to_byte(a[0] + d[0] * f),
-            round_to_byte(a[1] + d[1] * f),
-            round_to_byte(a[2] + d[2] * f),
-        ]
+        let pos = u * self.segments;
+        let mut v = self.first;
+        for (k, step) in self.step.iter().enumerate() {
+            let share = (pos - k as f64).clamp(0.0, 1.0);
+            for (v, s) in v.iter_mut().zip(step) {
+                *v += s * share;
+            }
+        }
+        v.map(round_to_byte)
     }
 }
 

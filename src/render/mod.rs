@@ -79,9 +79,11 @@ fn normalised(relevance: &[f64], plane: usize, channels: usize) -> Vec<f64> {
 /// between as the sign of the relevance goes, were mispredicted about half the time.
 pub(crate) fn round_to_byte(x: f64) -> u8 {
     let x = x.clamp(0.0, 255.0);
-    let whole = x as u32; // truncation, = floor for x >= 0; NaN gives 0, and NaN >= 0.5 is false
+    // truncation, = floor for x >= 0; NaN gives 0, and NaN >= 0.5 is false (through i32, which
+    // SIMD converts to in one instruction, unlike u32)
+    let whole = x as i32;
     let up = x - f64::from(whole) >= 0.5;
-    (whole + u32::from(up)) as u8
+    (whole + i32::from(up)) as u8
 }
 
 /// Nearest-neighbour upscaling of an `h x w` image of colours by `scale` (0 counts as 1), to
