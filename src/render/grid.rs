@@ -107,7 +107,7 @@ pub fn overlay_rgb(
             std::array::from_fn(|c| round_to_byte(alpha * f64::from(colour[c]) + (1.0 - alpha) * g))
         })
         .collect();
-    upscale(&colors, h, w, scale)
+    upscale(colors, h, w, scale)
 }
 
 /// One sample of a contact sheet ([`grid_png`]): its input and relevance (both C x H x W), its
@@ -290,7 +290,7 @@ pub fn grid_rgb(
         let y = margin + (i / cols) * (cell_h + margin);
         canvas.text(x, y, caption, fs, item.caption_color());
         let input = upscale(
-            &input_colors(item.input, plane, channels, input_range),
+            input_colors(item.input, plane, channels, input_range),
             h,
             w,
             s,

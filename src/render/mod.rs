@@ -43,7 +43,7 @@ pub fn heatmap_rgb(
         .into_iter()
         .map(|t| painter.color(t))
         .collect();
-    upscale(&colors, h, w, scale)
+    upscale(colors, h, w, scale)
 }
 
 /// Sums the channels of C x H x W relevance per pixel and divides by the largest finite |R|:
@@ -87,9 +87,12 @@ pub(crate) fn round_to_byte(x: f64) -> u8 {
 }
 
 /// Nearest-neighbour upscaling of an `h x w` image of colours by `scale` (0 counts as 1), to
-/// row-major RGB bytes.
-fn upscale(colors: &[[u8; 3]], h: usize, w: usize, scale: usize) -> Vec<u8> {
+/// row-major RGB bytes (at scale 1, the colours' own bytes).
+fn upscale(colors: Vec<[u8; 3]>, h: usize, w: usize, scale: usize) -> Vec<u8> {
     let s = scale.max(1);
+    if s == 1 {
+        return colors.into_flattened();
+    }
     let (out_w, out_h) = (w * s, h * s);
     let mut out = Vec::with_capacity(out_w * out_h * 3);
     for y in 0..out_h {
