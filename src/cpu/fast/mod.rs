@@ -18,9 +18,16 @@ use crate::{Error, Result};
 use linear::{Forward, Linear};
 use window::Geom;
 
-/// Samples per chunk: large enough for efficient matrix products, small enough that a chunk's
-/// activations and im2col matrices stay in the core's cache.
+/// Most samples per chunk: enough for efficient matrix products.
 const CHUNK: usize = 16;
+
+/// Bytes of the largest im2col matrix of a chunk (the operand every convolution streams through
+/// its matrix product, and copies once more into the product's packed panels): fewer samples per
+/// chunk where [`CHUNK`] would take it past this, so that it stays in a core's L2 cache (1 MiB
+/// and up on current x86 server cores; 2 MiB on some). On the bundled model (57.6 kB a sample) a
+/// chunk is 9 samples instead of 16: 1.1x to 1.3x the heatmaps/s on this project's 2-core
+/// machine, where chunks of 4 to 12 ran alike and 16 fell off (BENCHMARKS.md, tenth run).
+const CACHE_BUDGET: usize = 512 << 10;
 
 /// Scratch memory one worker may use for a chunk, in f32 values (64 MiB): a network with large
 /// activations or im2col matrices gets smaller chunks (down to one sample).
@@ -230,7 +237,10 @@ impl FastBackend {
             .max();
         // (with a forward pass that also keeps x g(w): its stacked products, up to three, kept)
         let per_sample = activations + 7 * largest.unwrap_or(0) + cols.unwrap_or(0);
-        let max_chunk = (SCRATCH_BUDGET / per_sample.max(1)).clamp(1, CHUNK);
+        let cols_bytes = 4 * cols.unwrap_or(0);
+        let max_chunk = (SCRATCH_BUDGET / per_sample.max(1))
+            .min(CACHE_BUDGET / cols_bytes.max(1))
+            .clamp(1, CHUNK);
         Ok(FastBackend {
             steps,
             shapes: shapes.iter().map(|s| chw(s)).collect(),
@@ -283,8 +293,7 @@ impl Backend for FastBackend {
         let mut relevance = vec![0f32; n * in_len];
         let mut logits = vec![0f64; n * outputs];
         let mut chosen = vec![0usize; n];
-        // Chunks of up to `max_chunk` samples, smaller when that keeps every thread busy.
-        let chunk = self.max_chunk.min(n.div_ceil(self.threads)).max(1);
+        let chunk = chunk_size(n, self.max_chunk, self.threads);
         let threads = self.threads.min(n.div_ceil(chunk)).max(1);
         let mut scratch = std::mem::take(&mut self.scratch);
         scratch.resize_with(threads.max(scratch.len()), Scratch::default);
@@ -333,6 +342,14 @@ impl Backend for FastBackend {
             targets: chosen,
         })
     }
+}
+
+/// Samples per chunk for a batch of `n` on `threads` threads: up to `max_chunk`, fewer when that
+/// keeps every thread busy, and as even as the count of chunks allows (64 samples by at most 9:
+/// 8 chunks of 8, not 7 of 9 and one of 1).
+fn chunk_size(n: usize, max_chunk: usize, threads: usize) -> usize {
+    let most = max_chunk.min(n.div_ceil(threads.max(1))).max(1);
+    n.div_ceil(n.div_ceil(most).max(1)).max(1)
 }
 
 /// Where one chunk of samples writes its results.
@@ -545,6 +562,75 @@ mod tests {
         };
         let layers = vec![conv, Layer::Relu, pool, Layer::Flatten, dense];
         Network::new(vec![1, 200, 200], layers, vec![]).unwrap()
+    }
+
+    #[test]
+    fn chunks_are_even_and_keep_every_thread_busy() {
+        for (n, max_chunk, threads, want) in [
+            (64, 9, 2, 8),
+            (256, 9, 2, 9),
+            (256, 16, 1, 16),
+            (5, 9, 2, 3),
+            (1, 9, 2, 1),
+            (0, 9, 2, 1),
+            (17, 16, 1, 9),
+        ] {
+            assert_eq!(
+                chunk_size(n, max_chunk, threads),
+                want,
+                "n {n}, max {max_chunk}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_chunk_im2col_matrix_stays_within_the_cache_budget() {
+        // The bundled model's shape: conv 5x5 1->8 on 28 x 28, pool, conv 5x5 8->16, pool,
+        // dense 256->64 and 64->10. Its largest im2col matrix is the first convolution's,
+        // 25 x 576 values a sample (57.6 kB): 9 samples a chunk.
+        let mut rng = StdRng::seed_from_u64(5);
+        let mut conv = |oc: usize, c: usize| Layer::Conv2d {
+            weight: Array4::from_shape_fn((oc, c, 5, 5), |_| rng.random_range(-0.5..0.5)),
+            bias: Array1::zeros(oc),
+            window: Window {
+                kernel: [5, 5],
+                stride: [1, 1],
+                pad: [0; 4],
+            },
+        };
+        let (conv1, conv2) = (conv(8, 1), conv(16, 8));
+        let pool = || Layer::MaxPool2d {
+            window: Window {
+                kernel: [2, 2],
+                stride: [2, 2],
+                pad: [0; 4],
+            },
+        };
+        let layers = vec![
+            conv1,
+            Layer::Relu,
+            pool(),
+            conv2,
+            Layer::Relu,
+            pool(),
+            Layer::Flatten,
+            Layer::Dense {
+                weight: Array2::from_elem((256, 64), 0.01),
+                bias: Array1::zeros(64),
+            },
+            Layer::Relu,
+            Layer::Dense {
+                weight: Array2::from_elem((64, 10), 0.01),
+                bias: Array1::zeros(10),
+            },
+        ];
+        let net = Network::new(vec![1, 28, 28], layers, vec![]).unwrap();
+        let method = Method::Lrp {
+            rules: vec![Rule::ZPlus; 4],
+        };
+        let engine = FastBackend::new(&net, &method).unwrap();
+        assert_eq!(engine.max_chunk, 9);
+        assert!(engine.max_chunk * 25 * 576 * 4 <= CACHE_BUDGET);
     }
 
     #[test]
