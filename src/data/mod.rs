@@ -139,22 +139,28 @@ impl Dataset {
         }
         let mut shape = vec![self.len()];
         shape.extend_from_slice(input_shape);
-        let x = std::mem::replace(&mut self.x, ArrayD::zeros(IxDyn(&[0])));
-        let x = x.as_standard_layout().into_owned();
+        let x = standard(std::mem::replace(&mut self.x, ArrayD::zeros(IxDyn(&[0]))));
         self.x = x
             .into_shape_with_order(IxDyn(&shape))
             .map_err(|e| Error::input(&self.path, format!("cannot reshape to {shape:?}: {e}")))?;
         if let Some(p) = &mut self.pixels {
             let bytes = std::mem::replace(&mut p.bytes, ArrayD::zeros(IxDyn(&[0])));
-            p.bytes = bytes
-                .as_standard_layout()
-                .into_owned()
+            p.bytes = standard(bytes)
                 .into_shape_with_order(IxDyn(&shape))
                 .map_err(|e| {
                     Error::input(&self.path, format!("cannot reshape to {shape:?}: {e}"))
                 })?;
         }
         Ok(())
+    }
+}
+
+/// `a` in standard (row-major) layout, as it is when it already is: no copy of the samples.
+fn standard<T: Clone>(a: ArrayD<T>) -> ArrayD<T> {
+    if a.is_standard_layout() {
+        a
+    } else {
+        a.as_standard_layout().into_owned()
     }
 }
 
