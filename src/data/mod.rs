@@ -236,11 +236,16 @@ pub fn load(path: &Path, labels: Option<&Path>, normalize: Option<(f64, f64)>) -
             });
         }
     }
-    let (raw_low, raw_high) = values
-        .iter()
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), &v| {
-            (l.min(v as f64), h.max(v as f64))
-        });
+    // (8-bit sources are in [0, 1] by construction: no pass over their values)
+    let (raw_low, raw_high) = if unit_range {
+        (0.0, 1.0)
+    } else {
+        values
+            .iter()
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), &v| {
+                (l.min(v as f64), h.max(v as f64))
+            })
+    };
     if let Some((mean, std)) = normalize {
         for v in values.iter_mut() {
             *v = ((*v as f64 - mean) / std) as f32;
