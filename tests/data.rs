@@ -211,6 +211,14 @@ fn idx_refusals_name_the_file() {
     let z = gzip(&good);
     let p = write(dir.path(), "broken.gz", &z[..z.len() / 2]);
     assert!(err_naming(data::load(&p, None, None), &p).contains("gzip"));
+    // A trailer recording the wrong size (too large to trust as room to allocate, or too small).
+    for size in [u32::MAX, 1] {
+        let mut z = z.clone();
+        let at = z.len() - 4;
+        z[at..].copy_from_slice(&size.to_le_bytes());
+        let p = write(dir.path(), "bad-size.gz", &z);
+        assert!(err_naming(data::load(&p, None, None), &p).contains("gzip"));
+    }
 
     // A labels file or a float IDX given as images: bad magic.
     let p = write(

@@ -18,13 +18,32 @@ pub const IDX_LABELS_MAGIC: u32 = 0x0000_0801;
 pub fn read_maybe_gz(path: &Path) -> Result<Vec<u8>> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     if bytes.starts_with(&[0x1f, 0x8b]) {
-        let mut out = Vec::with_capacity(bytes.len() * 4);
+        let mut out = Vec::with_capacity(gunzipped_len_hint(&bytes));
         flate2::read::MultiGzDecoder::new(&bytes[..])
             .read_to_end(&mut out)
             .map_err(|e| Error::input(path, format!("gzip data is corrupt or truncated: {e}")))?;
         Ok(out)
     } else {
         Ok(bytes)
+    }
+}
+
+/// Room for the decompressed bytes of gzip data: the size its trailer records (ISIZE, the last
+/// member's size modulo 2^32, exact for the usual single member), so that decompressing
+/// reallocates and copies nothing, unless that is beyond what DEFLATE can expand `gz` to (a
+/// corrupt trailer), then 4 times the compressed size.
+fn gunzipped_len_hint(gz: &[u8]) -> usize {
+    let fallback = gz.len().saturating_mul(4);
+    match gz.len().checked_sub(4).map(|at| &gz[at..]) {
+        Some(&[a, b, c, d]) if gz.len() >= 18 => {
+            let isize = u32::from_le_bytes([a, b, c, d]) as usize;
+            if isize <= gz.len().saturating_mul(1032) {
+                isize
+            } else {
+                fallback
+            }
+        }
+        _ => fallback,
     }
 }
 
