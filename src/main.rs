@@ -10,6 +10,33 @@ use taylormap::explain::{self, BackendChoice, ExplainConfig};
 use taylormap::lrp::{Bounds, Composite, TargetChoice};
 use taylormap::render::Colormap;
 
+/// `print!` without its panic when standard output fails: a reader that went away (`taylormap
+/// bench | head -3`) ends the process quietly with status 0, as ripgrep does; any other failure
+/// ends it with an error naming standard output (status 1).
+macro_rules! out {
+    ($($arg:tt)*) => {
+        emit(format_args!($($arg)*))
+    };
+}
+
+/// `println!` the same way as [`out!`].
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        emit(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
+fn emit(text: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    if let Err(e) = std::io::stdout().lock().write_fmt(text) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("error: standard output: {e}");
+        std::process::exit(1);
+    }
+}
+
 #[derive(Parser)]
 #[command(
     name = "taylormap",
@@ -267,7 +294,7 @@ fn train(a: TrainArgs) -> taylormap::Result<()> {
         None => taylormap::model::onnx::save(&net, &a.out)?,
     }
     let last = reports.last();
-    println!(
+    outln!(
         "wrote {} ({} parameters{})",
         a.out.display(),
         net.param_count(),
@@ -378,7 +405,7 @@ fn tabular_data(a: &TrainArgs) -> taylormap::Result<(TrainData, taylormap::data:
     }
     let names = tab.feature_names();
     const SHOWN: usize = 24;
-    println!(
+    outln!(
         "{} features from {} columns: {}{}",
         names.len(),
         tab.columns.len(),
@@ -525,22 +552,35 @@ fn bench(a: BenchArgs) -> taylormap::Result<()> {
             k => k,
         },
     };
-    if !a.json {
-        println!(
-            "{:<9} {:<40} {:>6} {:>9} {:>8} {:>11}",
-            "backend", "adapter", "batch", "samples", "seconds", "heatmaps/s"
-        );
-    }
+    // The table's header comes with its first row, so that a run refused before any
+    // measurement (a bad model or input) prints only its error.
+    let mut header = !a.json;
     taylormap::bench::run(&cfg, &mut |r| {
         if a.json {
-            println!("{}", serde_json::to_string(r).expect("json"));
+            outln!("{}", serde_json::to_string(r).expect("json"));
         } else {
-            println!(
+            if std::mem::take(&mut header) {
+                outln!(
+                    "{:<9} {:<40} {:>6} {:>9} {:>8} {:>11}",
+                    "backend",
+                    "adapter",
+                    "batch",
+                    "samples",
+                    "seconds",
+                    "heatmaps/s"
+                );
+            }
+            outln!(
                 "{:<9} {:<40} {:>6} {:>9} {:>8.3} {:>11.0}",
-                r.backend, r.adapter, r.batch_size, r.samples, r.seconds, r.heatmaps_per_second
+                r.backend,
+                r.adapter,
+                r.batch_size,
+                r.samples,
+                r.seconds,
+                r.heatmaps_per_second
             );
             let flops = (r.forward_flops_per_sample + r.relevance_flops_per_sample) as f64;
-            println!(
+            outln!(
                 "          {:.2} MFLOP per heatmap (forward {:.2}, relevance {:.2}): {:.1} GFLOP/s",
                 flops * 1e-6,
                 r.forward_flops_per_sample as f64 * 1e-6,
@@ -548,7 +588,7 @@ fn bench(a: BenchArgs) -> taylormap::Result<()> {
                 flops * r.heatmaps_per_second * 1e-9
             );
             if let Some(st) = &r.stage_seconds {
-                println!(
+                outln!(
                     "          GPU ms per batch: upload {:.3}, forward {:.3}, relevance {:.3}, \
                      readback {:.3}",
                     st.upload * 1e3,
@@ -560,7 +600,7 @@ fn bench(a: BenchArgs) -> taylormap::Result<()> {
             if let Some(ks) = &r.kernel_seconds {
                 let total: f64 = ks.iter().map(|k| k.seconds).sum();
                 for k in ks {
-                    println!(
+                    outln!(
                         "          {:<48} {:>9.3} ms {:>5.1}%",
                         k.kernel,
                         k.seconds * 1e3,
@@ -569,7 +609,7 @@ fn bench(a: BenchArgs) -> taylormap::Result<()> {
                 }
             }
             if let Some(h) = &r.host_seconds {
-                println!(
+                outln!(
                     "          host ms per batch: check {:.3}, submit {:.3}, wait {:.3}, copy {:.3} \
                      (wall {:.3})",
                     h.check * 1e3,
@@ -659,25 +699,25 @@ fn run(cli: Cli) -> taylormap::Result<()> {
         Command::Explain(args) => {
             let cfg = explain_config(args)?;
             let report = explain::run(&cfg)?;
-            println!("{}", report.summary());
-            println!("outputs              {}", cfg.out.display());
+            outln!("{}", report.summary());
+            outln!("outputs              {}", cfg.out.display());
         }
         Command::Bench(args) => bench(args)?,
         Command::Train(args) => train(args)?,
         Command::Inspect { model } => {
             let net = taylormap::model::onnx::load(&model)?;
-            print!("{}", taylormap::model::inspect::describe(&net));
+            out!("{}", taylormap::model::inspect::describe(&net));
         }
         Command::Adapters => {
             let adapters = taylormap::gpu::adapters();
             if adapters.is_empty() {
-                println!(
+                outln!(
                     "no GPU adapter found; for the software Vulkan driver install mesa-vulkan-drivers \
                      and libvulkan1 (Debian/Ubuntu), or a GPU driver"
                 );
             }
             for a in adapters {
-                println!(
+                outln!(
                     "{:<40} backend {:<8} type {:<14}{}",
                     a.name,
                     a.backend,

@@ -487,3 +487,54 @@ fn gpu_explain_of_8_bit_input_matches_the_same_values_given_as_f32() {
         String::from_utf8_lossy(&outputs[1].1)
     );
 }
+
+/// Standard output that fails: a reader gone before the first line (`taylormap bench | head
+/// -0`) ends the run quietly with status 0; a full device with status 1 and an error naming
+/// standard output. Never a panic.
+#[test]
+fn failing_standard_output_ends_the_run_without_a_panic() {
+    let model = concat!(env!("CARGO_MANIFEST_DIR"), "/assets/models/mnist-cnn.onnx");
+    let runs: [&[&str]; 2] = [
+        &["inspect", model],
+        &[
+            "bench",
+            "--backend",
+            "cpu",
+            "--batch-sizes",
+            "1",
+            "--min-seconds",
+            "0",
+            "--json",
+        ],
+    ];
+    for args in runs {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = Command::new(env!("CARGO_BIN_EXE_taylormap"))
+            .args(args)
+            .stdout(writer)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{args:?}: {:?}\n{stderr}", out.status);
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        if cfg!(target_os = "linux") {
+            let full = std::fs::OpenOptions::new()
+                .write(true)
+                .open("/dev/full")
+                .unwrap();
+            let out = Command::new(env!("CARGO_BIN_EXE_taylormap"))
+                .args(args)
+                .stdout(full)
+                .output()
+                .unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+            assert!(
+                stderr.contains("error: standard output"),
+                "{args:?}: {stderr}"
+            );
+            assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        }
+    }
+}
