@@ -507,34 +507,32 @@ fn failing_standard_output_ends_the_run_without_a_panic() {
             "--json",
         ],
     ];
+    let run = |args: &[&str], stdout: std::process::Stdio| {
+        let out = Command::new(env!("CARGO_BIN_EXE_taylormap"))
+            .args(args)
+            .stdout(stdout)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        (out.status, stderr)
+    };
     for args in runs {
         let (reader, writer) = std::io::pipe().unwrap();
         drop(reader);
-        let out = Command::new(env!("CARGO_BIN_EXE_taylormap"))
-            .args(args)
-            .stdout(writer)
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success(), "{args:?}: {:?}\n{stderr}", out.status);
-        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        let (status, stderr) = run(args, writer.into());
+        assert!(status.success(), "{args:?}: {status:?}\n{stderr}");
         if cfg!(target_os = "linux") {
             let full = std::fs::OpenOptions::new()
                 .write(true)
                 .open("/dev/full")
                 .unwrap();
-            let out = Command::new(env!("CARGO_BIN_EXE_taylormap"))
-                .args(args)
-                .stdout(full)
-                .output()
-                .unwrap();
-            let stderr = String::from_utf8_lossy(&out.stderr);
-            assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+            let (status, stderr) = run(args, full.into());
+            assert_eq!(status.code(), Some(1), "{args:?}: {stderr}");
             assert!(
                 stderr.contains("error: standard output"),
                 "{args:?}: {stderr}"
             );
-            assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
         }
     }
 }
