@@ -61,10 +61,19 @@ enum Engine {
 }
 
 impl Engine {
-    fn name(&self) -> &'static str {
+    /// The backend's kind.
+    fn kind(&self) -> &'static str {
         match self {
             Engine::Fast => "cpu",
             Engine::Gpu(_) => "gpu",
+        }
+    }
+
+    /// For messages: the kind, and for the GPU its API (Vulkan, Gl, ...).
+    fn name(&self) -> String {
+        match self {
+            Engine::Fast => "cpu".into(),
+            Engine::Gpu(ctx) => format!("gpu ({})", ctx.summary().backend),
         }
     }
 
@@ -82,10 +91,18 @@ impl Engine {
 }
 
 /// Every engine this machine has: the CPU engine, and the GPU when there is an adapter (a hard
-/// failure without one under TAYLORMAP_REQUIRE_GPU=1).
+/// failure without one under TAYLORMAP_REQUIRE_GPU=1), on its best API and, where that is not
+/// GL, on GL as well: the same WGSL through naga's GLSL and the GL driver's compiler.
 fn engines() -> Vec<Engine> {
     let mut all = vec![Engine::Fast];
-    all.extend(common::gpu::context().map(Engine::Gpu));
+    let gpu = common::gpu::context();
+    let on_gl = |ctx: &GpuContext| ctx.summary().backend == "Gl";
+    let gl = match &gpu {
+        Some(ctx) if on_gl(ctx) => None,
+        _ => common::gpu::gl_context(),
+    };
+    all.extend(gpu.map(Engine::Gpu));
+    all.extend(gl.map(Engine::Gpu));
     all
 }
 
@@ -102,7 +119,7 @@ fn compare(
 ) {
     for engine in engines {
         let mut backend = engine.backend(net, method, batch);
-        assert_eq!(backend.kind(), engine.name());
+        assert_eq!(backend.kind(), engine.kind());
         let out = backend.run(x.view(), targets).unwrap();
         compare_output(
             net,

@@ -151,8 +151,34 @@ impl GpuContext {
             candidates = ranked_adapters(&instance(wgpu::Backends::GL), wgpu::Backends::GL);
         }
         if candidates.is_empty() {
-            return Err(Error::Gpu(format!("no GPU adapter found; {INSTALL_HINT}")));
+            let chosen = match std::env::var("WGPU_BACKEND") {
+                Ok(b) => format!(" on WGPU_BACKEND={b}, the APIs it allows"),
+                Err(_) => String::new(),
+            };
+            return Err(Error::Gpu(format!(
+                "no GPU adapter found{chosen}; {INSTALL_HINT}"
+            )));
         }
+        Self::open_first(candidates)
+    }
+
+    /// Opens the best adapter of `backends` only, whatever `WGPU_BACKEND` says (e.g.
+    /// `wgpu::Backends::GL`: the WGSL then runs as naga's GLSL, a path of its own through the
+    /// shader compilers, which the parity tests hold to the reference too).
+    pub fn with_backends(backends: wgpu::Backends) -> Result<GpuContext> {
+        let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
+        desc.backends = backends;
+        let candidates = ranked_adapters(&wgpu::Instance::new(desc), backends);
+        if candidates.is_empty() {
+            return Err(Error::Gpu(format!(
+                "no GPU adapter found on {backends:?}; {INSTALL_HINT}"
+            )));
+        }
+        Self::open_first(candidates)
+    }
+
+    /// Opens a device on the first of `candidates` that gives one.
+    fn open_first(candidates: Vec<wgpu::Adapter>) -> Result<GpuContext> {
         let mut failures = vec![];
         for adapter in candidates {
             let info = adapter.get_info();

@@ -46,3 +46,6 @@ pub mod shader;
 
 pub use backend::{GpuBackend, HostTimes, KernelTimes, StageTimes};
 pub use context::{adapters, AdapterSummary, GpuContext};
+/// The wgpu this crate is built on, whose types [`GpuContext`] hands out (its device and queue)
+/// and takes ([`GpuContext::with_backends`]).
+pub use wgpu;

@@ -11,19 +11,37 @@ use taylormap::gpu::GpuContext;
 /// Vulkan driver), so that GPU tests fail rather than skip there.
 pub fn context() -> Option<GpuContext> {
     static CONTEXT: OnceLock<Result<GpuContext, String>> = OnceLock::new();
+    shared(&CONTEXT, "GPU", GpuContext::new)
+}
+
+/// A shared context on a GL adapter (the GL backend: naga's GLSL run by the GL driver), or
+/// `None` (with a message) when this machine has none; like [`context`], a hard failure then
+/// under `TAYLORMAP_REQUIRE_GPU=1` (CI installs Mesa's GL driver beside its Vulkan driver).
+pub fn gl_context() -> Option<GpuContext> {
+    static CONTEXT: OnceLock<Result<GpuContext, String>> = OnceLock::new();
+    shared(&CONTEXT, "GL", || {
+        GpuContext::with_backends(taylormap::gpu::wgpu::Backends::GL)
+    })
+}
+
+fn shared(
+    cell: &OnceLock<Result<GpuContext, String>>,
+    what: &str,
+    open: impl FnOnce() -> taylormap::Result<GpuContext>,
+) -> Option<GpuContext> {
     let required = std::env::var("TAYLORMAP_REQUIRE_GPU").is_ok_and(|v| v.trim() == "1");
-    let ctx = CONTEXT.get_or_init(|| {
-        let ctx = GpuContext::new().map_err(|e| e.to_string());
+    let ctx = cell.get_or_init(|| {
+        let ctx = open().map_err(|e| e.to_string());
         if let Ok(ctx) = &ctx {
-            eprintln!("GPU tests run on {}", ctx.summary());
+            eprintln!("{what} tests run on {}", ctx.summary());
         }
         ctx
     });
     match ctx {
         Ok(ctx) => Some(ctx.clone()),
-        Err(e) if required => panic!("TAYLORMAP_REQUIRE_GPU=1 but there is no GPU adapter: {e}"),
+        Err(e) if required => panic!("TAYLORMAP_REQUIRE_GPU=1 but there is no {what} adapter: {e}"),
         Err(e) => {
-            eprintln!("skipping GPU test: {e}");
+            eprintln!("skipping {what} test: {e}");
             None
         }
     }
