@@ -554,3 +554,37 @@ fn one_value_receptive_fields_work() {
     };
     taylormap::cpu::explain(&net, &method, x.view(), None).unwrap();
 }
+
+/// A layer with an empty output (a Dense layer of 0 units, a convolution to 0 channels) is
+/// refused when the network is built, naming the layer: no engine runs it.
+#[test]
+fn empty_layers_are_refused_naming_the_layer() {
+    let dense = Layer::Dense {
+        weight: ndarray::Array2::zeros((4, 0)),
+        bias: Array1::zeros(0),
+    };
+    let conv = Layer::Conv2d {
+        weight: ndarray::Array4::zeros((0, 1, 2, 2)),
+        bias: Array1::zeros(0),
+        window: Window {
+            kernel: [2, 2],
+            stride: [1, 1],
+            pad: [0; 4],
+        },
+    };
+    for (input, layers, name) in [
+        (vec![4], vec![dense], "0 ("),
+        (vec![1, 3, 3], vec![conv, Layer::Flatten], "0 ("),
+    ] {
+        match Network::new(input, layers, vec![]) {
+            Err(e @ Error::Shape { .. }) => {
+                let msg = e.to_string();
+                assert!(
+                    msg.contains(name) && msg.contains("no zero dimension"),
+                    "{msg}"
+                );
+            }
+            other => panic!("expected a shape error, got {other:?}"),
+        }
+    }
+}

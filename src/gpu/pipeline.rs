@@ -10,6 +10,33 @@ use std::sync::Mutex;
 use super::shader::{BindingKind, Kernel, Shader, Specialisation};
 use crate::{Error, Result};
 
+/// The runtime checks wgpu compiles into our shaders: its bounds checks on every buffer access
+/// stay; its loop bounding and integer-division guards go.
+///
+/// - Loop bounding adds a counter to every loop, decremented and tested on each iteration, so
+///   that a loop that would never end does end. Every loop of `shaders/` ends: each runs from
+///   a start to an end bound that do not change inside it (shapes, chunk sizes, rule terms),
+///   with its counter stepping towards the end by at least 1, and the host sizes the chunks so
+///   that no loop runs more than a few thousand times (llvmpipe's 65,535-iteration cap).
+/// - The division guards replace a zero divisor, and the divisor -1 of a signed division, before
+///   every `/` and `%` on integers. Our divisors are the layers' shapes, strides, window sizes
+///   and chunk counts, all at least 1 (`Network::validate` refuses a layer with an empty
+///   output), and constants written `max(v, 1u)` where a kernel divides by a pooling size that
+///   is 0 when no pooling is fused; no signed division divides by -1.
+///
+/// Both cost instructions in the innermost loops (a loop over the 5 columns of a kernel carries
+/// a second counter): without them the shaders of `explain` on the bundled model ran 15 % fewer
+/// instructions on llvmpipe (BENCHMARKS.md, tenth run). The parity suite runs every kernel as
+/// compiled here.
+const RUNTIME_CHECKS: wgpu::ShaderRuntimeChecks = wgpu::ShaderRuntimeChecks {
+    bounds_checks: true,
+    force_loop_bounding: false,
+    int_div_checks: false,
+    ray_query_initialization_tracking: true,
+    task_shader_dispatch_tracking: true,
+    mesh_shader_primitive_indices_clamp: true,
+};
+
 /// Layouts per shader and lazily compiled pipelines per kernel.
 pub(crate) struct PipelineCache {
     layouts: HashMap<Shader, (wgpu::BindGroupLayout, wgpu::PipelineLayout)>,
@@ -134,10 +161,14 @@ impl PipelineCache {
             modules
                 .entry(shader)
                 .or_insert_with(|| {
-                    device.create_shader_module(wgpu::ShaderModuleDescriptor {
+                    let desc = wgpu::ShaderModuleDescriptor {
                         label: Some(shader.file_name()),
                         source: wgpu::ShaderSource::Wgsl(shader.source().into()),
-                    })
+                    };
+                    // SAFETY: see RUNTIME_CHECKS: every loop of these shaders ends and no
+                    // integer division or modulo has a zero divisor; buffer accesses keep
+                    // their bounds checks.
+                    unsafe { device.create_shader_module_trusted(desc, RUNTIME_CHECKS) }
                 })
                 .clone()
         };

@@ -219,7 +219,21 @@ impl Network {
                 got: "none".into(),
             });
         }
-        self.shapes()?;
+        // (no layer may be empty either: the engines' index arithmetic divides by these sizes)
+        for (k, shape) in self.shapes()?.iter().enumerate().skip(1) {
+            if shape.contains(&0) {
+                return Err(Error::Shape {
+                    layer: format!(
+                        "{} ('{}', {})",
+                        k - 1,
+                        self.names[k - 1],
+                        self.layers[k - 1].kind()
+                    ),
+                    expected: "an output with no zero dimension".into(),
+                    got: format!("{shape:?}"),
+                });
+            }
+        }
         for (layer, name) in self.layers.iter().zip(&self.names) {
             let finite = match layer {
                 Layer::Dense { weight, bias } => {
