@@ -12,8 +12,9 @@
 #                                  # before/after, BASES: default the fastest build measured on the
 #                                  # H200, the last one before specialised convolutions, the last
 #                                  # before heatmap files were made ahead, the last before
-#                                  # kept z' and the last before fused max pooling), fetches
-#                                  # .gl/ and .whl/
+#                                  # kept z', the last before fused max pooling and the last
+#                                  # with wgpu's loop counters and division guards in the
+#                                  # shaders), fetches .gl/ and .whl/
 #   benchmarks/device.sh run       # on the device, from the repository root (carry .dev .gl .whl)
 #
 # `run` prints everything on stdout and, where the device tool sets $OUT, also into
@@ -43,11 +44,12 @@ for l in sys.stdin:
   # without timestamps, as this one does), and the last build before the convolution pipelines
   # were specialised per layer (what the specialisation gains on a real GPU), and the last build
   # before explain made its heatmap files while the backend starts (what that gains end to end),
-  # the last before convolutions kept z' from their forward pass (what that gains), and the last
+  # the last before convolutions kept z' from their forward pass (what that gains), the last
   # before max pooling's relevance step went into the convolution's s step (with alpha-beta's
-  # kept z' and the CPU engine's 2 x 2 pooling).
+  # kept z' and the CPU engine's 2 x 2 pooling), and the last whose shaders carried wgpu's loop
+  # counters and integer-division guards.
   : > .dev/base-revisions
-  for rev in ${BASES:-d244951 a0039ba 3241467 6524c82 891b6ea}; do
+  for rev in ${BASES:-d244951 a0039ba 3241467 6524c82 891b6ea e4d15ef}; do
     base=$(git rev-parse --short "$rev^{commit}")
     benchmarks/revisions.sh "$base" 0
     cp "target/revisions/taylormap-$base" ".dev/taylormap-$base"
