@@ -385,7 +385,7 @@ pub struct Label {
 /// features (see the module docs).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Tabular {
-    /// Format version ([`FORMAT_VERSION`]).
+    /// Format version (`FORMAT_VERSION`).
     pub version: u32,
     /// Feature columns in feature order.
     pub columns: Vec<Column>,

@@ -105,7 +105,7 @@ impl Dataset {
     /// Checks the samples against a model's `input_shape` (without the batch axis) and adapts
     /// them where the meaning is plain:
     /// - (N, H, W) becomes (N, 1, H, W) when the model wants [1, H, W] (grayscale IDX or NPY);
-    /// - any (N, ...) becomes (N, D) when the model wants [D] and each sample has D values
+    /// - any (N, ...) becomes (N, D) when the model wants (D) and each sample has D values
     ///   (flattened in C order, as Keras and PyTorch MLPs on MNIST expect).
     ///
     /// Anything else is an [`Error::Input`] naming the file, the expected and the actual shape.

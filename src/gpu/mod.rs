@@ -19,6 +19,9 @@
 //!   relevance agrees to about 1e-6 relative, except where f32 rounding is amplified by the
 //!   map itself (a target score near 0, or a denominator z' near 0 that makes relevance cancel
 //!   itself); the parity tests document this.
+//! - Shader modules keep wgpu's bounds checks on buffer accesses but not its loop counters and
+//!   integer-division guards, which the kernels do not need (every loop ends, no divisor is 0;
+//!   see `pipeline::RUNTIME_CHECKS`). The parity suite runs them on Vulkan and on GL.
 //! - No invocation loops more than a few thousand times (llvmpipe silently stops an invocation
 //!   after 65,535 loop iterations): long reductions are split into chunks (split-K) and summed by
 //!   a reduce kernel. The GPU backend refuses, with an error naming the layer, pooling windows

@@ -15,8 +15,8 @@
 //! Architectures ([`Arch`]):
 //! - `mnist-cnn`: conv5x5(C->8) ReLU maxpool2 conv5x5(8->16) ReLU maxpool2 flatten
 //!   dense(->64) ReLU dense(->classes); images of at least 16x16.
-//! - `mnist-mlp`: [flatten] dense(->256) ReLU dense(256->256) ReLU dense(->classes).
-//! - `detection-pooling`: the paper's basic detection network: [flatten] dense(D->H) ReLU, then
+//! - `mnist-mlp`: (flatten) dense(->256) ReLU dense(256->256) ReLU dense(->classes).
+//! - `detection-pooling`: the paper's basic detection network: (flatten) dense(D->H) ReLU, then
 //!   sum pooling over the H detections written as a fixed dense(H->1) layer of ones with bias 0,
 //!   so the single output is y = sum_j max(0, sum_i x_i w_ij + b_j). Biases are always kept
 //!   <= 0. It is trained as a binary detector of [`TrainConfig::detect_class`] (a sample is
