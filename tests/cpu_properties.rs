@@ -555,10 +555,15 @@ fn one_value_receptive_fields_work() {
     taylormap::cpu::explain(&net, &method, x.view(), None).unwrap();
 }
 
-/// A layer with an empty output (a Dense layer of 0 units, a convolution to 0 channels) is
-/// refused when the network is built, naming the layer: no engine runs it.
+/// A layer with an empty output (a Dense layer of 0 units, a convolution to 0 channels) or an
+/// empty window is refused when the network is built, naming the layer: no engine runs it.
 #[test]
 fn empty_layers_are_refused_naming_the_layer() {
+    let window = |kernel: [usize; 2]| Window {
+        kernel,
+        stride: [1, 1],
+        pad: [0; 4],
+    };
     let dense = Layer::Dense {
         weight: ndarray::Array2::zeros((4, 0)),
         bias: Array1::zeros(0),
@@ -566,23 +571,31 @@ fn empty_layers_are_refused_naming_the_layer() {
     let conv = Layer::Conv2d {
         weight: ndarray::Array4::zeros((0, 1, 2, 2)),
         bias: Array1::zeros(0),
-        window: Window {
-            kernel: [2, 2],
-            stride: [1, 1],
-            pad: [0; 4],
-        },
+        window: window([2, 2]),
     };
-    for (input, layers, name) in [
-        (vec![4], vec![dense], "0 ("),
-        (vec![1, 3, 3], vec![conv, Layer::Flatten], "0 ("),
+    // A window of no positions: its output would have a size, but no value.
+    let point = Layer::Conv2d {
+        weight: ndarray::Array4::zeros((2, 1, 0, 2)),
+        bias: Array1::zeros(2),
+        window: window([0, 2]),
+    };
+    for (input, layers, says) in [
+        (vec![4], vec![dense], "no zero dimension"),
+        (
+            vec![1, 3, 3],
+            vec![conv, Layer::Flatten],
+            "no zero dimension",
+        ),
+        (
+            vec![1, 3, 3],
+            vec![point, Layer::Flatten],
+            "zero kernel size",
+        ),
     ] {
         match Network::new(input, layers, vec![]) {
             Err(e @ Error::Shape { .. }) => {
                 let msg = e.to_string();
-                assert!(
-                    msg.contains(name) && msg.contains("no zero dimension"),
-                    "{msg}"
-                );
+                assert!(msg.contains("0 (") && msg.contains(says), "{msg}");
             }
             other => panic!("expected a shape error, got {other:?}"),
         }

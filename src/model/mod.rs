@@ -24,11 +24,15 @@ pub struct Window {
 }
 
 impl Window {
-    /// Output spatial size for an input of `h x w`, or `None` when the window does not fit.
+    /// Output spatial size for an input of `h x w`, or `None` when the window does not fit (or
+    /// is empty, or does not move).
     pub fn output_hw(&self, h: usize, w: usize) -> Option<(usize, usize)> {
         let ph = h + self.pad[0] + self.pad[2];
         let pw = w + self.pad[1] + self.pad[3];
-        if self.stride[0] == 0 || self.stride[1] == 0 || ph < self.kernel[0] || pw < self.kernel[1]
+        if self.stride.contains(&0)
+            || self.kernel.contains(&0)
+            || ph < self.kernel[0]
+            || pw < self.kernel[1]
         {
             return None;
         }
@@ -141,7 +145,7 @@ impl Layer {
                 }
                 let (oh, ow) = window
                     .output_hw(h, w)
-                    .ok_or_else(|| format!("window {window:?} does not fit input {h}x{w}"))?;
+                    .ok_or_else(|| format!("window {window:?} does not fit input {h}x{w} (or has a zero kernel size or stride)"))?;
                 Ok(vec![oc, oh, ow])
             }
             Layer::Relu => Ok(input.to_vec()),
@@ -159,7 +163,7 @@ impl Layer {
                 }
                 let (oh, ow) = window
                     .output_hw(h, w)
-                    .ok_or_else(|| format!("window {window:?} does not fit input {h}x{w}"))?;
+                    .ok_or_else(|| format!("window {window:?} does not fit input {h}x{w} (or has a zero kernel size or stride)"))?;
                 Ok(vec![c, oh, ow])
             }
             Layer::Flatten => Ok(vec![input.iter().product()]),
