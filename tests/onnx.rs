@@ -545,8 +545,12 @@ fn save_writes_atomically_and_load_reads_it_back() {
     let files: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
     assert_eq!(files.len(), 1, "no temporary file left behind");
     match onnx::load(&dir.path().join("missing.onnx")) {
-        Err(Error::Io { path, .. }) => assert!(path.ends_with("missing.onnx")),
-        other => panic!("expected an I/O error, got {other:?}"),
+        // a bad --model, like any bad input: exit code 2
+        Err(e @ Error::Input { .. }) => {
+            assert!(e.to_string().contains("missing.onnx"), "{e}");
+            assert_eq!(e.exit_code(), 2);
+        }
+        other => panic!("expected an input error, got {other:?}"),
     }
 }
 

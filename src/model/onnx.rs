@@ -76,9 +76,11 @@ const MAX_ACTIVATION: usize = 1 << 36;
 /// Node name of errors about the file as a whole.
 const WHOLE_FILE: &str = "(model)";
 
-/// Reads an ONNX model file into a validated [`Network`].
+/// Reads an ONNX model file into a validated [`Network`]. A file that cannot be read is an
+/// [`Error::Input`] (a bad `--model`, exit code 2), like one that does not parse.
 pub fn load(path: &Path) -> Result<Network> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let bytes = std::fs::read(path)
+        .map_err(|e| Error::input(path, format!("cannot read the model: {e}")))?;
     from_bytes(&bytes, &path.display().to_string())
 }
 
