@@ -87,7 +87,7 @@ pub fn select_backend(
 
 /// [`select_backend`] with the GPU context made already (`context`, for `gpu` and `auto`: what
 /// `GpuContext::new` returned); `None` makes it here.
-fn select_backend_in(
+pub(crate) fn select_backend_in(
     choice: BackendChoice,
     context: Option<Result<crate::gpu::GpuContext>>,
     net: &Network,
@@ -198,12 +198,8 @@ impl ExplainReport {
     /// The one-screen summary printed at the end of a run.
     pub fn summary(&self) -> String {
         let n = self.rows.len();
-        let mut errors: Vec<f64> = self
-            .rows
-            .iter()
-            .map(|r| r.stats.conservation_error)
-            .collect();
-        errors.sort_by(f64::total_cmp);
+        let stats: Vec<SampleStats> = self.rows.iter().map(|r| r.stats).collect();
+        let summary = crate::eval::Consistency::of(&stats);
         let labelled: Vec<&SampleRow> = self.rows.iter().filter(|r| r.label.is_some()).collect();
         let accuracy = if labelled.is_empty() {
             "n/a (no labels)".to_string()
@@ -218,9 +214,6 @@ impl ExplainReport {
                 labelled.len()
             )
         };
-        let share = |f: &dyn Fn(&SampleRow) -> bool| {
-            100.0 * self.rows.iter().filter(|r| f(r)).count() as f64 / n.max(1) as f64
-        };
         format!(
             "samples              {n}\n\
              accuracy vs labels   {accuracy}\n\
@@ -231,11 +224,11 @@ impl ExplainReport {
              backend              {} ({})\n\
              time                 load {:.2} s, compute {:.2} s, write {:.2} s\n\
              heatmaps per second  {:.0}",
-            errors.get(n / 2).copied().unwrap_or(f64::NAN),
-            errors.last().copied().unwrap_or(f64::NAN),
-            share(&|r| r.stats.conservative()),
-            share(&|r| r.stats.positive),
-            share(&|r| r.stats.consistent()),
+            summary.conservation_error_median,
+            summary.conservation_error_max,
+            100.0 * summary.conservative,
+            100.0 * summary.positive,
+            100.0 * summary.consistent,
             self.backend,
             self.adapter,
             self.load_seconds,
@@ -247,7 +240,7 @@ impl ExplainReport {
 }
 
 /// Resolves the per-sample targets of the whole dataset (`None` = predicted).
-fn resolve_targets(
+pub(crate) fn resolve_targets(
     choice: TargetChoice,
     dataset: &Dataset,
     outputs: usize,

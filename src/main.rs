@@ -56,6 +56,8 @@ enum Command {
     Train(TrainArgs),
     /// Measure relevance throughput per backend and batch size.
     Bench(BenchArgs),
+    /// Score heatmaps over an input set: conservation, AOPC (perturbation) or target share, per composite.
+    Eval(EvalArgs),
     /// Print a model's layers, shapes and parameter counts.
     Inspect {
         /// The ONNX model.
@@ -121,6 +123,79 @@ struct ExplainArgs {
     #[arg(long)]
     normalize: Option<String>,
     /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(Args)]
+struct EvalArgs {
+    /// ONNX model (default: the bundled MNIST CNN).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Inputs: IDX (optionally gzipped), NPY, a folder of PNGs, or CSV for a tabular model
+    /// (default: the bundled MNIST test set).
+    #[arg(long)]
+    input: Option<PathBuf>,
+    /// Labels (IDX or NPY); default: the IDX labels file next to an IDX input.
+    #[arg(long)]
+    labels: Option<PathBuf>,
+    /// conservation (shares of conservative, positive, consistent heatmaps), aopc (area over the
+    /// perturbation curve, most relevant regions first) or target-share (share of positive
+    /// relevance inside --mask). Repeat, or separate with commas.
+    #[arg(long = "metric", value_delimiter = ',', required = true)]
+    metrics: Vec<String>,
+    /// Composites to compare, one row each (default: deep-taylor). Repeat, or separate with
+    /// commas.
+    #[arg(long = "composite", value_delimiter = ',')]
+    composites: Vec<String>,
+    /// Per-layer override SELECTOR=RULE for every composite. Repeatable.
+    #[arg(long = "rule")]
+    rules: Vec<String>,
+    /// predicted, label, or a class index.
+    #[arg(long, default_value = "predicted")]
+    target: String,
+    /// auto, gpu, cpu or reference (as for explain).
+    #[arg(long, default_value = "auto")]
+    backend: String,
+    /// Samples per batch (default: 1024 on the GPU, 256 on the CPU).
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// Threads of the CPU engine (default: one per core).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Evaluate only the first N samples.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Input bounds L,H for zbox and for the perturbation (default: the lowest and highest value
+    /// an input can take).
+    #[arg(long)]
+    bounds: Option<String>,
+    /// Normalise inputs with (x - MEAN) / STD after scaling: MEAN,STD.
+    #[arg(long)]
+    normalize: Option<String>,
+    /// aopc: side of the square image regions perturbed one per step (default 2; vector inputs:
+    /// one feature per region).
+    #[arg(long)]
+    region: Option<usize>,
+    /// aopc: perturbation steps L (at most the number of regions).
+    #[arg(long, default_value_t = 100)]
+    steps: usize,
+    /// aopc: what a perturbed value becomes: uniform (random in the input bounds, as Samek et al.
+    /// 2017) or low (the lower bound: black pixels).
+    #[arg(long, default_value = "uniform")]
+    perturbation: String,
+    /// aopc: seed of the perturbation values and of the random-order baseline.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// target-share: the target region, one value per input value (NPY, IDX or a PNG folder;
+    /// non-zero = inside; (N, H, W) serves every channel). Default: the input values above the
+    /// lower bound (the strokes of a digit).
+    #[arg(long)]
+    mask: Option<PathBuf>,
+    /// One JSON object per line instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// No progress bars.
     #[arg(long)]
     quiet: bool,
 }
@@ -648,30 +723,32 @@ fn parse_pair(flag: &str, text: &str) -> taylormap::Result<(f64, f64)> {
     Ok((a, b))
 }
 
+/// `--bounds L,H`.
+fn bounds_flag(text: Option<&str>) -> taylormap::Result<Option<Bounds>> {
+    let Some(t) = text else { return Ok(None) };
+    let (low, high) = parse_pair("--bounds", t)?;
+    if low > high {
+        return Err(taylormap::Error::usage(
+            "--bounds",
+            format!("needs L <= H, got '{t}'"),
+        ));
+    }
+    Ok(Some(Bounds { low, high }))
+}
+
+/// `--normalize MEAN,STD`.
+fn normalize_flag(text: Option<&str>) -> taylormap::Result<Option<(f64, f64)>> {
+    let Some(t) = text else { return Ok(None) };
+    let (m, s) = parse_pair("--normalize", t)?;
+    if s == 0.0 {
+        return Err(taylormap::Error::usage("--normalize", "STD must not be 0"));
+    }
+    Ok(Some((m, s)))
+}
+
 fn explain_config(a: ExplainArgs) -> taylormap::Result<ExplainConfig> {
-    let bounds = match &a.bounds {
-        Some(t) => {
-            let (low, high) = parse_pair("--bounds", t)?;
-            if low > high {
-                return Err(taylormap::Error::usage(
-                    "--bounds",
-                    format!("needs L <= H, got '{t}'"),
-                ));
-            }
-            Some(Bounds { low, high })
-        }
-        None => None,
-    };
-    let normalize = match &a.normalize {
-        Some(t) => {
-            let (m, s) = parse_pair("--normalize", t)?;
-            if s == 0.0 {
-                return Err(taylormap::Error::usage("--normalize", "STD must not be 0"));
-            }
-            Some((m, s))
-        }
-        None => None,
-    };
+    let bounds = bounds_flag(a.bounds.as_deref())?;
+    let normalize = normalize_flag(a.normalize.as_deref())?;
     Ok(ExplainConfig {
         model: or_bundled(a.model, explain::DEFAULT_MODEL),
         input: or_bundled(a.input, explain::DEFAULT_INPUT),
@@ -694,6 +771,95 @@ fn explain_config(a: ExplainArgs) -> taylormap::Result<ExplainConfig> {
     })
 }
 
+fn eval(a: EvalArgs) -> taylormap::Result<()> {
+    use taylormap::eval::{self, Detail, EvalConfig, MaskSource};
+    let cfg = EvalConfig {
+        model: or_bundled(a.model, explain::DEFAULT_MODEL),
+        input: or_bundled(a.input, explain::DEFAULT_INPUT),
+        labels: a.labels,
+        metrics: a
+            .metrics
+            .iter()
+            .map(|m| m.parse())
+            .collect::<taylormap::Result<_>>()?,
+        composites: a
+            .composites
+            .iter()
+            .map(|c| c.parse())
+            .collect::<taylormap::Result<_>>()?,
+        rules: a.rules,
+        target: a.target.parse::<TargetChoice>()?,
+        backend: a.backend.parse::<BackendChoice>()?,
+        batch_size: a.batch_size,
+        threads: threads_flag(a.threads)?,
+        limit: a.limit,
+        bounds: bounds_flag(a.bounds.as_deref())?,
+        normalize: normalize_flag(a.normalize.as_deref())?,
+        region: a.region,
+        steps: a.steps,
+        perturbation: a.perturbation.parse()?,
+        seed: a.seed,
+        mask: a.mask.map_or(MaskSource::Object, MaskSource::File),
+        progress: !a.quiet,
+    };
+    let mut header = !a.json;
+    eval::run(&cfg, &mut |r| {
+        if a.json {
+            outln!("{}", serde_json::to_string(r).expect("json"));
+            return;
+        }
+        if std::mem::take(&mut header) {
+            outln!(
+                "{:<13} {:<21} {:>8} {:>9}  details",
+                "metric",
+                "composite",
+                "samples",
+                "value"
+            );
+        }
+        let (value, detail) = match &r.detail {
+            Detail::Conservation(c) => (
+                format!("{:.1}%", 100.0 * r.value),
+                format!(
+                    "consistent; conservative {:.1}%, positive {:.1}%, error median {:.1e} worst \
+                     {:.1e}, negative share {:.1}%",
+                    100.0 * c.conservative,
+                    100.0 * c.positive,
+                    c.conservation_error_median,
+                    c.conservation_error_max,
+                    100.0 * c.negative_fraction_mean
+                ),
+            ),
+            Detail::Aopc(d) => (
+                format!("{:.4}", r.value),
+                format!(
+                    "random order {:.4}; {} steps of {} regions ({}x{}), {} perturbation",
+                    d.aopc_random, d.steps, d.regions, d.region, d.region, d.perturbation
+                ),
+            ),
+            Detail::TargetShare(d) => (
+                format!("{:.4}", r.value),
+                format!(
+                    "mask ({}) {:.1}% of the values: {:.2}x chance; median {:.4}, {} skipped",
+                    d.mask,
+                    100.0 * d.mask_fraction,
+                    d.share_over_chance,
+                    d.share_median,
+                    d.skipped
+                ),
+            ),
+        };
+        outln!(
+            "{:<13} {:<21} {:>8} {:>9}  {detail}",
+            r.metric,
+            r.composite,
+            r.samples,
+            value
+        );
+    })?;
+    Ok(())
+}
+
 fn run(cli: Cli) -> taylormap::Result<()> {
     match cli.command {
         Command::Explain(args) => {
@@ -703,6 +869,7 @@ fn run(cli: Cli) -> taylormap::Result<()> {
             outln!("outputs              {}", cfg.out.display());
         }
         Command::Bench(args) => bench(args)?,
+        Command::Eval(args) => eval(args)?,
         Command::Train(args) => train(args)?,
         Command::Inspect { model } => {
             let net = taylormap::model::onnx::load(&model)?;

@@ -92,6 +92,19 @@ impl Backend for ReferenceBackend {
         self.plan = Some(plan);
         out.map(|o| o.to_f32())
     }
+
+    fn logits(&mut self, x: ArrayViewD<'_, f32>) -> Result<Array2<f64>> {
+        let plan = match self.plan.take() {
+            Some(plan) => plan,
+            None => Plan::new(&self.net)?,
+        };
+        let x = x.mapv(f64::from);
+        let out = plan
+            .check_input(&x.view())
+            .and_then(|_| plan.logits(&plan.forward(x.view())?));
+        self.plan = Some(plan);
+        out
+    }
 }
 
 /// An error for a broken internal invariant (shapes are validated before any work).

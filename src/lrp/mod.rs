@@ -208,6 +208,13 @@ pub trait Backend: Send {
         targets: Option<&[usize]>,
     ) -> Result<BatchOutput<f32>>;
 
+    /// The network's outputs (logits) for one batch, shape `(n, outputs)`, without relevance:
+    /// what evaluation by perturbation (`taylormap eval --metric aopc`) runs many times. By
+    /// default the logits of [`Backend::run`]; the CPU backends run only the forward pass.
+    fn logits(&mut self, x: ArrayViewD<'_, f32>) -> Result<Array2<f64>> {
+        Ok(self.run(x, None)?.logits)
+    }
+
     /// Whether [`Backend::run_pixels`] is cheaper than [`Backend::run`] for 8-bit inputs (the
     /// GPU backend: a quarter of the bytes cross the bus). Callers holding both forms use it.
     fn prefers_bytes(&self) -> bool {

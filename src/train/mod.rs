@@ -30,7 +30,7 @@
 mod adam;
 mod arch;
 mod nn;
-mod rng;
+pub(crate) mod rng;
 
 use std::fmt;
 use std::str::FromStr;

@@ -282,6 +282,23 @@ impl Backend for FastBackend {
         x: ArrayViewD<'_, f32>,
         targets: Option<&[usize]>,
     ) -> Result<BatchOutput<f32>> {
+        self.run_batch(x, targets, true)
+    }
+
+    fn logits(&mut self, x: ArrayViewD<'_, f32>) -> Result<ndarray::Array2<f64>> {
+        Ok(self.run_batch(x, None, false)?.logits)
+    }
+}
+
+impl FastBackend {
+    /// [`Backend::run`]; with `with_relevance` false only the forward pass runs (the relevance
+    /// returned is then all zeros).
+    fn run_batch(
+        &mut self,
+        x: ArrayViewD<'_, f32>,
+        targets: Option<&[usize]>,
+        with_relevance: bool,
+    ) -> Result<BatchOutput<f32>> {
         let n = lrp::check_batch(x.shape(), &self.input_shape)?;
         lrp::check_finite(x.view())?;
         if let Some(t) = targets {
@@ -322,6 +339,7 @@ impl Backend for FastBackend {
                     targets: targets_out,
                 },
                 scratch,
+                with_relevance,
             );
         };
         std::thread::scope(|scope| {
@@ -399,6 +417,7 @@ impl FastBackend {
         targets: Option<&[usize]>,
         out: ChunkOut<'_>,
         scratch: &mut Scratch,
+        relevance: bool,
     ) {
         let (c0, h0, w0) = self.shapes[0];
         let mut input = scratch.take(x.len());
@@ -460,6 +479,14 @@ impl FastBackend {
                 Backward::Lrp => last[t * m + n],
                 Backward::Sensitivity | Backward::GradientXInput => 1.0,
             };
+        }
+        if !relevance {
+            scratch.give(seed);
+            for a in acts.into_iter().chain(kept_of.into_iter().flatten()) {
+                scratch.give(a);
+            }
+            scratch.argmax = argmax_of;
+            return;
         }
         // Backward: LRP relevance or the exact gradient.
         let lrp = self.backward == Backward::Lrp;
