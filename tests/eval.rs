@@ -721,3 +721,28 @@ fn eval_on_vector_inputs_perturbs_features_and_needs_a_mask_for_target_share() {
         assert!(err.contains(needle), "{extra:?}: {err}");
     }
 }
+
+/// The GPU backend's forward-only batches (what AOPC runs) give the logits of its full runs,
+/// and leave the plan as it was for the explanations after them; batches larger than the plan
+/// run in parts.
+#[test]
+fn gpu_logits_run_the_forward_pass_alone_and_agree_with_full_runs() {
+    let Some(ctx) = common::gpu::context() else {
+        return;
+    };
+    let mut rng = rng("gpu_logits_run_the_forward_pass_alone");
+    let net = random_cnn(&mut rng, 2, 9, 8, false);
+    let method = Composite::EpsilonGammaBox.resolve(&net, UNIT, &[]).unwrap();
+    let mut gpu = taylormap::gpu::GpuBackend::new(&ctx, &net, &method, 4).unwrap();
+    for n in [1, 3, 4, 9] {
+        let x = random_input(&mut rng, &net, n, 0.0, 1.0);
+        let full = gpu.run(x.view(), None).unwrap();
+        let logits = gpu.logits(x.view()).unwrap();
+        assert_eq!(logits, full.logits, "{n} samples");
+        let again = gpu.run(x.view(), None).unwrap();
+        common::assert_same_output(&again, &full, &format!("{n} samples, after logits"));
+        let reference = cpu::logits(&net, x.mapv(f64::from).view()).unwrap();
+        let err = common::rel_l2(logits.iter().copied(), reference.iter().copied());
+        assert!(err <= 1e-5, "{n} samples: {err:e}");
+    }
+}

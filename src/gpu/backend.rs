@@ -29,6 +29,9 @@ pub struct GpuBackend {
     input_shape: Vec<usize>,
     classes: usize,
     notes: Vec<String>,
+    /// Set while [`Backend::logits`] runs: submissions encode the forward pass (and the seed)
+    /// only, and read back no relevance.
+    forward_only: bool,
 }
 
 impl std::fmt::Debug for GpuBackend {
@@ -63,6 +66,7 @@ impl GpuBackend {
             input_shape: net.input_shape.clone(),
             classes: net.num_outputs(),
             notes,
+            forward_only: false,
         })
     }
 
@@ -271,6 +275,15 @@ impl Backend for GpuBackend {
         targets: Option<&[usize]>,
     ) -> Result<BatchOutput<f32>> {
         self.run_input(Samples::F32(x), targets)
+    }
+
+    /// The forward dispatches alone (and the seed), without the relevance pass and its
+    /// read-back.
+    fn logits(&mut self, x: ArrayViewD<'_, f32>) -> Result<Array2<f64>> {
+        self.forward_only = true;
+        let out = self.run_input(Samples::F32(x), None);
+        self.forward_only = false;
+        Ok(out?.logits)
     }
 
     fn prefers_bytes(&self) -> bool {
@@ -515,7 +528,9 @@ impl GpuBackend {
                     );
                     let targets = q.targets.as_ref().map(|t| &t[q.queued..q.queued + m]);
                     let submitting = Instant::now();
-                    let p = self.plan.submit(input, m, targets, slot)?;
+                    let p = self
+                        .plan
+                        .submit(input, m, targets, slot, self.forward_only)?;
                     self.host.submit_s += submitting.elapsed().as_secs_f64();
                     q.queued += m;
                     slot ^= 1;

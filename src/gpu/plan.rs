@@ -1278,13 +1278,18 @@ impl Plan {
     /// index per sample (None: the arg-max). Its relevance, logits and targets land in staging
     /// buffer `slot` (0 or 1), which must not be pending; collect them with [`Plan::finish`].
     /// Returns without waiting for the GPU, so the host can finish the other slot meanwhile.
+    ///
+    /// `forward_only`: encode the forward pass and the seed alone, and copy no relevance back
+    /// ([`Plan::finish`] then gives zeros for it). Ignored while timing, which times every stage.
     pub(crate) fn submit(
         &mut self,
         x: BatchInput<'_>,
         n: usize,
         targets: Option<&[u32]>,
         slot: usize,
+        forward_only: bool,
     ) -> Result<Pending> {
+        let forward_only = forward_only && self.timing.is_none();
         assert!(n >= 1 && n <= self.capacity && x.len() == n * self.input_len);
         let device = self.ctx.device();
         let queue = self.ctx.queue();
@@ -1360,7 +1365,14 @@ impl Plan {
         // kernel, a pass per dispatch (the unpack's pass is empty for f32 inputs).
         let passes: Vec<(Vec<&Step>, Option<wgpu::ComputePassTimestampWrites>)> = match &self.timing
         {
-            None => vec![(unpack.into_iter().chain(&self.steps).collect(), None)],
+            None => {
+                let steps = if forward_only {
+                    &self.steps[..self.forward_steps]
+                } else {
+                    &self.steps[..]
+                };
+                vec![(unpack.into_iter().chain(steps).collect(), None)]
+            }
             Some(t) if !t.kernels => {
                 let (fw, bw) = self.steps.split_at(self.forward_steps);
                 vec![
@@ -1391,7 +1403,9 @@ impl Plan {
         }
         let lay = self.staging_layout(n);
         let staging = &self.staging[slot];
-        enc.copy_buffer_to_buffer(&self.result, 0, staging, 0, lay.rel_bytes);
+        if !forward_only {
+            enc.copy_buffer_to_buffer(&self.result, 0, staging, 0, lay.rel_bytes);
+        }
         enc.copy_buffer_to_buffer(&self.logits, 0, staging, lay.logit_off, lay.logit_bytes);
         enc.copy_buffer_to_buffer(&self.targets, 0, staging, lay.target_off, n as u64 * F);
         if let Some(t) = &self.timing {
@@ -1423,6 +1437,7 @@ impl Plan {
             index,
             mapped: rx,
             timed: self.timing.is_some(),
+            forward_only,
         })
     }
 
@@ -1452,7 +1467,12 @@ impl Plan {
                 .map_err(|e| Error::Gpu(format!("reading the batch back failed: {e}")))?;
             let bytes: &[u8] = &view;
             let rel = &bytes[..lay.rel_bytes as usize];
-            out.relevance.extend_from_slice(bytemuck::cast_slice(rel));
+            if pending.forward_only {
+                let len = out.relevance.len() + rel.len() / 4;
+                out.relevance.resize(len, 0.0);
+            } else {
+                out.relevance.extend_from_slice(bytemuck::cast_slice(rel));
+            }
             let lg = &bytes[lay.logit_off as usize..(lay.logit_off + lay.logit_bytes) as usize];
             let lg: &[f32] = bytemuck::cast_slice(lg);
             for (d, s) in out.logits[..n * self.classes].iter_mut().zip(lg) {
@@ -1670,6 +1690,8 @@ pub(crate) struct Pending {
     mapped: MapReceiver,
     /// Whether the batch wrote timestamps.
     timed: bool,
+    /// Whether it ran the forward pass alone (no relevance was copied back).
+    forward_only: bool,
 }
 
 impl Pending {
