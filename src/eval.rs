@@ -417,8 +417,12 @@ pub enum MaskSource {
     File(PathBuf),
 }
 
-/// Default side of AOPC's square regions on images.
-pub const DEFAULT_REGION: usize = 2;
+/// The default side of AOPC's square regions on H x W images: min(H, W) / 14, at least 1, so
+/// that an image has about 14 x 14 = 196 regions whatever its size (2 x 2 pixels on MNIST,
+/// 16 x 16 on 224 x 224 images, near Samek et al.'s 9 x 9 there).
+pub fn default_region(h: usize, w: usize) -> usize {
+    (h.min(w) / 14).max(1)
+}
 
 /// Everything `eval` needs.
 #[derive(Clone, Debug)]
@@ -438,7 +442,7 @@ pub struct EvalConfig {
     pub limit: Option<usize>,
     pub bounds: Option<Bounds>,
     pub normalize: Option<(f64, f64)>,
-    /// AOPC: the side of the square regions (`None`: [`DEFAULT_REGION`] on images, 1 on vectors).
+    /// AOPC: the side of the square regions (`None`: [`default_region`] on images, 1 on vectors).
     pub region: Option<usize>,
     /// AOPC: perturbation steps L (at most the number of regions).
     pub steps: usize,
@@ -529,7 +533,8 @@ pub fn run(cfg: &EvalConfig, report: &mut dyn FnMut(&EvalRow)) -> Result<Vec<Eva
         }
     }
     let region = if image {
-        cfg.region.unwrap_or(DEFAULT_REGION)
+        cfg.region
+            .unwrap_or_else(|| default_region(net.input_shape[1], net.input_shape[2]))
     } else {
         1
     };
@@ -622,7 +627,12 @@ pub fn run(cfg: &EvalConfig, report: &mut dyn FnMut(&EvalRow)) -> Result<Vec<Eva
                     let orders: Vec<Vec<usize>> = explained
                         .relevance
                         .chunks_exact(per.max(1))
-                        .map(|r| regions.most_relevant_first(r))
+                        .map(|r| {
+                            // only the first `steps` regions are ever perturbed
+                            let mut order = regions.most_relevant_first(r);
+                            order.truncate(steps);
+                            order
+                        })
                         .collect();
                     let relevant = perturbation_aopc(
                         &curves,
@@ -634,7 +644,11 @@ pub fn run(cfg: &EvalConfig, report: &mut dyn FnMut(&EvalRow)) -> Result<Vec<Eva
                     )?;
                     if random.is_none() {
                         let orders: Vec<Vec<usize>> = (0..dataset.len())
-                            .map(|i| perturber.random_order(i, regions.len()))
+                            .map(|i| {
+                                let mut order = perturber.random_order(i, regions.len());
+                                order.truncate(steps);
+                                order
+                            })
                             .collect();
                         random = Some(perturbation_aopc(
                             &curves,

@@ -173,8 +173,8 @@ struct EvalArgs {
     /// Normalise inputs with (x - MEAN) / STD after scaling: MEAN,STD.
     #[arg(long)]
     normalize: Option<String>,
-    /// aopc: side of the square image regions perturbed one per step (default 2; vector inputs:
-    /// one feature per region).
+    /// aopc: side of the square image regions perturbed one per step (default: min(H, W) / 14,
+    /// 2 on MNIST; vector inputs: one feature per region).
     #[arg(long)]
     region: Option<usize>,
     /// aopc: perturbation steps L (at most the number of regions).

@@ -12,7 +12,9 @@ use common::{random_cnn, random_input, random_mlp, rng};
 use ndarray::{Array2, ArrayD, Axis, IxDyn};
 use rand::seq::SliceRandom;
 use rand::Rng;
-use taylormap::eval::{aopc, target_share, Consistency, Curves, Perturbation, Perturber, Regions};
+use taylormap::eval::{
+    aopc, default_region, target_share, Consistency, Curves, Perturbation, Perturber, Regions,
+};
 use taylormap::lrp::{Bounds, Composite, Rule};
 use taylormap::{cpu, Backend, Method, Network, SampleStats};
 
@@ -49,6 +51,16 @@ fn regions_cover_every_value_once_in_tiles() {
             }
         }
         assert!(seen.iter().all(|&s| s == 1), "{c}x{h}x{w} size {size}");
+    }
+    // the default side: about 14 x 14 regions whatever the image size
+    for (h, w, side) in [
+        (28, 28, 2),
+        (32, 32, 2),
+        (224, 224, 16),
+        (64, 300, 4),
+        (5, 40, 1),
+    ] {
+        assert_eq!(default_region(h, w), side, "{h}x{w}");
     }
     // a vector: one region per feature, whatever the size asked
     let regions = Regions::new(&[7], 3);
