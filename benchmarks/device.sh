@@ -4,9 +4,9 @@
 # Zennit on the same GPU, end-to-end explain with PNGs), then GPU and CPU engine vs the f64
 # reference on the bundled model for every composite, then the rest (bench per backend and batch
 # size, earlier builds, per-kernel times, end to end without PNGs and into /dev/shm, the disk,
-# and the options' effects), most telling first, so that a run cut short by the device's time
-# limit keeps what matters. Every figure in BENCHMARKS.md's GPU sections comes from a run of this
-# script.
+# the options' effects, and `eval` on the GPU against the CPU engine), most telling first, so
+# that a run cut short by the device's time limit keeps what matters. Every figure in
+# BENCHMARKS.md's GPU sections comes from a run of this script.
 #
 #   benchmarks/device.sh prepare   # here, with cargo: builds into .dev/ (gzipped; this build and, for a
 #                                  # before/after, BASES: default the fastest build measured on the
@@ -151,6 +151,11 @@ PY
   done
   echo "== peers: epsilon-plus (which Captum can express), taylormap vs Zennit and Captum on the same GPU"
   TAYLORMAP=$B BACKENDS="--backend gpu" benchmarks/compare.sh assets/models/mnist-cnn.onnx epsilon-plus 1024,4096 cuda
+  echo "== eval: GPU vs CPU engine, 10,000 images, all metrics (AOPC: 2 x 101 forward-only passes per image)"
+  for b in gpu cpu; do
+    /usr/bin/time -f "$b: %e s wall" $B eval --backend $b --quiet --metric conservation,aopc,target-share \
+      --composite deep-taylor-bounded,epsilon-plus | cut -c1-110
+  done
   ;;
 *)
   echo "usage: benchmarks/device.sh prepare|run" >&2
