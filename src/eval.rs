@@ -281,21 +281,52 @@ impl Curves<'_> {
     }
 }
 
-/// AOPC = 1/(L+1) sum_{k=0..L} < f(x^(0)) - f(x^(k)) >, the mean over the samples (the rows
-/// of `curves`, as [`Curves::run`] returns them), and the mean drop f(x^(0)) - f(x^(k)) per
-/// step k, the curve it is the area of.
-pub fn aopc(curves: &Array2<f64>) -> (f64, Vec<f64>) {
-    let (n, points) = curves.dim();
+/// The AOPC of a set of perturbation curves.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Aopc {
+    /// AOPC = 1/(L+1) sum_{k=0..L} < f(x^(0)) - f(x^(k)) >, the mean over the samples.
+    pub value: f64,
+    /// The standard error of that mean: the standard deviation of the samples' own AOPC
+    /// (1/(L+1) sum_k f(x^(0)) - f(x^(k)) of one sample) over sqrt(n).
+    pub stderr: f64,
+    /// The mean drop f(x^(0)) - f(x^(k)) per step k = 0..=L: the curve `value` is the area of.
+    pub curve: Vec<f64>,
+    /// Each sample's own AOPC, in sample order.
+    pub per_sample: Vec<f64>,
+}
+
+/// The AOPC of `curves`, one row per sample as [`Curves::run`] returns them.
+pub fn aopc(curves: &Array2<f64>) -> Aopc {
+    let points = curves.ncols();
     let mut curve = vec![0.0; points];
+    let mut per_sample = Vec::with_capacity(curves.nrows());
     for row in curves.rows() {
+        let mut area = 0.0;
         for (c, f) in curve.iter_mut().zip(row) {
             *c += row[0] - f;
+            area += row[0] - f;
         }
+        per_sample.push(area / points.max(1) as f64);
     }
     for c in &mut curve {
-        *c /= n.max(1) as f64;
+        *c /= curves.nrows().max(1) as f64;
     }
-    (curve.iter().sum::<f64>() / points.max(1) as f64, curve)
+    let (value, stderr) = mean_and_stderr(&per_sample);
+    Aopc {
+        value,
+        stderr,
+        curve,
+        per_sample,
+    }
+}
+
+/// The mean of `values` and its standard error, s / sqrt(n) with the sample standard deviation
+/// s (n - 1 in its denominator; NaN for fewer than two values).
+pub fn mean_and_stderr(values: &[f64]) -> (f64, f64) {
+    let n = values.len() as f64;
+    let mean = values.iter().sum::<f64>() / n;
+    let var = values.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / (n - 1.0);
+    (mean, if n >= 2.0 { (var / n).sqrt() } else { f64::NAN })
 }
 
 /// The share of a heatmap's positive relevance that lies inside `mask`:
@@ -359,9 +390,12 @@ pub struct AopcDetail {
     pub steps: usize,
     pub perturbation: &'static str,
     pub seed: u64,
+    /// The standard error of the AOPC over the samples.
+    pub stderr: f64,
     /// The AOPC of random orders, the same for every composite: the level an explanation has to
     /// beat.
     pub aopc_random: f64,
+    pub aopc_random_stderr: f64,
     /// The mean drop of the target score after k steps, k = 0..=steps, most relevant first.
     pub curve: Vec<f64>,
     /// The same in random order.
@@ -380,6 +414,8 @@ pub struct ShareDetail {
     /// Mean over samples of share / mask fraction (Kohlbrenner et al.'s size-weighted share):
     /// above 1, relevance concentrates inside the mask.
     pub share_over_chance: f64,
+    /// The standard error of the mean share over the samples counted.
+    pub stderr: f64,
     /// Samples left out: an empty mask, or no positive relevance.
     pub skipped: usize,
 }
@@ -449,6 +485,8 @@ pub struct EvalConfig {
     pub perturbation: Perturbation,
     pub seed: u64,
     pub mask: MaskSource,
+    /// Where to write every sample's figures as CSV (see [`per_sample_csv`]), if anywhere.
+    pub per_sample: Option<PathBuf>,
     /// Progress bars on stderr.
     pub progress: bool,
 }
@@ -476,6 +514,15 @@ pub fn run(cfg: &EvalConfig, report: &mut dyn FnMut(&EvalRow)) -> Result<Vec<Eva
             "--mask",
             "only applies to --metric target-share",
         ));
+    }
+    if let Some(path) = &cfg.per_sample {
+        let folder = path.parent().filter(|p| !p.as_os_str().is_empty());
+        if folder.is_some_and(|f| !f.is_dir()) || path.is_dir() {
+            return Err(Error::usage(
+                "--per-sample",
+                format!("{} is not a file in an existing folder", path.display()),
+            ));
+        }
     }
     let composites = if cfg.composites.is_empty() {
         vec![Composite::DeepTaylor]
@@ -562,7 +609,8 @@ pub fn run(cfg: &EvalConfig, report: &mut dyn FnMut(&EvalRow)) -> Result<Vec<Eva
         });
     let model_name = cfg.model.display().to_string();
     let mut rows = vec![];
-    let mut random: Option<(f64, Vec<f64>)> = None;
+    let mut random: Option<Aopc> = None;
+    let mut samples = vec![];
     for (c, composite) in composites.iter().enumerate() {
         let method = composite.resolve(&net, bounds, &overrides)?;
         let ctx = context
@@ -586,6 +634,10 @@ pub fn run(cfg: &EvalConfig, report: &mut dyn FnMut(&EvalRow)) -> Result<Vec<Eva
             _ => explain::DEFAULT_CPU_BATCH,
         });
         let name = composite.name();
+        let mut figures = SampleFigures {
+            composite: name,
+            ..SampleFigures::default()
+        };
         let bar = progress_bar(cfg.progress, dataset.len(), format!("{name}: explaining"));
         let explained = explain_set(
             backend.as_mut(),
@@ -659,34 +711,110 @@ pub fn run(cfg: &EvalConfig, report: &mut dyn FnMut(&EvalRow)) -> Result<Vec<Eva
                             (cfg.progress, "random order: aopc".to_string()),
                         )?);
                     }
-                    let (aopc_random, curve_random) = random.clone().expect("computed above");
+                    let baseline = random.clone().expect("computed above");
+                    figures.aopc = Some((relevant.per_sample, baseline.per_sample));
                     row(
                         metric,
-                        relevant.0,
+                        relevant.value,
                         Detail::Aopc(AopcDetail {
                             region,
                             regions: regions.len(),
                             steps,
                             perturbation: cfg.perturbation.name(),
                             seed: cfg.seed,
-                            aopc_random,
-                            curve: relevant.1,
-                            curve_random,
+                            stderr: relevant.stderr,
+                            aopc_random: baseline.value,
+                            aopc_random_stderr: baseline.stderr,
+                            curve: relevant.curve,
+                            curve_random: baseline.curve,
                         }),
                         backend.as_ref(),
                     )
                 }
                 Metric::TargetShare => {
                     let mask = mask.as_deref().expect("loaded for target-share");
-                    let (value, detail) = share_summary(&explained.relevance, mask, per, &cfg.mask);
+                    let (value, detail, shares) =
+                        share_summary(&explained.relevance, mask, per, &cfg.mask);
+                    figures.share = Some(shares);
                     row(metric, value, Detail::TargetShare(detail), backend.as_ref())
                 }
             };
             report(&made);
             rows.push(made);
         }
+        figures.targets = explained.targets;
+        figures.stats = explained.stats;
+        samples.push(figures);
+    }
+    if let Some(path) = &cfg.per_sample {
+        data::write_atomic(path, per_sample_csv(&samples).as_bytes())?;
     }
     Ok(rows)
+}
+
+/// One composite's figures per sample, for `--per-sample`.
+#[derive(Clone, Debug, Default)]
+pub struct SampleFigures {
+    pub composite: &'static str,
+    pub targets: Vec<usize>,
+    pub stats: Vec<SampleStats>,
+    /// Each sample's AOPC, most relevant first and in random order.
+    pub aopc: Option<(Vec<f64>, Vec<f64>)>,
+    /// Each sample's target share (`None`: skipped).
+    pub share: Option<Vec<Option<f64>>>,
+}
+
+/// The `--per-sample` CSV: one row per composite and sample (composites in turn, samples in
+/// input order), with the header
+/// `index,composite,target,score,relevance_sum,conservation_error,negative_fraction,consistent`
+/// and, where measured, `aopc,aopc_random` and `target_share` (empty for a skipped sample).
+/// The rows of two composites share their samples: the file is made for paired comparisons.
+pub fn per_sample_csv(samples: &[SampleFigures]) -> String {
+    use std::fmt::Write;
+    let aopc = samples.iter().any(|f| f.aopc.is_some());
+    let share = samples.iter().any(|f| f.share.is_some());
+    let mut out = String::from(
+        "index,composite,target,score,relevance_sum,conservation_error,negative_fraction,consistent",
+    );
+    if aopc {
+        out.push_str(",aopc,aopc_random");
+    }
+    if share {
+        out.push_str(",target_share");
+    }
+    out.push('\n');
+    for f in samples {
+        for (i, (s, t)) in f.stats.iter().zip(&f.targets).enumerate() {
+            let _ = write!(
+                out,
+                "{i},{},{t},{},{},{},{},{}",
+                f.composite,
+                s.score,
+                s.relevance_sum,
+                s.conservation_error,
+                s.negative_fraction,
+                u8::from(s.consistent())
+            );
+            if aopc {
+                match &f.aopc {
+                    Some((a, r)) => {
+                        let _ = write!(out, ",{},{}", a[i], r[i]);
+                    }
+                    None => out.push_str(",,"),
+                }
+            }
+            if share {
+                match f.share.as_ref().and_then(|v| v[i]) {
+                    Some(v) => {
+                        let _ = write!(out, ",{v}");
+                    }
+                    None => out.push(','),
+                }
+            }
+            out.push('\n');
+        }
+    }
+    out
 }
 
 /// What explaining the input set gave: relevance (samples one after the other), the output
@@ -747,7 +875,7 @@ fn perturbation_aopc(
     targets: &[usize],
     orders: &[Vec<usize>],
     bar: (bool, String),
-) -> Result<(f64, Vec<f64>)> {
+) -> Result<Aopc> {
     let forwards = dataset.len() * (curves.steps + 1);
     let bar = progress_bar(bar.0, forwards, bar.1);
     let run = curves.run(backend, dataset.x.view(), 0, targets, orders, &mut |m| {
@@ -763,9 +891,10 @@ fn share_summary(
     mask: &[bool],
     per: usize,
     source: &MaskSource,
-) -> (f64, ShareDetail) {
+) -> (f64, ShareDetail, Vec<Option<f64>>) {
     let per = per.max(1);
     let mut shares = vec![];
+    let mut each = vec![];
     let (mut fraction, mut over_chance, mut skipped) = (0.0, 0.0, 0);
     for (r, m) in relevance.chunks_exact(per).zip(mask.chunks_exact(per)) {
         let inside = m.iter().filter(|&&v| v).count();
@@ -773,14 +902,18 @@ fn share_summary(
             Some(share) if inside > 0 => {
                 let area = inside as f64 / per as f64;
                 shares.push(share);
+                each.push(Some(share));
                 fraction += area;
                 over_chance += share / area;
             }
-            _ => skipped += 1,
+            _ => {
+                skipped += 1;
+                each.push(None);
+            }
         }
     }
     let counted = shares.len() as f64;
-    let mean = shares.iter().sum::<f64>() / counted;
+    let (mean, stderr) = mean_and_stderr(&shares);
     shares.sort_by(f64::total_cmp);
     let detail = ShareDetail {
         mask: match source {
@@ -790,9 +923,10 @@ fn share_summary(
         share_median: shares.get(shares.len() / 2).copied().unwrap_or(f64::NAN),
         mask_fraction: fraction / counted,
         share_over_chance: over_chance / counted,
+        stderr,
         skipped,
     };
-    (mean, detail)
+    (mean, detail, each)
 }
 
 /// The default target-share mask: the values above the lower bound of the inputs (by more than

@@ -192,6 +192,9 @@ struct EvalArgs {
     /// lower bound (the strokes of a digit).
     #[arg(long)]
     mask: Option<PathBuf>,
+    /// Also write every sample's figures, one row per composite and sample, to this CSV file.
+    #[arg(long)]
+    per_sample: Option<PathBuf>,
     /// One JSON object per line instead of a table.
     #[arg(long)]
     json: bool,
@@ -800,6 +803,7 @@ fn eval(a: EvalArgs) -> taylormap::Result<()> {
         perturbation: a.perturbation.parse()?,
         seed: a.seed,
         mask: a.mask.map_or(MaskSource::Object, MaskSource::File),
+        per_sample: a.per_sample,
         progress: !a.quiet,
     };
     let mut header = !a.json;
@@ -833,14 +837,24 @@ fn eval(a: EvalArgs) -> taylormap::Result<()> {
             Detail::Aopc(d) => (
                 format!("{:.4}", r.value),
                 format!(
-                    "random order {:.4}; {} steps of {} regions ({}x{}), {} perturbation",
-                    d.aopc_random, d.steps, d.regions, d.region, d.region, d.perturbation
+                    "+- {:.4}; random order {:.4} +- {:.4}; {} steps of {} regions ({}x{}), {} \
+                     perturbation",
+                    d.stderr,
+                    d.aopc_random,
+                    d.aopc_random_stderr,
+                    d.steps,
+                    d.regions,
+                    d.region,
+                    d.region,
+                    d.perturbation
                 ),
             ),
             Detail::TargetShare(d) => (
                 format!("{:.4}", r.value),
                 format!(
-                    "mask ({}) {:.1}% of the values: {:.2}x chance; median {:.4}, {} skipped",
+                    "+- {:.4}; mask ({}) {:.1}% of the values: {:.2}x chance; median {:.4}, {} \
+                     skipped",
+                    d.stderr,
                     d.mask,
                     100.0 * d.mask_fraction,
                     d.share_over_chance,

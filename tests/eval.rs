@@ -321,9 +321,15 @@ fn a_complete_perturbation_ends_at_the_replacement_in_any_order() {
 #[test]
 fn aopc_is_the_mean_drop_over_steps_and_samples() {
     let curves = Array2::from_shape_vec((2, 3), vec![3.0, 2.0, 1.0, 1.0, 1.0, 0.0]).unwrap();
-    let (value, curve) = aopc(&curves);
-    assert_eq!(curve, vec![0.0, 0.5, 1.5]);
-    assert!((value - 2.0 / 3.0).abs() < 1e-15);
+    let a = aopc(&curves);
+    assert_eq!(a.curve, vec![0.0, 0.5, 1.5]);
+    // per sample: (0 + 1 + 2) / 3 = 1 and (0 + 0 + 1) / 3 = 1/3
+    assert!((a.value - 2.0 / 3.0).abs() < 1e-15);
+    // sample standard deviation sqrt(2/9), over sqrt(2)
+    assert!((a.stderr - 1.0 / 3.0).abs() < 1e-15, "{}", a.stderr);
+    assert!(aopc(&curves.slice(ndarray::s![..1, ..]).to_owned())
+        .stderr
+        .is_nan());
 }
 
 /// On a linear model y = sum_i x_i w_i + b, LRP-0 gives R_i = x_i w_i, and setting feature i to 0
@@ -379,7 +385,7 @@ fn on_a_linear_model_most_relevant_first_is_the_best_order() {
             );
         }
     }
-    let (top, _) = aopc(&best);
+    let top = aopc(&best).value;
     for _ in 0..10 {
         let shuffled: Vec<Vec<usize>> = (0..n)
             .map(|_| {
@@ -391,7 +397,8 @@ fn on_a_linear_model_most_relevant_first_is_the_best_order() {
         let other = curves
             .run(&mut backend, x.view(), 0, &targets, &shuffled, &mut |_| {})
             .unwrap();
-        assert!(aopc(&other).0 <= top + 1e-9, "{} > {top}", aopc(&other).0);
+        let other = aopc(&other).value;
+        assert!(other <= top + 1e-9, "{other} > {top}");
     }
 }
 
@@ -531,6 +538,13 @@ fn eval_json_rows_on_the_bundled_model() {
     assert_eq!(aopc["regions"], 196);
     assert_eq!(aopc["curve"].as_array().unwrap().len(), 31);
     assert_eq!(aopc["curve"][0], 0.0);
+    for field in ["stderr", "aopc_random_stderr"] {
+        let v = aopc[field].as_f64().unwrap();
+        assert!(
+            v > 0.0 && v < aopc["value"].as_f64().unwrap(),
+            "{field}: {aopc}"
+        );
+    }
     assert!(
         aopc["value"].as_f64().unwrap() > aopc["aopc_random"].as_f64().unwrap(),
         "{aopc}"
@@ -616,10 +630,13 @@ fn eval_agrees_across_backends_and_reads_masks() {
         assert_eq!(rows.len(), 2);
         assert_eq!(rows[0]["metric"], "aopc");
         // the random-order baseline perturbs the same inputs on every engine: equal to f32
-        // precision
-        let random = |r: &serde_json::Value| r["aopc_random"].as_f64().unwrap();
-        let rel = (random(&reference[0]) - random(&rows[0])).abs() / random(&reference[0]).abs();
-        assert!(rel <= 1e-4, "{} vs {}", reference[0], rows[0]);
+        // precision (compared as curves: their mean, the AOPC, can cancel to near 0)
+        let random = |r: &serde_json::Value| -> Vec<f64> {
+            let curve = r["curve_random"].as_array().unwrap();
+            curve.iter().map(|v| v.as_f64().unwrap()).collect()
+        };
+        let rel = common::rel_l2(random(&rows[0]), random(&reference[0]));
+        assert!(rel <= 1e-4, "{rel:e}: {} vs {}", reference[0], rows[0]);
     }
     // the target share from the reference's relevance, by hand
     let method = Composite::DeepTaylor.resolve(&net, UNIT, &[]).unwrap();
@@ -633,10 +650,18 @@ fn eval_agrees_across_backends_and_reads_masks() {
             target_share(&r, &m)
         })
         .collect();
-    let want = shares.iter().sum::<f64>() / shares.len() as f64;
+    let k = shares.len() as f64;
+    let want = shares.iter().sum::<f64>() / k;
+    let sd = (shares.iter().map(|v| (v - want).powi(2)).sum::<f64>() / (k - 1.0)).sqrt();
+    let want_stderr = sd / k.sqrt();
     for rows in std::iter::once(&reference).chain(&engines) {
         let got = rows[1]["value"].as_f64().unwrap();
         assert!((got - want).abs() <= 1e-5, "{got} vs {want}");
+        let stderr = rows[1]["stderr"].as_f64().unwrap();
+        assert!(
+            (stderr - want_stderr).abs() <= 1e-4 * want_stderr + 1e-9,
+            "{stderr} vs {want_stderr}"
+        );
         assert_eq!(rows[1]["mask_fraction"], 0.5);
         assert_eq!(rows[1]["skipped"], n - shares.len());
     }
@@ -669,6 +694,15 @@ fn eval_refuses_bad_flags_with_exit_2_naming_them() {
             vec!["--metric", "conservation", "--batch-size", "0"],
             "--batch-size",
         ),
+        (
+            vec![
+                "--metric",
+                "conservation",
+                "--per-sample",
+                "/nonexistent/e.csv",
+            ],
+            "--per-sample",
+        ),
     ];
     for (extra, needle) in cases {
         let mut args = vec!["eval", "--backend", "cpu", "--limit", "3", "--quiet"];
@@ -685,7 +719,9 @@ fn eval_refuses_bad_flags_with_exit_2_naming_them() {
 fn eval_on_vector_inputs_perturbs_features_and_needs_a_mask_for_target_share() {
     let mut rng = rng("eval_on_vector_inputs");
     let d = rng.random_range(5..12);
-    let net = random_mlp(&mut rng, &[d, 6, 3], false);
+    // linear, under sensitivity (R_i = w_it^2): every heatmap has positive relevance, so no
+    // sample is skipped
+    let net = random_mlp(&mut rng, &[d, 3], false);
     let n = 5;
     let x = random_input(&mut rng, &net, n, -1.0, 2.0);
     let dir = tempfile::tempdir().unwrap();
@@ -716,13 +752,22 @@ fn eval_on_vector_inputs_perturbs_features_and_needs_a_mask_for_target_share() {
         args.extend(extra);
         taylormap(&args)
     };
-    let o = with(&["--metric", "aopc,target-share", "--mask", &mask, "--json"]);
+    let o = with(&[
+        "--metric",
+        "aopc,target-share",
+        "--composite",
+        "sensitivity",
+        "--mask",
+        &mask,
+        "--json",
+    ]);
     let rows = json_rows(&o);
     assert_eq!(rows[0]["regions"], d);
     assert_eq!(rows[0]["region"], 1);
     assert_eq!(rows[0]["steps"], d, "the steps stop at the last feature");
     assert!(String::from_utf8_lossy(&o.stderr).contains("--steps 100 is more than"));
-    assert_eq!(rows[1]["mask_fraction"].as_f64().unwrap(), 1.0 / d as f64);
+    let fraction = rows[1]["mask_fraction"].as_f64().unwrap();
+    assert!((fraction - 1.0 / d as f64).abs() < 1e-12, "{fraction}");
     for (extra, needle) in [
         (vec!["--metric", "target-share"], "--mask"),
         (vec!["--metric", "aopc", "--region", "3"], "--region"),
