@@ -19,7 +19,7 @@ use serde::Serialize;
 use crate::data::{self, Dataset};
 use crate::explain::{self, BackendChoice};
 use crate::gpu::GpuContext;
-use crate::lrp::{Bounds, Composite, LayerSelector, SampleStats, TargetChoice};
+use crate::lrp::{Bounds, Composite, SampleStats, TargetChoice};
 use crate::train::rng::SplitMix64;
 use crate::{Backend, Error, Result, Samples, StreamBatch};
 
@@ -530,22 +530,23 @@ pub fn run(cfg: &EvalConfig, report: &mut dyn FnMut(&EvalRow)) -> Result<Vec<Eva
         cfg.composites.clone()
     };
     let net = crate::model::onnx::load(&cfg.model)?;
-    let mut dataset =
-        data::load_for_model(&cfg.input, &cfg.model, cfg.labels.as_deref(), cfg.normalize)?;
-    dataset.check_against(&net.input_shape)?;
-    let total = dataset.len();
-    if let Some(limit) = cfg.limit {
-        dataset.limit(limit);
-    }
-    if dataset.is_empty() {
-        return Err(Error::input(&cfg.input, "holds no samples"));
-    }
-    let bounds = cfg.bounds.unwrap_or(dataset.bounds);
-    let overrides = cfg
-        .rules
-        .iter()
-        .map(|r| LayerSelector::parse_override(r, bounds))
-        .collect::<Result<Vec<_>>>()?;
+    let explain::RunInputs {
+        dataset,
+        total,
+        bounds,
+        overrides,
+    } = explain::load_inputs(
+        &net,
+        explain::Source {
+            model: &cfg.model,
+            input: &cfg.input,
+            labels: cfg.labels.as_deref(),
+            normalize: cfg.normalize,
+            limit: cfg.limit,
+        },
+        cfg.bounds,
+        &cfg.rules,
+    )?;
     let targets = explain::resolve_targets(cfg.target, &dataset, net.num_outputs())?;
     let mask = if cfg.metrics.contains(&Metric::TargetShare) {
         Some(match &cfg.mask {

@@ -284,6 +284,59 @@ pub(crate) fn resolve_targets(
     }
 }
 
+/// Where a run's samples come from: the model they are for, the input and labels, the
+/// normalisation and `--limit`.
+pub(crate) struct Source<'a> {
+    pub model: &'a Path,
+    pub input: &'a Path,
+    pub labels: Option<&'a Path>,
+    pub normalize: Option<(f64, f64)>,
+    pub limit: Option<usize>,
+}
+
+/// A run's samples, loaded and checked against its network.
+pub(crate) struct RunInputs {
+    /// The samples, `--limit` applied.
+    pub dataset: Dataset,
+    /// Samples in the input before `--limit`.
+    pub total: usize,
+    /// `--bounds`, else the data's own.
+    pub bounds: Bounds,
+    /// The `--rule` overrides, read with those bounds.
+    pub overrides: Vec<(LayerSelector, crate::Rule)>,
+}
+
+/// Loads the samples of `source` for `net` (refusing shapes that do not fit it, and an empty
+/// input), and reads the `--rule` overrides with the bounds in force.
+pub(crate) fn load_inputs(
+    net: &Network,
+    source: Source<'_>,
+    bounds: Option<Bounds>,
+    rules: &[String],
+) -> Result<RunInputs> {
+    let mut dataset =
+        data::load_for_model(source.input, source.model, source.labels, source.normalize)?;
+    dataset.check_against(&net.input_shape)?;
+    let total = dataset.len();
+    if let Some(limit) = source.limit {
+        dataset.limit(limit);
+    }
+    if dataset.is_empty() {
+        return Err(Error::input(source.input, "holds no samples"));
+    }
+    let bounds = bounds.unwrap_or(dataset.bounds);
+    let overrides = rules
+        .iter()
+        .map(|r| LayerSelector::parse_override(r, bounds))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(RunInputs {
+        dataset,
+        total,
+        bounds,
+        overrides,
+    })
+}
+
 /// Runs the whole job and writes the outputs into `cfg.out`.
 pub fn run(cfg: &ExplainConfig) -> Result<ExplainReport> {
     // The GPU context (instance, adapter, device) depends on neither the model nor the inputs,
@@ -319,21 +372,23 @@ where
     let model_bytes = std::fs::read(&cfg.model)
         .map_err(|e| Error::input(&cfg.model, format!("cannot read the model: {e}")))?;
     let net = crate::model::onnx::from_bytes(&model_bytes, &cfg.model.display().to_string())?;
-    let mut dataset =
-        data::load_for_model(&cfg.input, &cfg.model, cfg.labels.as_deref(), cfg.normalize)?;
-    dataset.check_against(&net.input_shape)?;
-    if let Some(limit) = cfg.limit {
-        dataset.limit(limit);
-    }
-    if dataset.is_empty() {
-        return Err(Error::input(&cfg.input, "holds no samples"));
-    }
-    let bounds = cfg.bounds.unwrap_or(dataset.bounds);
-    let overrides = cfg
-        .rules
-        .iter()
-        .map(|r| LayerSelector::parse_override(r, bounds))
-        .collect::<Result<Vec<_>>>()?;
+    let RunInputs {
+        dataset,
+        bounds,
+        overrides,
+        ..
+    } = load_inputs(
+        &net,
+        Source {
+            model: &cfg.model,
+            input: &cfg.input,
+            labels: cfg.labels.as_deref(),
+            normalize: cfg.normalize,
+            limit: cfg.limit,
+        },
+        cfg.bounds,
+        &cfg.rules,
+    )?;
     let method = cfg.composite.resolve(&net, bounds, &overrides)?;
     let targets = resolve_targets(cfg.target, &dataset, net.num_outputs())?;
 

@@ -69,15 +69,8 @@ enum Command {
 
 #[derive(Args)]
 struct ExplainArgs {
-    /// ONNX model (default: the bundled MNIST CNN).
-    #[arg(long)]
-    model: Option<PathBuf>,
-    /// Inputs: IDX (optionally gzipped), NPY, or a folder of PNGs (default: the bundled MNIST test set).
-    #[arg(long)]
-    input: Option<PathBuf>,
-    /// Labels (IDX or NPY); default: the IDX labels file next to an IDX input.
-    #[arg(long)]
-    labels: Option<PathBuf>,
+    #[command(flatten)]
+    source: SourceArgs,
     /// Output folder.
     #[arg(long, default_value = "taylormap-out")]
     out: PathBuf,
@@ -85,7 +78,45 @@ struct ExplainArgs {
     /// epsilon-gamma-box, epsilon-alpha2-beta1, lrp-zero, sensitivity, gradient-x-input.
     #[arg(long, default_value = "deep-taylor")]
     composite: String,
-    /// Per-layer override SELECTOR=RULE (SELECTOR: index, first, last, dense, conv, *). Repeatable.
+    #[command(flatten)]
+    run: RunArgs,
+    /// Heatmap colormap: bwr, coldnhot, heat, gray.
+    #[arg(long, default_value = "bwr")]
+    cmap: String,
+    /// Enlarge heatmaps by this integer factor.
+    #[arg(long, default_value_t = 1)]
+    scale: usize,
+    /// Do not write PNG heatmaps (nor grid.png).
+    #[arg(long)]
+    no_png: bool,
+    /// Blend each heatmap over its input image.
+    #[arg(long)]
+    overlay: bool,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+/// The model and its inputs, as `explain` and `eval` take them.
+#[derive(Args)]
+struct SourceArgs {
+    /// ONNX model (default: the bundled MNIST CNN).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Inputs: IDX (optionally gzipped), NPY, a folder of PNGs, or CSV for a tabular model
+    /// (default: the bundled MNIST test set).
+    #[arg(long)]
+    input: Option<PathBuf>,
+    /// Labels (IDX or NPY); default: the IDX labels file next to an IDX input.
+    #[arg(long)]
+    labels: Option<PathBuf>,
+}
+
+/// What decides a heatmap and where it runs: the flags `explain` and `eval` share.
+#[derive(Args)]
+struct RunArgs {
+    /// Per-layer override SELECTOR=RULE (SELECTOR: index, first, last, dense, conv, *); for eval,
+    /// of every composite. Repeatable.
     #[arg(long = "rule")]
     rules: Vec<String>,
     /// predicted, label, or a class index.
@@ -101,44 +132,22 @@ struct ExplainArgs {
     /// Threads of the CPU engine (default: one per core).
     #[arg(long)]
     threads: Option<usize>,
-    /// Explain only the first N samples.
+    /// Use only the first N samples.
     #[arg(long)]
     limit: Option<usize>,
-    /// Heatmap colormap: bwr, coldnhot, heat, gray.
-    #[arg(long, default_value = "bwr")]
-    cmap: String,
-    /// Enlarge heatmaps by this integer factor.
-    #[arg(long, default_value_t = 1)]
-    scale: usize,
-    /// Do not write PNG heatmaps (nor grid.png).
-    #[arg(long)]
-    no_png: bool,
-    /// Blend each heatmap over its input image.
-    #[arg(long)]
-    overlay: bool,
-    /// Input bounds L,H for zbox (default: the lowest and highest value an input can take).
+    /// Input bounds L,H for zbox, and for eval's perturbation (default: the lowest and highest
+    /// value an input can take).
     #[arg(long)]
     bounds: Option<String>,
     /// Normalise inputs with (x - MEAN) / STD after scaling: MEAN,STD.
     #[arg(long)]
     normalize: Option<String>,
-    /// No progress bar.
-    #[arg(long)]
-    quiet: bool,
 }
 
 #[derive(Args)]
 struct EvalArgs {
-    /// ONNX model (default: the bundled MNIST CNN).
-    #[arg(long)]
-    model: Option<PathBuf>,
-    /// Inputs: IDX (optionally gzipped), NPY, a folder of PNGs, or CSV for a tabular model
-    /// (default: the bundled MNIST test set).
-    #[arg(long)]
-    input: Option<PathBuf>,
-    /// Labels (IDX or NPY); default: the IDX labels file next to an IDX input.
-    #[arg(long)]
-    labels: Option<PathBuf>,
+    #[command(flatten)]
+    source: SourceArgs,
     /// conservation (shares of conservative, positive, consistent heatmaps), aopc (area over the
     /// perturbation curve, most relevant regions first) or target-share (share of positive
     /// relevance inside --mask). Repeat, or separate with commas.
@@ -148,31 +157,8 @@ struct EvalArgs {
     /// commas.
     #[arg(long = "composite", value_delimiter = ',')]
     composites: Vec<String>,
-    /// Per-layer override SELECTOR=RULE for every composite. Repeatable.
-    #[arg(long = "rule")]
-    rules: Vec<String>,
-    /// predicted, label, or a class index.
-    #[arg(long, default_value = "predicted")]
-    target: String,
-    /// auto, gpu, cpu or reference (as for explain).
-    #[arg(long, default_value = "auto")]
-    backend: String,
-    /// Samples per batch (default: 1024 on the GPU, 256 on the CPU).
-    #[arg(long)]
-    batch_size: Option<usize>,
-    /// Threads of the CPU engine (default: one per core).
-    #[arg(long)]
-    threads: Option<usize>,
-    /// Evaluate only the first N samples.
-    #[arg(long)]
-    limit: Option<usize>,
-    /// Input bounds L,H for zbox and for the perturbation (default: the lowest and highest value
-    /// an input can take).
-    #[arg(long)]
-    bounds: Option<String>,
-    /// Normalise inputs with (x - MEAN) / STD after scaling: MEAN,STD.
-    #[arg(long)]
-    normalize: Option<String>,
+    #[command(flatten)]
+    run: RunArgs,
     /// aopc: side of the square image regions perturbed one per step (default: min(H, W) / 14,
     /// 2 on MNIST; vector inputs: one feature per region).
     #[arg(long)]
@@ -750,19 +736,19 @@ fn normalize_flag(text: Option<&str>) -> taylormap::Result<Option<(f64, f64)>> {
 }
 
 fn explain_config(a: ExplainArgs) -> taylormap::Result<ExplainConfig> {
-    let bounds = bounds_flag(a.bounds.as_deref())?;
-    let normalize = normalize_flag(a.normalize.as_deref())?;
+    let bounds = bounds_flag(a.run.bounds.as_deref())?;
+    let normalize = normalize_flag(a.run.normalize.as_deref())?;
     Ok(ExplainConfig {
-        model: or_bundled(a.model, explain::DEFAULT_MODEL),
-        input: or_bundled(a.input, explain::DEFAULT_INPUT),
-        labels: a.labels,
+        model: or_bundled(a.source.model, explain::DEFAULT_MODEL),
+        input: or_bundled(a.source.input, explain::DEFAULT_INPUT),
+        labels: a.source.labels,
         out: a.out,
         composite: a.composite.parse::<Composite>()?,
-        rules: a.rules,
-        target: a.target.parse::<TargetChoice>()?,
-        backend: a.backend.parse::<BackendChoice>()?,
-        batch_size: a.batch_size,
-        limit: a.limit,
+        rules: a.run.rules,
+        target: a.run.target.parse::<TargetChoice>()?,
+        backend: a.run.backend.parse::<BackendChoice>()?,
+        batch_size: a.run.batch_size,
+        limit: a.run.limit,
         cmap: a.cmap.parse::<Colormap>()?,
         scale: a.scale,
         png: !a.no_png,
@@ -770,16 +756,16 @@ fn explain_config(a: ExplainArgs) -> taylormap::Result<ExplainConfig> {
         bounds,
         normalize,
         progress: !a.quiet,
-        threads: threads_flag(a.threads)?,
+        threads: threads_flag(a.run.threads)?,
     })
 }
 
 fn eval(a: EvalArgs) -> taylormap::Result<()> {
     use taylormap::eval::{self, Detail, EvalConfig, MaskSource};
     let cfg = EvalConfig {
-        model: or_bundled(a.model, explain::DEFAULT_MODEL),
-        input: or_bundled(a.input, explain::DEFAULT_INPUT),
-        labels: a.labels,
+        model: or_bundled(a.source.model, explain::DEFAULT_MODEL),
+        input: or_bundled(a.source.input, explain::DEFAULT_INPUT),
+        labels: a.source.labels,
         metrics: a
             .metrics
             .iter()
@@ -790,14 +776,14 @@ fn eval(a: EvalArgs) -> taylormap::Result<()> {
             .iter()
             .map(|c| c.parse())
             .collect::<taylormap::Result<_>>()?,
-        rules: a.rules,
-        target: a.target.parse::<TargetChoice>()?,
-        backend: a.backend.parse::<BackendChoice>()?,
-        batch_size: a.batch_size,
-        threads: threads_flag(a.threads)?,
-        limit: a.limit,
-        bounds: bounds_flag(a.bounds.as_deref())?,
-        normalize: normalize_flag(a.normalize.as_deref())?,
+        rules: a.run.rules,
+        target: a.run.target.parse::<TargetChoice>()?,
+        backend: a.run.backend.parse::<BackendChoice>()?,
+        batch_size: a.run.batch_size,
+        threads: threads_flag(a.run.threads)?,
+        limit: a.run.limit,
+        bounds: bounds_flag(a.run.bounds.as_deref())?,
+        normalize: normalize_flag(a.run.normalize.as_deref())?,
         region: a.region,
         steps: a.steps,
         perturbation: a.perturbation.parse()?,

@@ -476,6 +476,14 @@ fn write_npy(path: &Path, shape: &[usize], values: &[f32]) {
     std::fs::write(path, taylormap::data::npy_bytes_f32(shape, values)).unwrap();
 }
 
+/// A folder with `net` as model.onnx and `x` as x.npy.
+fn case_files(net: &Network, x: &ArrayD<f32>) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    taylormap::model::onnx::save(net, &dir.path().join("model.onnx")).unwrap();
+    write_npy(&dir.path().join("x.npy"), x.shape(), x.as_slice().unwrap());
+    dir
+}
+
 /// The JSON lines of a successful run.
 fn json_rows(o: &Output) -> Vec<serde_json::Value> {
     assert!(
@@ -586,14 +594,8 @@ fn eval_agrees_across_backends_and_reads_masks() {
             break (net, x);
         }
     };
-    let dir = tempfile::tempdir().unwrap();
+    let dir = case_files(&net, &x);
     let path = |name: &str| dir.path().join(name).display().to_string();
-    taylormap::model::onnx::save(&net, dir.path().join("model.onnx").as_path()).unwrap();
-    write_npy(
-        dir.path().join("x.npy").as_path(),
-        x.shape(),
-        x.as_slice().unwrap(),
-    );
     // the left half of every image, as an (N, H, W) mask
     let mask: Vec<f32> = (0..n * 64)
         .map(|i| f32::from(u8::from(i % 8 < 4)))
@@ -724,14 +726,8 @@ fn eval_on_vector_inputs_perturbs_features_and_needs_a_mask_for_target_share() {
     let net = random_mlp(&mut rng, &[d, 3], false);
     let n = 5;
     let x = random_input(&mut rng, &net, n, -1.0, 2.0);
-    let dir = tempfile::tempdir().unwrap();
+    let dir = case_files(&net, &x);
     let path = |name: &str| dir.path().join(name).display().to_string();
-    taylormap::model::onnx::save(&net, dir.path().join("model.onnx").as_path()).unwrap();
-    write_npy(
-        dir.path().join("x.npy").as_path(),
-        x.shape(),
-        x.as_slice().unwrap(),
-    );
     let mask: Vec<f32> = (0..n * d)
         .map(|i| f32::from(u8::from(i % d == 0)))
         .collect();
