@@ -561,7 +561,11 @@ pub fn run(cfg: &EvalConfig, report: &mut dyn FnMut(&EvalRow)) -> Result<Vec<Eva
                     ),
                 ))
             }
-            MaskSource::Object => object_mask(&dataset, bounds),
+            // above the lower bound by 1e-6 of the bounds' width, so that a background pixel
+            // rounded to f32 stays outside
+            MaskSource::Object => {
+                Mask::Above((bounds.low + 1e-6 * (bounds.high - bounds.low)) as f32)
+            }
             MaskSource::File(path) => load_mask(path, total, &dataset)?,
         })
     } else {
@@ -640,15 +644,19 @@ pub fn run(cfg: &EvalConfig, report: &mut dyn FnMut(&EvalRow)) -> Result<Vec<Eva
             ..SampleFigures::default()
         };
         let bar = progress_bar(cfg.progress, dataset.len(), format!("{name}: explaining"));
+        let takes = Takes {
+            orders: aopc_wanted.then_some((&regions, steps)),
+            mask: mask.as_ref(),
+        };
         let explained = explain_set(
             backend.as_mut(),
             &dataset,
             targets.as_deref(),
             batch_size,
+            takes,
             &bar,
         )?;
         bar.finish_and_clear();
-        let per: usize = dataset.sample_shape().iter().product();
         let row = |metric: Metric, value: f64, detail: Detail, backend: &dyn Backend| EvalRow {
             metric: metric.name(),
             composite: name.to_string(),
@@ -677,22 +685,12 @@ pub fn run(cfg: &EvalConfig, report: &mut dyn FnMut(&EvalRow)) -> Result<Vec<Eva
                         steps,
                         batch_size,
                     };
-                    let orders: Vec<Vec<usize>> = explained
-                        .relevance
-                        .chunks_exact(per.max(1))
-                        .map(|r| {
-                            // only the first `steps` regions are ever perturbed
-                            let mut order = regions.most_relevant_first(r);
-                            order.truncate(steps);
-                            order
-                        })
-                        .collect();
                     let relevant = perturbation_aopc(
                         &curves,
                         backend.as_mut(),
                         &dataset,
                         &explained.targets,
-                        &orders,
+                        &explained.orders,
                         (cfg.progress, format!("{name}: aopc")),
                     )?;
                     if random.is_none() {
@@ -733,9 +731,7 @@ pub fn run(cfg: &EvalConfig, report: &mut dyn FnMut(&EvalRow)) -> Result<Vec<Eva
                     )
                 }
                 Metric::TargetShare => {
-                    let mask = mask.as_deref().expect("loaded for target-share");
-                    let (value, detail, shares) =
-                        share_summary(&explained.relevance, mask, per, &cfg.mask);
+                    let (value, detail, shares) = share_summary(&explained.shares, &cfg.mask);
                     figures.share = Some(shares);
                     row(metric, value, Detail::TargetShare(detail), backend.as_ref())
                 }
@@ -818,12 +814,24 @@ pub fn per_sample_csv(samples: &[SampleFigures]) -> String {
     out
 }
 
-/// What explaining the input set gave: relevance (samples one after the other), the output
-/// each explanation started from, and the statistics of each heatmap.
+/// What explaining the input set gave, per sample: the output each explanation started from,
+/// the statistics of its heatmap and what [`Takes`] asked of it. The heatmaps themselves are
+/// not kept: memory grows with the samples, not with their size.
 struct Explained {
-    relevance: Vec<f32>,
     targets: Vec<usize>,
     stats: Vec<SampleStats>,
+    /// The first `steps` regions, most relevant first (for AOPC).
+    orders: Vec<Vec<usize>>,
+    /// (target share, share of the values inside the mask), or `None` for a sample left out
+    /// (for target-share).
+    shares: Vec<Option<(f64, f64)>>,
+}
+
+/// What to take from each heatmap as it streams by: its first `steps` regions in order of
+/// relevance, and its target share in a mask.
+struct Takes<'a> {
+    orders: Option<(&'a Regions, usize)>,
+    mask: Option<&'a Mask>,
 }
 
 /// Explains every sample of `dataset`, in batches of `batch_size`, streamed through the
@@ -833,6 +841,7 @@ fn explain_set(
     dataset: &Dataset,
     targets: Option<&[usize]>,
     batch_size: usize,
+    takes: Takes<'_>,
     bar: &ProgressBar,
 ) -> Result<Explained> {
     let n = dataset.len();
@@ -848,20 +857,40 @@ fn explain_set(
             targets: targets.map(|t| &t[start..end]),
         }
     });
-    let per: usize = dataset.sample_shape().iter().product();
+    let per = dataset.sample_shape().iter().product::<usize>().max(1);
+    let x = dataset.x.as_standard_layout();
+    let x = x.as_slice().expect("standard layout");
     let mut out = Explained {
-        relevance: Vec::with_capacity(n * per),
         targets: Vec::with_capacity(n),
         stats: Vec::with_capacity(n),
+        orders: vec![],
+        shares: vec![],
     };
+    let mut inside = vec![];
     backend.run_stream(&mut batches, &mut |batch| {
-        let m = batch.targets.len();
-        for i in 0..m {
+        let relevance = batch.relevance.as_standard_layout();
+        let relevance = relevance.as_slice().expect("standard layout");
+        for (i, r) in relevance.chunks_exact(per).enumerate() {
+            let index = out.stats.len();
             out.stats.push(batch.stats(i));
+            if let Some((regions, steps)) = takes.orders {
+                // only the first `steps` regions are ever perturbed
+                let mut order = regions.most_relevant_first(r);
+                order.truncate(steps);
+                out.orders.push(order);
+            }
+            if let Some(mask) = takes.mask {
+                mask.fill(index, &x[index * per..][..per], &mut inside);
+                let count = inside.iter().filter(|&&m| m).count();
+                out.shares.push(
+                    target_share(r, &inside)
+                        .filter(|_| count > 0)
+                        .map(|share| (share, count as f64 / per as f64)),
+                );
+            }
         }
         out.targets.extend(&batch.targets);
-        out.relevance.extend(batch.relevance.iter());
-        bar.inc(m as u64);
+        bar.inc(batch.targets.len() as u64);
         Ok(true)
     })?;
     Ok(out)
@@ -886,61 +915,74 @@ fn perturbation_aopc(
     Ok(aopc(&run?))
 }
 
-/// The mean target share over the samples that have one, and the details of the row.
+/// The mean target share over the samples that have one (`shares`: per sample, the share and
+/// the share of values inside the mask, or `None`), the details of the row, and each sample's
+/// share.
 fn share_summary(
-    relevance: &[f32],
-    mask: &[bool],
-    per: usize,
+    shares: &[Option<(f64, f64)>],
     source: &MaskSource,
 ) -> (f64, ShareDetail, Vec<Option<f64>>) {
-    let per = per.max(1);
-    let mut shares = vec![];
-    let mut each = vec![];
-    let (mut fraction, mut over_chance, mut skipped) = (0.0, 0.0, 0);
-    for (r, m) in relevance.chunks_exact(per).zip(mask.chunks_exact(per)) {
-        let inside = m.iter().filter(|&&v| v).count();
-        match target_share(r, m) {
-            Some(share) if inside > 0 => {
-                let area = inside as f64 / per as f64;
-                shares.push(share);
-                each.push(Some(share));
-                fraction += area;
-                over_chance += share / area;
-            }
-            _ => {
-                skipped += 1;
-                each.push(None);
-            }
-        }
-    }
-    let counted = shares.len() as f64;
-    let (mean, stderr) = mean_and_stderr(&shares);
-    shares.sort_by(f64::total_cmp);
+    let counted: Vec<(f64, f64)> = shares.iter().flatten().copied().collect();
+    let k = counted.len() as f64;
+    let mut values: Vec<f64> = counted.iter().map(|c| c.0).collect();
+    let (mean, stderr) = mean_and_stderr(&values);
+    values.sort_by(f64::total_cmp);
     let detail = ShareDetail {
         mask: match source {
             MaskSource::Object => "object".into(),
             MaskSource::File(p) => p.display().to_string(),
         },
-        share_median: shares.get(shares.len() / 2).copied().unwrap_or(f64::NAN),
-        mask_fraction: fraction / counted,
-        share_over_chance: over_chance / counted,
+        share_median: values.get(values.len() / 2).copied().unwrap_or(f64::NAN),
+        mask_fraction: counted.iter().map(|c| c.1).sum::<f64>() / k,
+        share_over_chance: counted.iter().map(|c| c.0 / c.1).sum::<f64>() / k,
         stderr,
-        skipped,
+        skipped: shares.len() - counted.len(),
     };
-    (mean, detail, each)
+    (
+        mean,
+        detail,
+        shares.iter().map(|s| s.map(|c| c.0)).collect(),
+    )
 }
 
-/// The default target-share mask: the values above the lower bound of the inputs (by more than
-/// 1e-6 of the bounds' width, so that a background pixel rounded to f32 stays outside).
-fn object_mask(dataset: &Dataset, bounds: Bounds) -> Vec<bool> {
-    let above = (bounds.low + 1e-6 * (bounds.high - bounds.low)) as f32;
-    dataset.x.iter().map(|&v| v > above).collect()
+/// Which values of a sample are inside the target-share mask.
+#[derive(Clone, Debug)]
+enum Mask {
+    /// The values above this one: the object itself.
+    Above(f32),
+    /// The non-zero values of a mask file: `plane` values per sample (sample after sample),
+    /// the same for each of `channels` channels.
+    File {
+        values: Vec<f32>,
+        plane: usize,
+        channels: usize,
+    },
+}
+
+impl Mask {
+    /// Sets `inside` to the mask of sample `index`, whose values are `sample`.
+    fn fill(&self, index: usize, sample: &[f32], inside: &mut Vec<bool>) {
+        inside.clear();
+        match self {
+            Mask::Above(above) => inside.extend(sample.iter().map(|v| v > above)),
+            Mask::File {
+                values,
+                plane,
+                channels,
+            } => {
+                let mask = &values[index * plane..][..*plane];
+                for _ in 0..*channels {
+                    inside.extend(mask.iter().map(|&v| v != 0.0));
+                }
+            }
+        }
+    }
 }
 
 /// Loads a target-share mask: any input format, one sample per input sample (`total`, the input
 /// set's count before `--limit`), each of the inputs' per-sample shape, or of their (H, W) for
 /// (C, H, W) inputs (the same mask for every channel). Non-zero values are inside.
-fn load_mask(path: &Path, total: usize, dataset: &Dataset) -> Result<Vec<bool>> {
+fn load_mask(path: &Path, total: usize, dataset: &Dataset) -> Result<Mask> {
     let mask = data::load(path, None, None)?;
     let shape = dataset.sample_shape();
     let mask_shape = mask.sample_shape();
@@ -963,18 +1005,14 @@ fn load_mask(path: &Path, total: usize, dataset: &Dataset) -> Result<Vec<bool>> 
             ),
         ));
     }
-    let n = dataset.len();
-    let plane = mask_shape.iter().product::<usize>();
+    let plane = mask_shape.iter().product::<usize>().max(1);
     let flat = mask.x.as_standard_layout();
     let flat = flat.as_slice().expect("standard layout");
-    let channels = per / plane.max(1);
-    let mut out = Vec::with_capacity(n * per);
-    for sample in flat.chunks_exact(plane.max(1)).take(n) {
-        for _ in 0..channels {
-            out.extend(sample.iter().map(|&v| v != 0.0));
-        }
-    }
-    Ok(out)
+    Ok(Mask::File {
+        values: flat[..dataset.len() * plane].to_vec(),
+        plane,
+        channels: per / plane,
+    })
 }
 
 /// A progress bar on stderr over `len` steps, or a hidden one.
