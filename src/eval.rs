@@ -491,8 +491,26 @@ pub struct EvalConfig {
     pub progress: bool,
 }
 
-/// Runs every metric on every composite, handing each row to `report` as it is ready.
-pub fn run(cfg: &EvalConfig, report: &mut dyn FnMut(&EvalRow)) -> Result<Vec<EvalRow>> {
+/// What every composite is evaluated on, prepared once: the network, the samples and their
+/// targets, the bounds and `--rule` overrides, and what the metrics asked for need.
+struct Prepared {
+    net: crate::Network,
+    dataset: Dataset,
+    /// `None`: the predicted class.
+    targets: Option<Vec<usize>>,
+    bounds: Bounds,
+    overrides: Vec<(crate::LayerSelector, crate::Rule)>,
+    /// For target-share.
+    mask: Option<Mask>,
+    /// For AOPC: the regions, their side, and the steps L.
+    regions: Regions,
+    region: usize,
+    steps: usize,
+    perturber: Perturber,
+}
+
+/// Checks the flags, loads the model and the samples, and prepares what the metrics need.
+fn prepare(cfg: &EvalConfig) -> Result<Prepared> {
     if cfg.metrics.is_empty() {
         return Err(Error::usage(
             "--metric",
@@ -524,11 +542,6 @@ pub fn run(cfg: &EvalConfig, report: &mut dyn FnMut(&EvalRow)) -> Result<Vec<Eva
             ));
         }
     }
-    let composites = if cfg.composites.is_empty() {
-        vec![Composite::DeepTaylor]
-    } else {
-        cfg.composites.clone()
-    };
     let net = crate::model::onnx::load(&cfg.model)?;
     let explain::RunInputs {
         dataset,
@@ -604,6 +617,28 @@ pub fn run(cfg: &EvalConfig, report: &mut dyn FnMut(&EvalRow)) -> Result<Vec<Eva
         bounds,
         seed: cfg.seed,
     };
+    Ok(Prepared {
+        net,
+        dataset,
+        targets,
+        bounds,
+        overrides,
+        mask,
+        regions,
+        region,
+        steps,
+        perturber,
+    })
+}
+
+/// Runs every metric on every composite, handing each row to `report` as it is ready.
+pub fn run(cfg: &EvalConfig, report: &mut dyn FnMut(&EvalRow)) -> Result<Vec<EvalRow>> {
+    let p = prepare(cfg)?;
+    let composites = if cfg.composites.is_empty() {
+        vec![Composite::DeepTaylor]
+    } else {
+        cfg.composites.clone()
+    };
     // One GPU context for every composite (its error kept as text, to be raised for each).
     let context: Option<std::result::Result<GpuContext, String>> =
         matches!(cfg.backend, BackendChoice::Gpu | BackendChoice::Auto).then(|| {
@@ -617,14 +652,14 @@ pub fn run(cfg: &EvalConfig, report: &mut dyn FnMut(&EvalRow)) -> Result<Vec<Eva
     let mut random: Option<Aopc> = None;
     let mut samples = vec![];
     for (c, composite) in composites.iter().enumerate() {
-        let method = composite.resolve(&net, bounds, &overrides)?;
+        let method = composite.resolve(&p.net, p.bounds, &p.overrides)?;
         let ctx = context
             .as_ref()
             .map(|made| made.clone().map_err(Error::Gpu));
         let (mut backend, notes) = explain::select_backend_in(
             cfg.backend,
             ctx,
-            &net,
+            &p.net,
             &method,
             cfg.batch_size.unwrap_or(explain::DEFAULT_GPU_BATCH),
             cfg.threads,
@@ -643,15 +678,18 @@ pub fn run(cfg: &EvalConfig, report: &mut dyn FnMut(&EvalRow)) -> Result<Vec<Eva
             composite: name,
             ..SampleFigures::default()
         };
-        let bar = progress_bar(cfg.progress, dataset.len(), format!("{name}: explaining"));
+        let bar = progress_bar(cfg.progress, p.dataset.len(), format!("{name}: explaining"));
         let takes = Takes {
-            orders: aopc_wanted.then_some((&regions, steps)),
-            mask: mask.as_ref(),
+            orders: cfg
+                .metrics
+                .contains(&Metric::Aopc)
+                .then_some((&p.regions, p.steps)),
+            mask: p.mask.as_ref(),
         };
         let explained = explain_set(
             backend.as_mut(),
-            &dataset,
-            targets.as_deref(),
+            &p.dataset,
+            p.targets.as_deref(),
             batch_size,
             takes,
             &bar,
@@ -663,7 +701,7 @@ pub fn run(cfg: &EvalConfig, report: &mut dyn FnMut(&EvalRow)) -> Result<Vec<Eva
             model: model_name.clone(),
             backend: backend.kind().to_string(),
             adapter: backend.adapter(),
-            samples: dataset.len(),
+            samples: p.dataset.len(),
             value,
             detail,
         };
@@ -680,53 +718,55 @@ pub fn run(cfg: &EvalConfig, report: &mut dyn FnMut(&EvalRow)) -> Result<Vec<Eva
                 }
                 Metric::Aopc => {
                     let curves = Curves {
-                        regions: &regions,
-                        perturber,
-                        steps,
+                        regions: &p.regions,
+                        perturber: p.perturber,
+                        steps: p.steps,
                         batch_size,
                     };
-                    let relevant = perturbation_aopc(
-                        &curves,
-                        backend.as_mut(),
-                        &dataset,
-                        &explained.targets,
-                        &explained.orders,
-                        (cfg.progress, format!("{name}: aopc")),
-                    )?;
-                    if random.is_none() {
-                        let orders: Vec<Vec<usize>> = (0..dataset.len())
-                            .map(|i| {
-                                let mut order = perturber.random_order(i, regions.len());
-                                order.truncate(steps);
-                                order
-                            })
-                            .collect();
-                        random = Some(perturbation_aopc(
+                    let mut run = |orders: &[Vec<usize>], what: String| {
+                        perturbation_aopc(
                             &curves,
                             backend.as_mut(),
-                            &dataset,
+                            &p.dataset,
                             &explained.targets,
-                            &orders,
-                            (cfg.progress, "random order: aopc".to_string()),
-                        )?);
-                    }
-                    let baseline = random.clone().expect("computed above");
+                            orders,
+                            (cfg.progress, what),
+                        )
+                    };
+                    let relevant = run(&explained.orders, format!("{name}: aopc"))?;
+                    // the random orders do not depend on the composite: run once
+                    let baseline = match &random {
+                        Some(done) => done.clone(),
+                        None => {
+                            let orders: Vec<Vec<usize>> = (0..p.dataset.len())
+                                .map(|i| {
+                                    let mut order = p.perturber.random_order(i, p.regions.len());
+                                    order.truncate(p.steps);
+                                    order
+                                })
+                                .collect();
+                            random
+                                .insert(run(&orders, "random order: aopc".into())?)
+                                .clone()
+                        }
+                    };
                     figures.aopc = Some((relevant.per_sample, baseline.per_sample));
+                    let detail = AopcDetail {
+                        region: p.region,
+                        regions: p.regions.len(),
+                        steps: p.steps,
+                        perturbation: cfg.perturbation.name(),
+                        seed: cfg.seed,
+                        stderr: relevant.stderr,
+                        aopc_random: baseline.value,
+                        aopc_random_stderr: baseline.stderr,
+                        curve: relevant.curve,
+                        curve_random: baseline.curve,
+                    };
                     row(
                         metric,
                         relevant.value,
-                        Detail::Aopc(AopcDetail {
-                            region,
-                            regions: regions.len(),
-                            steps,
-                            perturbation: cfg.perturbation.name(),
-                            seed: cfg.seed,
-                            stderr: relevant.stderr,
-                            aopc_random: baseline.value,
-                            aopc_random_stderr: baseline.stderr,
-                            curve: relevant.curve,
-                            curve_random: baseline.curve,
-                        }),
+                        Detail::Aopc(detail),
                         backend.as_ref(),
                     )
                 }
