@@ -434,6 +434,9 @@ pub enum Detail {
 pub struct EvalRow {
     pub metric: &'static str,
     pub composite: String,
+    /// The rule of each Dense/Conv2d layer, `--rule` overrides applied (empty for the gradient
+    /// baselines).
+    pub rules: Vec<String>,
     pub model: String,
     pub backend: String,
     pub adapter: String,
@@ -651,8 +654,12 @@ pub fn run(cfg: &EvalConfig, report: &mut dyn FnMut(&EvalRow)) -> Result<Vec<Eva
     let mut rows = vec![];
     let mut random: Option<Aopc> = None;
     let mut samples = vec![];
-    for (c, composite) in composites.iter().enumerate() {
-        let method = composite.resolve(&p.net, p.bounds, &p.overrides)?;
+    // every composite's rules, before any work (a --rule a baseline refuses fails here)
+    let methods = composites
+        .iter()
+        .map(|c| c.resolve(&p.net, p.bounds, &p.overrides))
+        .collect::<Result<Vec<_>>>()?;
+    for (c, (composite, method)) in composites.iter().zip(methods).enumerate() {
         let ctx = context
             .as_ref()
             .map(|made| made.clone().map_err(Error::Gpu));
@@ -695,9 +702,14 @@ pub fn run(cfg: &EvalConfig, report: &mut dyn FnMut(&EvalRow)) -> Result<Vec<Eva
             &bar,
         )?;
         bar.finish_and_clear();
+        let rules: Vec<String> = match &method {
+            crate::Method::Lrp { rules } => rules.iter().map(|r| r.to_string()).collect(),
+            _ => vec![],
+        };
         let row = |metric: Metric, value: f64, detail: Detail, backend: &dyn Backend| EvalRow {
             metric: metric.name(),
             composite: name.to_string(),
+            rules: rules.clone(),
             model: model_name.clone(),
             backend: backend.kind().to_string(),
             adapter: backend.adapter(),

@@ -793,6 +793,7 @@ fn eval(a: EvalArgs) -> taylormap::Result<()> {
         progress: !a.quiet,
     };
     let mut header = !a.json;
+    let overridden = !cfg.rules.is_empty();
     eval::run(&cfg, &mut |r| {
         if a.json {
             outln!("{}", serde_json::to_string(r).expect("json"));
@@ -849,8 +850,14 @@ fn eval(a: EvalArgs) -> taylormap::Result<()> {
                 ),
             ),
         };
+        // with --rule, the composite's name no longer says the rules: the details do
+        let rules = if overridden && !r.rules.is_empty() {
+            format!(" [rules {}]", r.rules.join(" "))
+        } else {
+            String::new()
+        };
         outln!(
-            "{:<13} {:<21} {:>8} {:>9}  {detail}",
+            "{:<13} {:<21} {:>8} {:>9}  {detail}{rules}",
             r.metric,
             r.composite,
             r.samples,

@@ -541,6 +541,8 @@ fn eval_json_rows_on_the_bundled_model() {
     assert_eq!(rows[0]["value"], 1.0);
     assert!(rows[3]["value"].as_f64().unwrap() < 1.0, "{}", rows[3]);
     // the explanation beats a random order, which is the same for both composites
+    assert_eq!(rows[0]["rules"][0], "zbox(0,1)");
+    assert_eq!(rows[3]["rules"][0], "zero");
     let aopc = &rows[1];
     assert_eq!(aopc["steps"], 30);
     assert_eq!(aopc["regions"], 196);
@@ -705,6 +707,18 @@ fn eval_refuses_bad_flags_with_exit_2_naming_them() {
             ],
             "--per-sample",
         ),
+        // refused before any composite runs, the first one included
+        (
+            vec![
+                "--metric",
+                "conservation",
+                "--composite",
+                "deep-taylor,sensitivity",
+                "--rule",
+                "first=zplus",
+            ],
+            "--rule",
+        ),
     ];
     for (extra, needle) in cases {
         let mut args = vec!["eval", "--backend", "cpu", "--limit", "3", "--quiet"];
@@ -714,6 +728,7 @@ fn eval_refuses_bad_flags_with_exit_2_naming_them() {
         assert_eq!(o.status.code(), Some(2), "{extra:?}: {err}");
         assert!(err.contains(needle), "{extra:?}: '{needle}' not in: {err}");
         assert!(!err.contains("panicked"), "{err}");
+        assert!(o.stdout.is_empty(), "{extra:?} printed rows");
     }
 }
 
