@@ -760,8 +760,66 @@ fn explain_config(a: ExplainArgs) -> taylormap::Result<ExplainConfig> {
     })
 }
 
+/// One line of `eval`'s table: metric, composite, samples, the headline value and the details;
+/// with `--rule` (`overridden`), the rules themselves.
+fn eval_table_row(r: &taylormap::eval::EvalRow, overridden: bool) -> String {
+    use taylormap::eval::Detail;
+    let (value, detail) = match &r.detail {
+        Detail::Conservation(c) => (
+            format!("{:.1}%", 100.0 * r.value),
+            format!(
+                "consistent; conservative {:.1}%, positive {:.1}%, error median {:.1e} worst \
+                 {:.1e}, negative share {:.1}%",
+                100.0 * c.conservative,
+                100.0 * c.positive,
+                c.conservation_error_median,
+                c.conservation_error_max,
+                100.0 * c.negative_fraction_mean
+            ),
+        ),
+        Detail::Aopc(d) => (
+            format!("{:.4}", r.value),
+            format!(
+                "+- {:.4}; random order {:.4} +- {:.4}; {} steps of {} regions ({}x{}), {} \
+                 perturbation",
+                d.stderr,
+                d.aopc_random,
+                d.aopc_random_stderr,
+                d.steps,
+                d.regions,
+                d.region,
+                d.region,
+                d.perturbation
+            ),
+        ),
+        Detail::TargetShare(d) => (
+            format!("{:.4}", r.value),
+            format!(
+                "+- {:.4}; mask ({}) {:.1}% of the values: {:.2}x chance; median {:.4}, {} \
+                 skipped",
+                d.stderr,
+                d.mask,
+                100.0 * d.mask_fraction,
+                d.share_over_chance,
+                d.share_median,
+                d.skipped
+            ),
+        ),
+    };
+    // with --rule, the composite's name no longer says the rules: the details do
+    let rules = if overridden && !r.rules.is_empty() {
+        format!(" [rules {}]", r.rules.join(" "))
+    } else {
+        String::new()
+    };
+    format!(
+        "{:<13} {:<21} {:>8} {:>9}  {detail}{rules}",
+        r.metric, r.composite, r.samples, value
+    )
+}
+
 fn eval(a: EvalArgs) -> taylormap::Result<()> {
-    use taylormap::eval::{self, Detail, EvalConfig, MaskSource};
+    use taylormap::eval::{self, EvalConfig, MaskSource};
     let cfg = EvalConfig {
         model: or_bundled(a.source.model, explain::DEFAULT_MODEL),
         input: or_bundled(a.source.input, explain::DEFAULT_INPUT),
@@ -808,61 +866,7 @@ fn eval(a: EvalArgs) -> taylormap::Result<()> {
                 "value"
             );
         }
-        let (value, detail) = match &r.detail {
-            Detail::Conservation(c) => (
-                format!("{:.1}%", 100.0 * r.value),
-                format!(
-                    "consistent; conservative {:.1}%, positive {:.1}%, error median {:.1e} worst \
-                     {:.1e}, negative share {:.1}%",
-                    100.0 * c.conservative,
-                    100.0 * c.positive,
-                    c.conservation_error_median,
-                    c.conservation_error_max,
-                    100.0 * c.negative_fraction_mean
-                ),
-            ),
-            Detail::Aopc(d) => (
-                format!("{:.4}", r.value),
-                format!(
-                    "+- {:.4}; random order {:.4} +- {:.4}; {} steps of {} regions ({}x{}), {} \
-                     perturbation",
-                    d.stderr,
-                    d.aopc_random,
-                    d.aopc_random_stderr,
-                    d.steps,
-                    d.regions,
-                    d.region,
-                    d.region,
-                    d.perturbation
-                ),
-            ),
-            Detail::TargetShare(d) => (
-                format!("{:.4}", r.value),
-                format!(
-                    "+- {:.4}; mask ({}) {:.1}% of the values: {:.2}x chance; median {:.4}, {} \
-                     skipped",
-                    d.stderr,
-                    d.mask,
-                    100.0 * d.mask_fraction,
-                    d.share_over_chance,
-                    d.share_median,
-                    d.skipped
-                ),
-            ),
-        };
-        // with --rule, the composite's name no longer says the rules: the details do
-        let rules = if overridden && !r.rules.is_empty() {
-            format!(" [rules {}]", r.rules.join(" "))
-        } else {
-            String::new()
-        };
-        outln!(
-            "{:<13} {:<21} {:>8} {:>9}  {detail}{rules}",
-            r.metric,
-            r.composite,
-            r.samples,
-            value
-        );
+        outln!("{}", eval_table_row(r, overridden));
     })?;
     Ok(())
 }
