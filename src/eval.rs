@@ -242,6 +242,22 @@ impl Curves<'_> {
                 orders[short].len()
             )));
         }
+        let regions = self.regions.len();
+        if let Some(i) = orders
+            .iter()
+            .position(|o| o[..self.steps].iter().any(|&r| r >= regions))
+        {
+            return Err(bad(format!(
+                "the order of sample {} names a region past the {regions} there are",
+                first + i
+            )));
+        }
+        if per != self.regions.indices.len() {
+            return Err(bad(format!(
+                "the regions cover {} values, a sample has {per}",
+                self.regions.indices.len()
+            )));
+        }
         let x = x.as_standard_layout();
         let flat = x.as_slice().expect("standard layout");
         let batch_size = self.batch_size.max(1);
@@ -272,7 +288,16 @@ impl Curves<'_> {
                     } else {
                         targets[start + i]
                     };
-                    curves[[start + i, k]] = logits[[i, t]];
+                    curves[[start + i, k]] = *logits.get([i, t]).ok_or_else(|| {
+                        Error::usage(
+                            "--target",
+                            format!(
+                                "sample {}: target {t} is past the network's {} outputs",
+                                first + start + i,
+                                logits.ncols()
+                            ),
+                        )
+                    })?;
                 }
                 progress(m);
             }

@@ -814,3 +814,50 @@ fn gpu_logits_run_the_forward_pass_alone_and_agree_with_full_runs() {
         assert!(err <= 1e-5, "{n} samples: {err:e}");
     }
 }
+
+/// Orders, targets or regions that do not fit the samples are errors, not panics.
+#[test]
+fn perturbation_curves_refuse_what_does_not_fit() {
+    let mut rng = rng("perturbation_curves_refuse");
+    let net = random_cnn(&mut rng, 1, 6, 6, false);
+    let x = random_input(&mut rng, &net, 2, 0.0, 1.0);
+    let regions = Regions::new(&net.input_shape, 2);
+    let other = Regions::new(&[1, 5, 6], 2);
+    let curves = |regions| Curves {
+        regions,
+        perturber: Perturber {
+            kind: Perturbation::Low,
+            bounds: UNIT,
+            seed: 0,
+        },
+        steps: 2,
+        batch_size: 2,
+    };
+    let mut backend = cpu::ReferenceBackend::new(net.clone(), Method::Sensitivity);
+    let fine = vec![vec![0, 1], vec![2, 3]];
+    let mut run = |regions, targets: &[usize], orders: &[Vec<usize>]| {
+        curves(regions)
+            .run(&mut backend, x.view(), 0, targets, orders, &mut |_| {})
+            .map(|_| ())
+    };
+    assert!(run(&regions, &[0, 0], &fine).is_ok());
+    let outputs = net.num_outputs();
+    for (what, result) in [
+        (
+            "a region past the last",
+            run(&regions, &[0, 0], &[vec![0, 1], vec![2, 9]]),
+        ),
+        (
+            "a short order",
+            run(&regions, &[0, 0], &[vec![0, 1], vec![2]]),
+        ),
+        ("one target for two samples", run(&regions, &[0], &fine)),
+        (
+            "a target past the outputs",
+            run(&regions, &[0, outputs], &fine),
+        ),
+        ("regions of another shape", run(&other, &[0, 0], &fine)),
+    ] {
+        assert!(result.is_err(), "{what}");
+    }
+}
