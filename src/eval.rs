@@ -816,6 +816,8 @@ pub fn run(cfg: &EvalConfig, report: &mut dyn FnMut(&EvalRow)) -> Result<Vec<Eva
             report(&made);
             rows.push(made);
         }
+        figures.labels = p.dataset.labels.clone();
+        figures.predicted = explained.predicted;
         figures.targets = explained.targets;
         figures.stats = explained.stats;
         samples.push(figures);
@@ -830,6 +832,9 @@ pub fn run(cfg: &EvalConfig, report: &mut dyn FnMut(&EvalRow)) -> Result<Vec<Eva
 #[derive(Clone, Debug, Default)]
 pub struct SampleFigures {
     pub composite: &'static str,
+    /// The dataset's labels, when it has them.
+    pub labels: Option<Vec<usize>>,
+    pub predicted: Vec<usize>,
     pub targets: Vec<usize>,
     pub stats: Vec<SampleStats>,
     /// Each sample's AOPC, most relevant first and in random order.
@@ -839,8 +844,8 @@ pub struct SampleFigures {
 }
 
 /// The `--per-sample` CSV: one row per composite and sample (composites in turn, samples in
-/// input order), with the header
-/// `index,composite,target,score,relevance_sum,conservation_error,negative_fraction,consistent`
+/// input order), with the header `index,composite,label,predicted,target,score,relevance_sum,
+/// conservation_error,negative_fraction,consistent` (label empty when unknown)
 /// and, where measured, `aopc,aopc_random` and `target_share` (empty for a skipped sample).
 /// The rows of two composites share their samples: the file is made for paired comparisons.
 pub fn per_sample_csv(samples: &[SampleFigures]) -> String {
@@ -848,7 +853,8 @@ pub fn per_sample_csv(samples: &[SampleFigures]) -> String {
     let aopc = samples.iter().any(|f| f.aopc.is_some());
     let share = samples.iter().any(|f| f.share.is_some());
     let mut out = String::from(
-        "index,composite,target,score,relevance_sum,conservation_error,negative_fraction,consistent",
+        "index,composite,label,predicted,target,score,relevance_sum,conservation_error,\
+         negative_fraction,consistent",
     );
     if aopc {
         out.push_str(",aopc,aopc_random");
@@ -859,10 +865,13 @@ pub fn per_sample_csv(samples: &[SampleFigures]) -> String {
     out.push('\n');
     for f in samples {
         for (i, (s, t)) in f.stats.iter().zip(&f.targets).enumerate() {
+            let label = f.labels.as_ref().map(|l| l[i].to_string());
             let _ = write!(
                 out,
-                "{i},{},{t},{},{},{},{},{}",
+                "{i},{},{},{},{t},{},{},{},{},{}",
                 f.composite,
+                label.unwrap_or_default(),
+                f.predicted[i],
                 s.score,
                 s.relevance_sum,
                 s.conservation_error,
@@ -896,6 +905,8 @@ pub fn per_sample_csv(samples: &[SampleFigures]) -> String {
 /// not kept: memory grows with the samples, not with their size.
 struct Explained {
     targets: Vec<usize>,
+    /// The arg-max output of each sample.
+    predicted: Vec<usize>,
     stats: Vec<SampleStats>,
     /// The first `steps` regions, most relevant first (for AOPC).
     orders: Vec<Vec<usize>>,
@@ -939,6 +950,7 @@ fn explain_set(
     let x = x.as_slice().expect("standard layout");
     let mut out = Explained {
         targets: Vec::with_capacity(n),
+        predicted: Vec::with_capacity(n),
         stats: Vec::with_capacity(n),
         orders: vec![],
         shares: vec![],
@@ -950,6 +962,7 @@ fn explain_set(
         for (i, r) in relevance.chunks_exact(per).enumerate() {
             let index = out.stats.len();
             out.stats.push(batch.stats(i));
+            out.predicted.push(batch.predicted(i));
             if let Some((regions, steps)) = takes.orders {
                 // only the first `steps` regions are ever perturbed
                 let mut order = regions.most_relevant_first(r);

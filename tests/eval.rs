@@ -620,10 +620,42 @@ fn eval_agrees_across_backends_and_reads_masks() {
             "4",
             "--json",
             "--quiet",
+            "--per-sample",
+            &path(&format!("{backend}.csv")),
         ]))
     };
     let reference = run("reference");
     assert_eq!(reference[0]["backend"], "reference");
+    // the per-sample file: one row per sample, whose column means are the rows' values
+    let csv = std::fs::read_to_string(dir.path().join("reference.csv")).unwrap();
+    let mut lines = csv.lines();
+    assert_eq!(
+        lines.next().unwrap(),
+        "index,composite,label,predicted,target,score,relevance_sum,conservation_error,\
+         negative_fraction,consistent,aopc,aopc_random,target_share"
+    );
+    let table: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
+    assert_eq!(table.len(), n);
+    let column = |k: usize| -> Vec<f64> { table.iter().map(|r| r[k].parse().unwrap()).collect() };
+    let index: Vec<usize> = table.iter().map(|r| r[0].parse().unwrap()).collect();
+    assert_eq!(index, (0..n).collect::<Vec<_>>());
+    // no labels with this input; under --target predicted the target is the predicted class
+    assert!(
+        table
+            .iter()
+            .all(|r| r[1] == "deep-taylor" && r[2].is_empty() && r[3] == r[4]),
+        "{csv}"
+    );
+    for (k, value) in [
+        (10, &reference[0]["value"]),
+        (11, &reference[0]["aopc_random"]),
+        (12, &reference[1]["value"]),
+    ] {
+        let mean = column(k).iter().sum::<f64>() / n as f64;
+        let value = value.as_f64().unwrap();
+        let tol = 1e-12 * value.abs().max(1.0);
+        assert!((mean - value).abs() <= tol, "column {k}: {mean} vs {value}");
+    }
     // the f32 engines: the CPU engine, and the GPU one where there is an adapter (required
     // under TAYLORMAP_REQUIRE_GPU=1)
     let mut engines = vec![run("cpu")];
