@@ -1070,18 +1070,24 @@ impl Mask {
 }
 
 /// Loads a target-share mask: any input format, one sample per input sample (`total`, the input
-/// set's count before `--limit`), each of the inputs' per-sample shape, or of their (H, W) for
-/// (C, H, W) inputs (the same mask for every channel). Non-zero values are inside.
+/// set's count before `--limit`), each of the inputs' per-sample shape, or of their (1, H, W) or
+/// (H, W) for (C, H, W) inputs (the same mask for every channel: a folder of grayscale PNG
+/// files for colour images). Non-zero values are inside.
 fn load_mask(path: &Path, total: usize, dataset: &Dataset) -> Result<Mask> {
     let mask = data::load(path, None, None)?;
     let shape = dataset.sample_shape();
     let mask_shape = mask.sample_shape();
     let per: usize = shape.iter().product();
+    // one channel, with or without its axis, serves every channel
     let fits = mask_shape == shape
         || (shape.len() == 1 && mask_shape.iter().product::<usize>() == per)
-        || (shape.len() == 3 && mask_shape == &shape[1..]);
+        || (shape.len() == 3
+            && (mask_shape == &shape[1..]
+                || (mask_shape.len() == 3 && mask_shape[0] == 1 && mask_shape[1..] == shape[1..])));
     let expected = match shape {
-        [c, h, w] => format!("({total}, {c}, {h}, {w}) or ({total}, {h}, {w})"),
+        [c, h, w] => {
+            format!("({total}, {c}, {h}, {w}), ({total}, 1, {h}, {w}) or ({total}, {h}, {w})")
+        }
         _ => format!("({total}, {per})"),
     };
     if !fits || mask.len() != total {

@@ -174,7 +174,7 @@ struct EvalArgs {
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// target-share: the target region, one value per input value (NPY, IDX or a PNG folder;
-    /// non-zero = inside; (N, H, W) serves every channel). Default: the input values above the
+    /// non-zero = inside; one channel serves every channel). Default: the input values above the
     /// lower bound (the strokes of a digit).
     #[arg(long)]
     mask: Option<PathBuf>,

@@ -893,3 +893,68 @@ fn perturbation_curves_refuse_what_does_not_fit() {
         assert!(result.is_err(), "{what}");
     }
 }
+
+/// A folder of grayscale PNG masks serves every channel of colour inputs: one file per sample,
+/// in sorted name order.
+#[test]
+fn eval_reads_png_masks_for_every_channel() {
+    let mut rng = rng("eval_reads_png_masks");
+    let net = random_cnn(&mut rng, 3, 8, 8, false);
+    let n = 3;
+    let x = random_input(&mut rng, &net, n, 0.0, 1.0);
+    let dir = case_files(&net, &x);
+    let masks = dir.path().join("masks");
+    std::fs::create_dir(&masks).unwrap();
+    // sample i: the first 8 * (i + 2) pixels (rows 0..i+2) inside
+    for i in 0..n {
+        let pixels: Vec<u8> = (0..64)
+            .map(|p| if p < 8 * (i + 2) { 255 } else { 0 })
+            .collect();
+        let file = std::fs::File::create(masks.join(format!("{i:03}.png"))).unwrap();
+        let mut e = png::Encoder::new(std::io::BufWriter::new(file), 8, 8);
+        e.set_color(png::ColorType::Grayscale);
+        e.set_depth(png::BitDepth::Eight);
+        e.write_header().unwrap().write_image_data(&pixels).unwrap();
+    }
+    let path = |name: &str| dir.path().join(name).display().to_string();
+    let rows = json_rows(&taylormap(&[
+        "eval",
+        "--model",
+        &path("model.onnx"),
+        "--input",
+        &path("x.npy"),
+        "--metric",
+        "target-share",
+        "--composite",
+        "sensitivity",
+        "--mask",
+        &path("masks"),
+        "--backend",
+        "reference",
+        "--json",
+        "--quiet",
+    ]));
+    // by hand: sensitivity heatmaps of the reference, each channel masked alike
+    let method = Method::Sensitivity;
+    let explained = cpu::explain(&net, &method, x.mapv(f64::from).view(), None).unwrap();
+    let (mut shares, mut fractions) = (vec![], vec![]);
+    for (i, r) in explained.relevance.outer_iter().enumerate() {
+        let r: Vec<f32> = r.iter().map(|&v| v as f32).collect();
+        let m: Vec<bool> = (0..3 * 64).map(|v| v % 64 < 8 * (i + 2)).collect();
+        if let Some(share) = target_share(&r, &m) {
+            shares.push(share);
+            fractions.push((i + 2) as f64 / 8.0);
+        }
+    }
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    let row = &rows[0];
+    assert_eq!(row["skipped"], n - shares.len());
+    let got = row["value"].as_f64().unwrap();
+    assert!(
+        (got - mean(&shares)).abs() <= 1e-6,
+        "{got} vs {}",
+        mean(&shares)
+    );
+    let fraction = row["mask_fraction"].as_f64().unwrap();
+    assert!((fraction - mean(&fractions)).abs() <= 1e-12, "{row}");
+}
