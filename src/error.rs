@@ -82,6 +82,16 @@ impl Error {
         }
     }
 
+    /// A file or folder named on the command line that cannot be read (missing, a folder where a
+    /// file was expected, no permission): bad input, exit code 2. Failures while writing outputs
+    /// stay [`Error::Io`] (exit code 1).
+    pub fn unreadable(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Input {
+            path: path.into(),
+            message: format!("cannot be read: {source}"),
+        }
+    }
+
     /// Shorthand for a bad command-line value.
     pub fn usage(flag: impl Into<String>, message: impl Into<String>) -> Self {
         Error::Usage {

@@ -321,6 +321,9 @@ fn bad_input_exits_2_names_the_culprit_and_writes_nothing() {
         (vec!["--target", "99"], "99"),
         (vec!["--bounds", "1"], "--bounds"),
         (vec!["--model", "/nonexistent/model.onnx"], "model.onnx"),
+        (vec!["--input", "/nonexistent/x.npy"], "x.npy"),
+        (vec!["--input", "/nonexistent/images"], "images"),
+        (vec!["--labels", "/nonexistent/y.npy"], "y.npy"),
         (vec!["--backend", "cpu", "--threads", "0"], "--threads"),
         (vec!["--backend", "gpus"], "--backend"),
     ];
@@ -335,6 +338,82 @@ fn bad_input_exits_2_names_the_culprit_and_writes_nothing() {
             "{extra:?} left an output"
         );
     }
+}
+
+/// A file named on the command line that is missing is bad input (exit 2) in every command, not a
+/// runtime error, and the message names it.
+#[test]
+fn missing_files_exit_2_in_every_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out").display().to_string();
+    let model = dir.path().join("m.onnx").display().to_string();
+    let commands: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["explain", "--input", "/nonexistent/a.npy", "--out", &out],
+            "a.npy",
+        ),
+        (
+            vec!["bench", "--input", "/nonexistent/b.npy", "--backend", "cpu"],
+            "b.npy",
+        ),
+        (
+            vec![
+                "eval",
+                "--input",
+                "/nonexistent/c.npy",
+                "--metric",
+                "conservation",
+            ],
+            "c.npy",
+        ),
+        (
+            vec![
+                "eval",
+                "--metric",
+                "target-share",
+                "--mask",
+                "/nonexistent/d.npy",
+                "--limit",
+                "2",
+            ],
+            "d.npy",
+        ),
+        (
+            vec![
+                "train",
+                "--arch",
+                "mnist-mlp",
+                "--data",
+                "/nonexistent/e",
+                "--out",
+                &model,
+            ],
+            "/nonexistent/e",
+        ),
+        (
+            vec![
+                "train",
+                "--arch",
+                "tabular-mlp",
+                "--data",
+                "/nonexistent/f.csv",
+                "--label",
+                "y",
+                "--out",
+                &model,
+            ],
+            "f.csv",
+        ),
+        (vec!["inspect", "/nonexistent/g.onnx"], "g.onnx"),
+    ];
+    for (args, needle) in commands {
+        let o = taylormap(&args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(needle), "{args:?}: '{needle}' not in: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+    assert!(!dir.path().join("out").exists() && !dir.path().join("m.onnx").exists());
 }
 
 #[test]

@@ -638,7 +638,9 @@ fn unknown_and_csv_inputs_are_refused_with_the_accepted_list() {
     );
     let missing = dir.path().join("missing.npy");
     let err = data::load(&missing, None, None).unwrap_err();
-    assert!(matches!(err, Error::Io { .. }) && err.to_string().contains("missing.npy"));
+    // a missing input is bad input (exit code 2), not a runtime error
+    assert!(matches!(err, Error::Input { .. }) && err.to_string().contains("missing.npy"));
+    assert_eq!(err.exit_code(), 2);
 }
 
 // ---------- Dataset methods ----------

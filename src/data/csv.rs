@@ -77,7 +77,7 @@ pub struct CsvTable {
 impl CsvTable {
     /// Reads and parses a CSV file.
     pub fn read(path: &Path) -> Result<Self> {
-        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let bytes = std::fs::read(path).map_err(|e| Error::unreadable(path, e))?;
         let text = match String::from_utf8(bytes) {
             Ok(t) => t,
             Err(e) => {

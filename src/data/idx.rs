@@ -16,7 +16,7 @@ pub const IDX_LABELS_MAGIC: u32 = 0x0000_0801;
 
 /// Reads a file, gunzipping it when it starts with the gzip magic bytes (whatever its name).
 pub fn read_maybe_gz(path: &Path) -> Result<Vec<u8>> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let bytes = std::fs::read(path).map_err(|e| Error::unreadable(path, e))?;
     if bytes.starts_with(&[0x1f, 0x8b]) {
         let mut out = Vec::with_capacity(gunzipped_len_hint(&bytes));
         flate2::read::MultiGzDecoder::new(&bytes[..])

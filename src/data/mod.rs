@@ -328,7 +328,7 @@ fn byte_table(normalize: Option<(f64, f64)>) -> [f32; 256] {
 
 /// Detects the format and reads the values (integer sources scaled to [0, 1]).
 fn read_raw(path: &Path) -> Result<Raw> {
-    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+    let meta = std::fs::metadata(path).map_err(|e| Error::unreadable(path, e))?;
     let raw = if meta.is_dir() {
         let png_folder::Folder {
             shape,

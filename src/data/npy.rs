@@ -64,7 +64,7 @@ impl Elem {
 
 /// Reads an NPY file: its shape and its data in C order.
 pub fn read_npy(path: &Path) -> Result<(Vec<usize>, NpyData)> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let bytes = std::fs::read(path).map_err(|e| Error::unreadable(path, e))?;
     parse_npy(path, &bytes)
 }
 

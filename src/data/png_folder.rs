@@ -24,8 +24,8 @@ pub struct Image {
 /// The `.png` files directly inside `dir` (case-insensitive extension), sorted by file name.
 pub fn list_png_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut files = vec![];
-    for entry in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
-        let path = entry.map_err(|e| Error::io(dir, e))?.path();
+    for entry in std::fs::read_dir(dir).map_err(|e| Error::unreadable(dir, e))? {
+        let path = entry.map_err(|e| Error::unreadable(dir, e))?.path();
         let is_png = path
             .extension()
             .and_then(|e| e.to_str())
@@ -40,7 +40,7 @@ pub fn list_png_files(dir: &Path) -> Result<Vec<PathBuf>> {
 
 /// Decodes one PNG file. Palette and low-bit images are expanded; alpha is dropped.
 pub fn read_png(path: &Path) -> Result<Image> {
-    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let file = File::open(path).map_err(|e| Error::unreadable(path, e))?;
     let mut decoder = png::Decoder::new(BufReader::new(file));
     decoder.set_transformations(Transformations::EXPAND);
     let bad = |e: png::DecodingError| Error::input(path, format!("not a readable PNG file: {e}"));

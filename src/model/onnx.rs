@@ -129,7 +129,8 @@ pub fn metadata_from_bytes(bytes: &[u8], path_label: &str) -> Result<Vec<(String
 
 /// Reads an ONNX model file's `metadata_props` (see [`metadata_from_bytes`]).
 pub fn load_metadata(path: &Path) -> Result<Vec<(String, String)>> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let bytes = std::fs::read(path)
+        .map_err(|e| Error::input(path, format!("cannot read the model: {e}")))?;
     metadata_from_bytes(&bytes, &path.display().to_string())
 }
 
