@@ -63,6 +63,9 @@ pub struct BenchResult {
     /// 8-bit inputs given to a backend that uploads bytes, else four), f32 relevance and logits
     /// down.
     pub transfer_bytes_per_sample: usize,
+    /// Device-memory bytes per sample that any engine must move, weights aside
+    /// (`Network::compulsory_traffic`): with the FLOPs, the roofline of the work.
+    pub memory_bytes_per_sample: usize,
     /// How the inputs went to the backend: "u8" (bytes, expanded by the backend) or "f32".
     pub input: &'static str,
     /// GPU time per stage per batch, from timestamp queries (GPU backend only, where the adapter
@@ -341,6 +344,11 @@ pub fn run(cfg: &BenchConfig, report: &mut dyn FnMut(&BenchResult)) -> Result<Ve
                 relevance_flops_per_sample: 2 * method.relevance_macs(&net),
                 transfer_bytes_per_sample: if bytes.is_some() { 1 } else { 4 } * net.input_len()
                     + 4 * (net.input_len() + net.num_outputs()),
+                memory_bytes_per_sample: net.compulsory_traffic(if bytes.is_some() {
+                    1
+                } else {
+                    4
+                }),
                 input: if bytes.is_some() { "u8" } else { "f32" },
                 stage_seconds,
                 host_seconds,

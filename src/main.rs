@@ -651,6 +651,14 @@ fn bench(a: BenchArgs) -> taylormap::Result<()> {
                 r.relevance_flops_per_sample as f64 * 1e-6,
                 flops * r.heatmaps_per_second * 1e-9
             );
+            let memory = r.memory_bytes_per_sample as f64;
+            outln!(
+                "          {:.1} kB of memory traffic per heatmap at the least: {:.1} GB/s \
+                 ({:.1} FLOP per byte)",
+                memory * 1e-3,
+                memory * r.heatmaps_per_second * 1e-9,
+                flops / memory.max(1.0)
+            );
             if let Some(st) = &r.stage_seconds {
                 outln!(
                     "          GPU ms per batch: upload {:.3}, forward {:.3}, relevance {:.3}, \

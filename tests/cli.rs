@@ -494,6 +494,11 @@ fn bench_json_prints_one_line_per_backend_and_batch_size() {
             line["relevance_flops_per_sample"],
             2 * method.relevance_macs(&case.net)
         );
+        assert_eq!(
+            line["memory_bytes_per_sample"],
+            case.net.compulsory_traffic(4),
+            "f32 input"
+        );
     }
     let o = taylormap(&[
         "bench",

@@ -207,6 +207,7 @@ fn bench_json_reports_stage_seconds_on_the_gpu() {
         "forward_flops_per_sample",
         "relevance_flops_per_sample",
         "transfer_bytes_per_sample",
+        "memory_bytes_per_sample",
     ] {
         assert!(!line[key].is_null(), "{key}: {stdout}");
     }

@@ -3,6 +3,7 @@
 mod common;
 
 use taylormap::lrp::{Bounds, Composite, LayerSelector, Method, Rule};
+use taylormap::model::Window;
 
 const B: Bounds = Bounds {
     low: -0.5,
@@ -176,6 +177,43 @@ fn forward_macs_count_dense_and_conv_products() {
     let net = taylormap::Network::new(vec![2, 6, 6], vec![conv, taylormap::Layer::Flatten], vec![])
         .unwrap();
     assert_eq!(net.forward_macs(), 3 * 6 * 6 * 2 * 3 * 3);
+}
+
+#[test]
+fn compulsory_traffic_counts_3_inputs_and_2_outputs_per_layer_but_element_wise_ones() {
+    let mut rng = common::rng("compulsory_traffic");
+    // Dense 7 -> 5, ReLU, Dense 5 -> 3: the input read twice (at 4 or 1 byte a value) and its
+    // relevance written; the first Dense writes and reads its 5 outputs, writes their relevance
+    // and the second reads it (2 x 5 values); the second reads its input twice, writes its
+    // relevance (3 x 5 values) and writes and reads its 3 logits (2 x 3 values).
+    let net = common::random_mlp(&mut rng, &[7, 5, 3], false);
+    assert_eq!(
+        net.compulsory_traffic(4),
+        7 * (2 * 4 + 4) + 4 * (2 * 5 + 3 * 5 + 2 * 3)
+    );
+    assert_eq!(
+        net.compulsory_traffic(1),
+        7 * (2 + 4) + 4 * (2 * 5 + 3 * 5 + 2 * 3)
+    );
+    // Conv 2 -> 3 channels on 6 x 6 (padding 1: output 3 x 6 x 6), ReLU, max pool 2 x 2
+    // (output 3 x 3 x 3), Flatten.
+    let conv = common::conv(&mut rng, 2, 3, 3, 1, 1, false);
+    let window = Window {
+        kernel: [2, 2],
+        stride: [2, 2],
+        pad: [0; 4],
+    };
+    let layers = vec![
+        conv,
+        taylormap::Layer::Relu,
+        taylormap::Layer::MaxPool2d { window },
+        taylormap::Layer::Flatten,
+    ];
+    let net = taylormap::Network::new(vec![2, 6, 6], layers, vec![]).unwrap();
+    assert_eq!(
+        net.compulsory_traffic(4),
+        72 * 12 + 4 * (2 * 108) + 4 * (3 * 108 + 2 * 27)
+    );
 }
 
 #[test]

@@ -334,6 +334,40 @@ impl Network {
             .collect()
     }
 
+    /// Bytes of device memory that one sample's forward and relevance passes move at the least,
+    /// weights aside (read once per batch, they stay in cache): the roofline's memory term. Each
+    /// Dense, Conv2d and pooling layer reads its input and writes its output going forward, then
+    /// reads its input and its upper relevance and writes its lower relevance going back: 3 x
+    /// input + 2 x output values. Element-wise layers (ReLU, Flatten) are counted as fused into a
+    /// neighbour (no traffic of their own). Values are f32 (4 bytes) except the network's input,
+    /// read at `input_value_bytes` each (1 where 8-bit inputs are uploaded as bytes); the
+    /// relevance of the input is written as f32. The GPU engine moves more than this (z' kept
+    /// from the forward pass, `s` scratch, split-K partial sums, arg-max indices); an engine at
+    /// this bound and at the device's bandwidth gives the memory roofline. 0 when the shapes do
+    /// not chain.
+    pub fn compulsory_traffic(&self, input_value_bytes: usize) -> usize {
+        let Ok(shapes) = self.shapes() else {
+            return 0;
+        };
+        let len = |s: &Vec<usize>| s.iter().product::<usize>();
+        let input = len(&shapes[0]);
+        // the input is read once in each direction and its relevance written once, whatever
+        // layers come first
+        let mut bytes = input * (2 * input_value_bytes + 4);
+        let mut first = true;
+        for (layer, (x, out)) in self.layers.iter().zip(shapes.iter().zip(&shapes[1..])) {
+            if matches!(layer, Layer::Relu | Layer::Flatten) {
+                continue;
+            }
+            if !first {
+                bytes += 3 * 4 * len(x);
+            }
+            bytes += 2 * 4 * len(out);
+            first = false;
+        }
+        bytes
+    }
+
     /// Per layer, whether its input is known to be non-negative: a ReLU output, possibly pooled
     /// or flattened since (the rules' x- terms vanish there; see `Rule::passes_on`).
     pub fn nonnegative_inputs(&self) -> Vec<bool> {
