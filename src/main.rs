@@ -916,7 +916,22 @@ fn run(cli: Cli) -> taylormap::Result<()> {
     Ok(())
 }
 
+/// Mesa's Vulkan drivers come with an implicit loader layer, device-select, that orders the GPUs
+/// for programs taking the first one; taylormap ranks the adapters itself. Without a desktop
+/// session (no `XDG_RUNTIME_DIR`: servers, containers, CI) that layer prints "error:
+/// XDG_RUNTIME_DIR is invalid or not set in the environment." twice on every run that looks for
+/// a GPU, though nothing is wrong. It is switched off then (`NODEVICE_SELECT=1`, Mesa's own
+/// switch), unless the user steers it with `MESA_VK_DEVICE_SELECT` or set `NODEVICE_SELECT`.
+fn quiet_device_select_layer() {
+    let unset = |key: &str| std::env::var_os(key).is_none();
+    if unset("XDG_RUNTIME_DIR") && unset("MESA_VK_DEVICE_SELECT") && unset("NODEVICE_SELECT") {
+        // first thing in main: no other thread exists yet to read the environment meanwhile
+        std::env::set_var("NODEVICE_SELECT", "1");
+    }
+}
+
 fn main() -> ExitCode {
+    quiet_device_select_layer();
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,

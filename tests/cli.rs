@@ -416,6 +416,23 @@ fn missing_files_exit_2_in_every_command() {
     assert!(!dir.path().join("out").exists() && !dir.path().join("m.onnx").exists());
 }
 
+/// Looking for a GPU without a desktop session (no XDG_RUNTIME_DIR, as on servers and in CI)
+/// prints no error: Mesa's device-select layer, where installed, would print "error:
+/// XDG_RUNTIME_DIR is invalid or not set" twice.
+#[test]
+fn looking_for_a_gpu_without_a_desktop_session_prints_no_error() {
+    let o = Command::new(env!("CARGO_BIN_EXE_taylormap"))
+        .arg("adapters")
+        .env_remove("XDG_RUNTIME_DIR")
+        .env_remove("MESA_VK_DEVICE_SELECT")
+        .env_remove("NODEVICE_SELECT")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!err.contains("XDG_RUNTIME_DIR"), "{err}");
+    assert!(o.status.success(), "{err}");
+}
+
 #[test]
 fn inspect_lists_layers_and_parameters() {
     let case = Case::new("inspect_lists_layers", 1);
