@@ -886,6 +886,84 @@ fn batch_sizes_streaming_and_reuse() {
     }
 }
 
+/// Dispatches of more workgroups than a dimension allows are folded into two dimensions, and every
+/// kernel finds its index from both: on a device allowed 24 workgroups per dimension (a real GPU
+/// allows 65,535 and folds only from 4.2 M invocations on), batches of 32 fold the dispatches of
+/// every kernel family of a small CNN (up to 512 workgroups: 24 x 22, the last row partly past
+/// the end), the byte input's expansion included. The results are the unfolded run's to the bit.
+#[test]
+fn dispatches_folded_into_two_dimensions_give_the_same_bits() {
+    let Some(ctx) = common::gpu::context() else {
+        return;
+    };
+    let folded = GpuContext::with_workgroup_limit(24).expect("the same adapter, fewer workgroups");
+    assert_eq!(folded.limits().max_compute_workgroups_per_dimension, 24);
+    let mut rng = rng("dispatches_folded_into_two_dimensions");
+    let window = window(2, 2, 0);
+    for avg in [false, true] {
+        let pool = if avg {
+            Layer::AvgPool2d {
+                window: window.clone(),
+                count_include_pad: false,
+                sum: false,
+            }
+        } else {
+            Layer::MaxPool2d {
+                window: window.clone(),
+            }
+        };
+        // 1 x 16 x 16 -> 4 x 16 x 16 (1,024 values a sample) -> 4 x 8 x 8 -> 4 x 8 x 8 -> 1,024
+        // -> 10: at batch 32, up to 32 x 1,024 invocations (512 workgroups) per dispatch
+        let layers = vec![
+            conv(&mut rng, 1, 4, 3, 1, 1, false),
+            Layer::Relu,
+            pool,
+            conv(&mut rng, 4, 4, 3, 1, 1, false),
+            Layer::Relu,
+            Layer::Flatten,
+            dense(&mut rng, 256, 1024, false),
+            Layer::Relu,
+            dense(&mut rng, 1024, 10, false),
+        ];
+        let net = Network::new(vec![1, 16, 16], layers, vec![]).unwrap();
+        // 37 samples: a batch of 32 and one of 5
+        let bytes =
+            ndarray::Array4::from_shape_fn((37, 1, 16, 16), |_| rng.random::<u8>()).into_dyn();
+        let lut: [f32; 256] = std::array::from_fn(|b| b as f32 / 255.0);
+        let x = bytes.mapv(|b| lut[usize::from(b)]);
+        let bounds = Bounds {
+            low: 0.0,
+            high: 1.0,
+        };
+        for composite in [
+            Composite::DeepTaylorBounded,
+            Composite::EpsilonAlpha2Beta1,
+            Composite::GradientXInput,
+        ] {
+            let method = composite.resolve(&net, bounds, &[]).unwrap();
+            let what = format!(
+                "{} pooling, {}",
+                if avg { "avg" } else { "max" },
+                composite.name()
+            );
+            let mut plain = GpuBackend::new(&ctx, &net, &method, 32).unwrap();
+            let want = plain.run(x.view(), None).unwrap();
+            // Bytes first: the folded backend's input buffer then holds nothing from an f32
+            // run that could stand in for words its expansion missed.
+            let mut many = GpuBackend::new(&folded, &net, &method, 32).unwrap();
+            let got = many
+                .run_pixels(bytes.view(), &lut, None)
+                .unwrap_or_else(|e| panic!("{what}, bytes: {e}"));
+            common::assert_same_output(&got, &want, &format!("{what}, bytes"));
+            let got = many
+                .run(x.view(), None)
+                .unwrap_or_else(|e| panic!("{what}: {e}"));
+            common::assert_same_output(&got, &want, &what);
+            compare_output(&net, &method, &x, None, &got, &what);
+        }
+    }
+}
+
 #[test]
 fn single_output_network_starts_from_y() {
     let engines = engines();

@@ -159,7 +159,22 @@ impl GpuContext {
                 "no GPU adapter found{chosen}; {INSTALL_HINT}"
             )));
         }
-        Self::open_first(candidates)
+        Self::open_first(candidates, None)
+    }
+
+    /// Opens the best adapter, as [`GpuContext::new`] does, with a device that allows at most
+    /// `max` workgroups per dimension of a dispatch instead of the adapter's limit (65,535 on
+    /// most). The plan then folds every dispatch of more than `max` workgroups into two
+    /// dimensions, the path that otherwise only dispatches of more than 65,535 x 64 invocations
+    /// take (a batch of 16,384 on the bundled model, of about 21 on a 224 x 224 network with 64
+    /// channels): for tests on small networks.
+    pub fn with_workgroup_limit(max: u32) -> Result<GpuContext> {
+        let candidates =
+            ranked_adapters(&instance(wgpu::Backends::PRIMARY), wgpu::Backends::PRIMARY);
+        if candidates.is_empty() {
+            return Err(Error::Gpu(format!("no GPU adapter found; {INSTALL_HINT}")));
+        }
+        Self::open_first(candidates, Some(max))
     }
 
     /// Opens the best adapter of `backends` only, whatever `WGPU_BACKEND` says (e.g.
@@ -174,15 +189,23 @@ impl GpuContext {
                 "no GPU adapter found on {backends:?}; {INSTALL_HINT}"
             )));
         }
-        Self::open_first(candidates)
+        Self::open_first(candidates, None)
     }
 
-    /// Opens a device on the first of `candidates` that gives one.
-    fn open_first(candidates: Vec<wgpu::Adapter>) -> Result<GpuContext> {
+    /// Opens a device on the first of `candidates` that gives one, with every limit the adapter
+    /// offers (at most `max_workgroups` workgroups per dispatch dimension where given).
+    fn open_first(
+        candidates: Vec<wgpu::Adapter>,
+        max_workgroups: Option<u32>,
+    ) -> Result<GpuContext> {
         let mut failures = vec![];
         for adapter in candidates {
             let info = adapter.get_info();
-            let limits = adapter.limits();
+            let mut limits = adapter.limits();
+            if let Some(max) = max_workgroups {
+                limits.max_compute_workgroups_per_dimension =
+                    max.clamp(1, limits.max_compute_workgroups_per_dimension);
+            }
             // Timestamp queries, when offered, for `bench`'s per-stage times; nothing else uses
             // them and requesting them costs nothing.
             let features = adapter.features() & wgpu::Features::TIMESTAMP_QUERY;
