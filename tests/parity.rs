@@ -903,14 +903,12 @@ fn dispatches_folded_into_two_dimensions_give_the_same_bits() {
     for avg in [false, true] {
         let pool = if avg {
             Layer::AvgPool2d {
-                window: window.clone(),
+                window,
                 count_include_pad: false,
                 sum: false,
             }
         } else {
-            Layer::MaxPool2d {
-                window: window.clone(),
-            }
+            Layer::MaxPool2d { window }
         };
         // 1 x 16 x 16 -> 4 x 16 x 16 (1,024 values a sample) -> 4 x 8 x 8 -> 4 x 8 x 8 -> 1,024
         // -> 10: at batch 32, up to 32 x 1,024 invocations (512 workgroups) per dispatch
