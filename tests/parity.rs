@@ -888,7 +888,7 @@ fn batch_sizes_streaming_and_reuse() {
 
 /// Dispatches of more workgroups than a dimension allows are folded into two dimensions, and every
 /// kernel finds its index from both: on a device allowed 24 workgroups per dimension (a real GPU
-/// allows 65,535 and folds only from 4.2 M invocations on), batches of 32 fold the dispatches of
+/// allows 65,535 and folds from 4.2 M invocations on), batches of 32 fold the dispatches of
 /// every kernel family of a small CNN (up to 512 workgroups: 24 x 22, the last row partly past
 /// the end), the byte input's expansion included. The results are the unfolded run's to the bit.
 #[test]

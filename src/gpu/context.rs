@@ -166,8 +166,8 @@ impl GpuContext {
     /// `max` workgroups per dimension of a dispatch instead of the adapter's limit (65,535 on
     /// most). The plan then folds every dispatch of more than `max` workgroups into two
     /// dimensions, the path that otherwise only dispatches of more than 65,535 x 64 invocations
-    /// take (a batch of 16,384 on the bundled model, of about 21 on a 224 x 224 network with 64
-    /// channels): for tests on small networks.
+    /// take (from a batch of 911 on the bundled model, of about 21 on a 224 x 224 network with
+    /// 64 channels): for tests on small networks.
     pub fn with_workgroup_limit(max: u32) -> Result<GpuContext> {
         let candidates =
             ranked_adapters(&instance(wgpu::Backends::PRIMARY), wgpu::Backends::PRIMARY);
