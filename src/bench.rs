@@ -226,6 +226,21 @@ fn stream_for<'a>(
     Ok((batches, start.elapsed().as_secs_f64()))
 }
 
+/// Host bytes a batch of `batch` samples takes in `bench`: its inputs as f32 and as bytes, and the
+/// f32 relevance and f64 logits the backend returns.
+fn batch_memory(net: &Network, batch: usize) -> u64 {
+    let per_sample = 9 * net.input_len() + 8 * net.num_outputs();
+    (batch as u64).saturating_mul(per_sample as u64)
+}
+
+/// The memory available for new allocations (Linux's `MemAvailable`), where the system says.
+fn available_memory() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
 /// Runs the measurements, calling `report` after each one.
 pub fn run(cfg: &BenchConfig, report: &mut dyn FnMut(&BenchResult)) -> Result<Vec<BenchResult>> {
     if cfg.batch_sizes.is_empty() || cfg.batch_sizes.contains(&0) {
@@ -241,6 +256,22 @@ pub fn run(cfg: &BenchConfig, report: &mut dyn FnMut(&BenchResult)) -> Result<Ve
         return Err(Error::input(&cfg.input, "holds no samples"));
     }
     let method: Method = cfg.composite.resolve(&net, dataset.bounds, &[])?;
+    if let Some(available) = available_memory() {
+        let largest = cfg.batch_sizes.iter().copied().max().unwrap_or(1);
+        let need = batch_memory(&net, largest);
+        if need > available {
+            return Err(Error::usage(
+                "--batch-sizes",
+                format!(
+                    "a batch of {largest} needs about {:.1} GB of memory on the host (its inputs \
+                     and their relevance, {} bytes a sample), more than the {:.1} GB available",
+                    need as f64 * 1e-9,
+                    batch_memory(&net, 1),
+                    available as f64 * 1e-9
+                ),
+            ));
+        }
+    }
     let mut results = vec![];
     let mut said_untimed = false;
     for &choice in &cfg.backends {

@@ -372,6 +372,20 @@ where
     let model_bytes = std::fs::read(&cfg.model)
         .map_err(|e| Error::input(&cfg.model, format!("cannot read the model: {e}")))?;
     let net = crate::model::onnx::from_bytes(&model_bytes, &cfg.model.display().to_string())?;
+    if cfg.png {
+        let [_, h, w] = heatmap_chw(&net);
+        let (sh, sw) = (h.saturating_mul(cfg.scale), w.saturating_mul(cfg.scale));
+        if sh.saturating_mul(sw) > MAX_HEATMAP_PIXELS {
+            return Err(Error::usage(
+                "--scale",
+                format!(
+                    "{} makes heatmaps of {sw} x {sh} pixels from {w} x {h} inputs; at most \
+                     {MAX_HEATMAP_PIXELS} pixels (8192 x 8192) each",
+                    cfg.scale
+                ),
+            ));
+        }
+    }
     let RunInputs {
         dataset,
         bounds,
@@ -638,6 +652,18 @@ const PNG_JOB: usize = 64;
 /// short stall of the writer, few enough to keep memory bounded.
 const BATCHES_AHEAD: usize = 2;
 
+/// The most pixels a heatmap PNG may have: 8192 x 8192, 201 MB of RGB on each encoder thread.
+const MAX_HEATMAP_PIXELS: usize = 1 << 26;
+
+/// Channels, height and width of a heatmap (a vector input is a row of D pixels).
+fn heatmap_chw(net: &Network) -> [usize; 3] {
+    match net.input_shape.as_slice() {
+        [c, h, w] => [*c, *h, *w],
+        [d] => [1, 1, *d],
+        _ => unreachable!("validated by Network::new"),
+    }
+}
+
 /// PNG heatmaps of samples `start..start + relevance.len() / per_sample`.
 struct PngJob {
     start: usize,
@@ -732,11 +758,7 @@ fn explain_all(
     } else {
         indicatif::ProgressBar::hidden()
     };
-    let chw = match net.input_shape.as_slice() {
-        [c, h, w] => [*c, *h, *w],
-        [d] => [1, 1, *d],
-        _ => unreachable!("validated by Network::new"),
-    };
+    let chw = heatmap_chw(net);
     let threads = if sinks.staging.is_some() {
         std::thread::available_parallelism()
             .map_or(2, |p| p.get())

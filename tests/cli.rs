@@ -324,6 +324,8 @@ fn bad_input_exits_2_names_the_culprit_and_writes_nothing() {
         (vec!["--input", "/nonexistent/x.npy"], "x.npy"),
         (vec!["--input", "/nonexistent/images"], "images"),
         (vec!["--labels", "/nonexistent/y.npy"], "y.npy"),
+        // heatmaps of 800,000 x 800,000 pixels: refused before any work, not a failed allocation
+        (vec!["--scale", "100000"], "--scale"),
         (vec!["--backend", "cpu", "--threads", "0"], "--threads"),
         (vec!["--backend", "gpus"], "--backend"),
     ];
@@ -527,6 +529,28 @@ fn bench_json_prints_one_line_per_backend_and_batch_size() {
         "0",
     ]);
     assert_eq!(o.status.code(), Some(2));
+    // A batch larger than the host's memory is refused before any work, naming the flag (where
+    // the system says how much memory there is).
+    if Path::new("/proc/meminfo").exists() {
+        let o = taylormap(&[
+            "bench",
+            "--model",
+            &model,
+            "--input",
+            &input,
+            "--backend",
+            "cpu",
+            "--batch-sizes",
+            "64,1000000000000",
+        ]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{err}");
+        assert!(
+            err.contains("--batch-sizes") && err.contains("1000000000000"),
+            "{err}"
+        );
+        assert!(o.stdout.is_empty(), "no line before the refusal");
+    }
     // Kernel times exist for the GPU backend only.
     let o = taylormap(&[
         "bench",
