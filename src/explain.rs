@@ -214,9 +214,23 @@ impl ExplainReport {
                 labelled.len()
             )
         };
+        let non_finite = stats
+            .iter()
+            .filter(|s| !s.relevance_sum.is_finite())
+            .count();
+        let non_finite = if non_finite > 0 {
+            format!(
+                "non-finite           {non_finite} heatmap(s) hold NaN or infinite relevance \
+                 (float32 overflow or 0/0: inputs, bounds or rule arguments too large for \
+                 float32?; --backend reference computes in f64)\n"
+            )
+        } else {
+            String::new()
+        };
         format!(
             "samples              {n}\n\
              accuracy vs labels   {accuracy}\n\
+             {non_finite}\
              conservation error   median {:.2e}, worst {:.2e}\n\
              conservative         {:.1}% (error <= 1e-4)\n\
              positive             {:.1}%\n\

@@ -710,11 +710,17 @@ fn or_bundled(path: Option<PathBuf>, asset: &str) -> PathBuf {
 }
 
 fn parse_pair(flag: &str, text: &str) -> taylormap::Result<(f64, f64)> {
-    let bad = || taylormap::Error::usage(flag, format!("expected two numbers A,B, got '{text}'"));
+    let bad = || {
+        taylormap::Error::usage(
+            flag,
+            format!("expected two finite numbers A,B within float32's range, got '{text}'"),
+        )
+    };
     let (a, b) = text.split_once(',').ok_or_else(bad)?;
     let a: f64 = a.trim().parse().map_err(|_| bad())?;
     let b: f64 = b.trim().parse().map_err(|_| bad())?;
-    if !a.is_finite() || !b.is_finite() {
+    // the f32 engines take them as f32: 1e40 would be infinite there
+    if !(a as f32).is_finite() || !(b as f32).is_finite() {
         return Err(bad());
     }
     Ok((a, b))

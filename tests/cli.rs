@@ -320,6 +320,9 @@ fn bad_input_exits_2_names_the_culprit_and_writes_nothing() {
         (vec!["--target", "label"], "label"),
         (vec!["--target", "99"], "99"),
         (vec!["--bounds", "1"], "--bounds"),
+        // beyond float32's range: infinite in the f32 engines
+        (vec!["--bounds", "0,1e40"], "--bounds"),
+        (vec!["--rule", "first=epsilon(1e39)"], "float32"),
         (vec!["--model", "/nonexistent/model.onnx"], "model.onnx"),
         (vec!["--input", "/nonexistent/x.npy"], "x.npy"),
         (vec!["--input", "/nonexistent/images"], "images"),
@@ -433,6 +436,56 @@ fn looking_for_a_gpu_without_a_desktop_session_prints_no_error() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!err.contains("XDG_RUNTIME_DIR"), "{err}");
     assert!(o.status.success(), "{err}");
+}
+
+/// A float32 overflow inside the engine (finite weights and inputs whose products pass 3.4e38 in
+/// a hidden layer, about 1e40, while the outputs and relevance are about 1e11) gives non-finite
+/// relevance; the summary says so and points to the f64 reference, which computes it.
+#[test]
+fn non_finite_relevance_is_reported_in_the_summary() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = common::rng("non_finite_relevance");
+    let mut dense = |inputs: usize, outputs: usize, scale: f32| taylormap::Layer::Dense {
+        weight: ndarray::Array2::from_shape_fn((inputs, outputs), |_| {
+            rng.random_range(1.0..2.0) * scale
+        }),
+        bias: ndarray::Array1::zeros(outputs),
+    };
+    let layers = vec![dense(4, 3, 1e30), dense(3, 2, 1e-30)];
+    let net = Network::new(vec![4], layers, vec![]).unwrap();
+    let model = dir.path().join("huge.onnx");
+    taylormap::model::onnx::save(&net, &model).unwrap();
+    let x = ndarray::Array2::from_shape_fn((5, 4), |_| rng.random_range(1.0..2.0) * 1e10f32);
+    let input = dir.path().join("x.npy");
+    write_npy(&input, &x.into_dyn());
+    let run = |backend: &str| {
+        let out = dir.path().join(backend);
+        let o = taylormap(&[
+            "explain",
+            "--model",
+            model.to_str().unwrap(),
+            "--input",
+            input.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--backend",
+            backend,
+            "--no-png",
+            "--quiet",
+            "--composite",
+            "lrp-zero",
+        ]);
+        ok(&o);
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let f32_engine = run("cpu");
+    assert!(
+        f32_engine.contains("non-finite           5 heatmap(s)")
+            && f32_engine.contains("reference"),
+        "{f32_engine}"
+    );
+    let f64_reference = run("reference");
+    assert!(!f64_reference.contains("non-finite"), "{f64_reference}");
 }
 
 #[test]

@@ -288,8 +288,12 @@ impl Rule {
                             .map_err(|_| bad(format!("'{a}' is not a number")))
                     })
                     .collect::<Result<Vec<f64>>>()?;
-                if args.iter().any(|a| !a.is_finite()) {
-                    return Err(bad("arguments must be finite".into()));
+                // the f32 engines take them as f32: 1e40 would be infinite there
+                if args.iter().any(|&a| !(a as f32).is_finite()) {
+                    return Err(bad(
+                        "arguments must be finite numbers within float32's range (up to 3.4e38)"
+                            .into(),
+                    ));
                 }
                 (&s[..open], args)
             }
