@@ -617,6 +617,18 @@ fn bad_input_is_refused() {
     };
     let many: Vec<usize> = (0..12).map(|i| i % 4).collect();
     assert!(matches!(run(&too_few, &x, &many), Error::Usage { .. }));
+    // A label column that is not a class (an id: 5,000,000,000) would make billions of outputs:
+    // refused before any allocation, naming the label.
+    let mut ids = labels.clone();
+    ids[rng.random_range(0..12)] = 5_000_000_000;
+    let e = run(&cfg, &x, &ids);
+    assert!(
+        matches!(&e, Error::Usage { .. }) && e.to_string().contains("5000000000"),
+        "{e}"
+    );
+    ids.iter_mut().for_each(|l| *l %= 2);
+    ids[0] = train::MAX_CLASSES - 1; // the most classes there may be
+    assert!(train::train(&cfg, x.view(), &ids, None, &mut quiet).is_ok());
     let detect = TrainConfig {
         arch: Arch::DetectionPooling,
         detect_class: 7,

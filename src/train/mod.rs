@@ -50,6 +50,10 @@ pub const DETECTION_THRESHOLD: f64 = 1.0;
 /// Samples per forward pass when evaluating (no gradients kept).
 const EVAL_BATCH: usize = 100;
 
+/// The most classes `train` makes: labels are class indices, and a label column that is not a
+/// class (an id, a count) would otherwise make as many outputs as its largest value.
+pub const MAX_CLASSES: usize = 1 << 16;
+
 /// The architectures `taylormap train --arch` knows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Arch {
@@ -265,6 +269,21 @@ pub fn train(
         Objective::Detection { .. } => 1,
         Objective::SoftmaxCrossEntropy => {
             let top = labels.iter().copied().max().unwrap_or(0);
+            if top >= MAX_CLASSES {
+                let distinct = labels
+                    .iter()
+                    .collect::<std::collections::BTreeSet<_>>()
+                    .len();
+                return Err(Error::usage(
+                    "labels",
+                    format!(
+                        "label {top} would make {} classes ({distinct} distinct labels occur); \
+                         at most {MAX_CLASSES} are trained. Integer labels are class indices: \
+                         is the label column a class?",
+                        top as u128 + 1
+                    ),
+                ));
+            }
             let classes = cfg.num_classes.unwrap_or(top + 1).max(2);
             if top >= classes {
                 return Err(Error::usage(
