@@ -195,6 +195,14 @@ impl ExplainReport {
         self.rows.len() as f64 / (self.compute_seconds + self.write_seconds).max(1e-9)
     }
 
+    /// Samples whose relevance holds NaN or infinity (float32 overflow or 0/0 in an engine).
+    pub fn non_finite(&self) -> usize {
+        self.rows
+            .iter()
+            .filter(|r| !r.stats.relevance_sum.is_finite())
+            .count()
+    }
+
     /// The one-screen summary printed at the end of a run.
     pub fn summary(&self) -> String {
         let n = self.rows.len();
@@ -214,10 +222,7 @@ impl ExplainReport {
                 labelled.len()
             )
         };
-        let non_finite = stats
-            .iter()
-            .filter(|s| !s.relevance_sum.is_finite())
-            .count();
+        let non_finite = self.non_finite();
         let non_finite = if non_finite > 0 {
             format!(
                 "non-finite           {non_finite} heatmap(s) hold NaN or infinite relevance \
@@ -1084,6 +1089,7 @@ fn run_json(
         "heatmaps_per_second": report.heatmaps_per_second(),
         "consistent_fraction": report.rows.iter().filter(|r| r.stats.consistent()).count() as f64
             / report.rows.len().max(1) as f64,
+        "non_finite_samples": report.non_finite(),
     });
     serde_json::to_string_pretty(&v).expect("json") + "\n"
 }

@@ -478,14 +478,21 @@ fn non_finite_relevance_is_reported_in_the_summary() {
         ok(&o);
         String::from_utf8_lossy(&o.stdout).into_owned()
     };
+    let non_finite_in_run_json = |backend: &str| {
+        let text = std::fs::read_to_string(dir.path().join(backend).join("run.json")).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        v["non_finite_samples"].as_u64().unwrap()
+    };
     let f32_engine = run("cpu");
     assert!(
         f32_engine.contains("non-finite           5 heatmap(s)")
             && f32_engine.contains("reference"),
         "{f32_engine}"
     );
+    assert_eq!(non_finite_in_run_json("cpu"), 5);
     let f64_reference = run("reference");
     assert!(!f64_reference.contains("non-finite"), "{f64_reference}");
+    assert_eq!(non_finite_in_run_json("reference"), 0);
 }
 
 #[test]
