@@ -223,8 +223,10 @@ struct TrainArgs {
     nonpositive_bias: bool,
     #[arg(long, default_value_t = 64)]
     batch_size: usize,
-    #[arg(long, default_value_t = 1e-3)]
-    learning_rate: f64,
+    /// Adam's step size (default: 0.001; 0.01 for tabular-mlp, whose small data sets give few
+    /// steps per epoch).
+    #[arg(long)]
+    learning_rate: Option<f64>,
     /// Learning-rate factor applied after each epoch.
     #[arg(long, default_value_t = 0.8)]
     lr_decay: f64,
@@ -259,7 +261,9 @@ fn train(a: TrainArgs) -> taylormap::Result<()> {
     cfg.seed = a.seed;
     cfg.nonpositive_bias = a.nonpositive_bias;
     cfg.batch_size = a.batch_size;
-    cfg.learning_rate = a.learning_rate;
+    if let Some(lr) = a.learning_rate {
+        cfg.learning_rate = lr;
+    }
     cfg.lr_decay = a.lr_decay;
     cfg.hidden = a.hidden;
     cfg.detect_class = a.detect_class;

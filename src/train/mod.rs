@@ -149,8 +149,14 @@ pub struct TrainConfig {
 }
 
 impl TrainConfig {
-    /// Defaults: 10 epochs, seed 0, batches of 64, Adam step 1e-3 decaying by 0.8 per epoch,
-    /// biases unconstrained (except for `detection-pooling`), detection of class 0.
+    /// Defaults: 10 epochs, seed 0, batches of 64, Adam step 1e-3 (1e-2 for `tabular-mlp`)
+    /// decaying by 0.8 per epoch, biases unconstrained (except for `detection-pooling`),
+    /// detection of class 0.
+    ///
+    /// `tabular-mlp` takes the larger step because tables are small: Kaggle's Titanic (712
+    /// training rows after a 20 % validation split) gives 12 steps an epoch, and at 1e-3 ten
+    /// epochs left the network at 60 % validation accuracy, below the 61.6 % of always answering
+    /// the majority class (549 of 891 passengers died); at 1e-2, 80 to 84 % over seeds 0 to 2.
     pub fn new(arch: Arch) -> Self {
         TrainConfig {
             arch,
@@ -158,7 +164,10 @@ impl TrainConfig {
             seed: 0,
             nonpositive_bias: false,
             batch_size: 64,
-            learning_rate: 1e-3,
+            learning_rate: match arch {
+                Arch::TabularMlp => 1e-2,
+                _ => 1e-3,
+            },
             lr_decay: 0.8,
             hidden: None,
             num_classes: None,
