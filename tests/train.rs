@@ -507,6 +507,43 @@ fn detection_pooling_is_the_papers_sum_pooled_network() {
     assert_eq!(acc, manual / binary.len() as f64);
 }
 
+/// With the defaults, a detector of a rare class (a tenth of the samples, as a digit of MNIST, on
+/// 28 x 28 inputs) learns it instead of answering "absent" for everything: the trainer weighs
+/// positives and negatives alike, so the negatives do not push every detection below zero for
+/// good (dead ReLUs get no gradient back). Unweighted, this ended with nothing found in 6 of 6
+/// seeds tried.
+#[test]
+fn detection_pooling_learns_a_rare_class_with_the_defaults() {
+    let mut rng = common::rng("detection_pooling_learns_a_rare_class");
+    let (n, side) = (1000, 28);
+    let mut x = ArrayD::from_shape_fn(IxDyn(&[n, 1, side, side]), |_| uniform(&mut rng, 0.0, 0.2));
+    // a tenth of the samples have a bright 3 x 3 blob in the top-left quadrant, the others in
+    // one of the three other quadrants
+    let labels: Vec<usize> = (0..n).map(|i| usize::from(i % 10 != 0)).collect();
+    for (i, &l) in labels.iter().enumerate() {
+        let quadrant = if l == 0 { 0 } else { rng.random_range(1..4) };
+        let r = rng.random_range(0..side / 2 - 2) + (quadrant / 2) * (side / 2);
+        let c = rng.random_range(0..side / 2 - 2) + (quadrant % 2) * (side / 2);
+        for dr in 0..3 {
+            for dc in 0..3 {
+                x[[i, 0, r + dr, c + dc]] = uniform(&mut rng, 0.8, 1.0);
+            }
+        }
+    }
+    let mut cfg = TrainConfig::new(Arch::DetectionPooling);
+    cfg.seed = rng.random();
+    cfg.detect_class = 0;
+    let (net, _) = train::train(&cfg, x.view(), &labels, None, &mut quiet).unwrap();
+    let y = train::forward(&net, x.view()).unwrap();
+    let detected = |i: usize| y[[i, 0]] as f64 > DETECTION_THRESHOLD;
+    let found = (0..n).filter(|&i| labels[i] == 0 && detected(i)).count();
+    let false_alarms = (0..n).filter(|&i| labels[i] != 0 && detected(i)).count();
+    assert!(
+        found >= 90 && false_alarms <= 90,
+        "{found} of 100 present found, {false_alarms} false alarms of 900"
+    );
+}
+
 #[test]
 fn same_seed_gives_identical_networks() {
     let mut rng = common::rng("same_seed_gives_identical_networks");
