@@ -492,6 +492,22 @@ fn train_writes_a_tabular_model_with_its_preprocessing() {
         tab.feature_names(),
         ["x1", "color=blue", "color=green", "color=red", "x2"]
     );
+    // inspect shows the preprocessing: the columns explain needs, their transforms, the label
+    let o = taylormap(&["inspect", out.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{text}");
+    assert!(
+        text.contains("5 features from 3 columns")
+            && text.contains("one-hot: blue, green, red")
+            && text.contains("label column: y"),
+        "{text}"
+    );
+    for column in ["x1", "color", "x2"] {
+        assert!(
+            text.lines().any(|l| l.trim_start().starts_with(column)),
+            "{column}: {text}"
+        );
+    }
     let mut d = load_tabular(&csv, &tab).unwrap();
     assert_eq!(d.len(), 120);
     d.check_against(&net.input_shape).unwrap();
