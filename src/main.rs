@@ -629,23 +629,23 @@ fn bench(a: BenchArgs) -> taylormap::Result<()> {
         } else {
             if std::mem::take(&mut header) {
                 outln!(
-                    "{:<9} {:<40} {:>6} {:>9} {:>8} {:>11}",
+                    "{:<9} {:>6} {:>9} {:>8} {:>11}  adapter",
                     "backend",
-                    "adapter",
                     "batch",
                     "samples",
                     "seconds",
                     "heatmaps/s"
                 );
             }
+            // the adapter last: its name has any length
             outln!(
-                "{:<9} {:<40} {:>6} {:>9} {:>8.3} {:>11.0}",
+                "{:<9} {:>6} {:>9} {:>8.3} {:>11.0}  {}",
                 r.backend,
-                r.adapter,
                 r.batch_size,
                 r.samples,
                 r.seconds,
-                r.heatmaps_per_second
+                r.heatmaps_per_second,
+                r.adapter
             );
             let flops = (r.forward_flops_per_sample + r.relevance_flops_per_sample) as f64;
             outln!(
