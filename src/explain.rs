@@ -429,6 +429,15 @@ where
     // loading); see [`Staging`].
     let out_existed = cfg.out.is_dir();
     std::fs::create_dir_all(&cfg.out).map_err(|e| Error::io(&cfg.out, e))?;
+    if out_existed {
+        for removed in remove_leftovers(&cfg.out) {
+            eprintln!(
+                "note: removed {}, left in {} by an explain run that did not finish",
+                removed,
+                cfg.out.display()
+            );
+        }
+    }
     let staging = if cfg.png {
         let dir = cfg
             .out
@@ -627,6 +636,57 @@ fn write_png_file(path: &Path, bytes: &[u8]) -> Result<()> {
     }
     .map_err(|e| Error::io(path, e))?;
     file.write_all(bytes).map_err(|e| Error::io(path, e))
+}
+
+/// Removes from the output folder `out` the temporary files and folders of explain runs that
+/// ended without cleaning up (killed, or the machine went down): `.heatmaps.partial-PID`,
+/// `.heatmaps.old-PID` and `.NAME.tmp.PID.K` for each output NAME, where process PID no longer
+/// runs. A run still going (into the same folder) keeps its own. Where the system cannot say
+/// which processes run (no `/proc`), nothing is removed. Returns the names removed.
+fn remove_leftovers(out: &Path) -> Vec<String> {
+    let proc = Path::new("/proc");
+    if !proc.join("self").exists() {
+        return vec![];
+    }
+    let Ok(entries) = std::fs::read_dir(out) else {
+        return vec![];
+    };
+    let owner = |name: &str| -> Option<u32> {
+        if let Some(pid) = name
+            .strip_prefix(".heatmaps.partial-")
+            .or_else(|| name.strip_prefix(".heatmaps.old-"))
+        {
+            return pid.parse().ok();
+        }
+        let rest = ["relevance.npy", "summary.csv", "run.json", "grid.png"]
+            .iter()
+            .find_map(|n| name.strip_prefix(&format!(".{n}.tmp.")))?;
+        let (pid, k) = rest.split_once('.')?;
+        k.parse::<u64>().ok()?;
+        pid.parse().ok()
+    };
+    let mut removed = vec![];
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = owner(&name) else {
+            continue;
+        };
+        if pid == std::process::id() || proc.join(pid.to_string()).exists() {
+            continue;
+        }
+        let path = entry.path();
+        // the entry itself, not what a link points to
+        let gone = if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
+        if gone.is_ok() {
+            removed.push(name);
+        }
+    }
+    removed.sort();
+    removed
 }
 
 /// Puts the complete folder `staging` at `target`, replacing any earlier one: the old folder is

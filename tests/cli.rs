@@ -495,6 +495,55 @@ fn non_finite_relevance_is_reported_in_the_summary() {
     assert_eq!(non_finite_in_run_json("reference"), 0);
 }
 
+/// A run killed mid-way leaves its temporary files (named with its process id) in the output
+/// folder; the next run into that folder removes those of processes that no longer run, and
+/// keeps a running process's and other files.
+#[test]
+fn leftovers_of_runs_that_died_are_removed() {
+    if !Path::new("/proc/self").exists() {
+        return; // no way to tell which processes run: nothing is removed there
+    }
+    let case = Case::new("leftovers", 3);
+    let out = case.dir.path().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    // 4,194,305 is above Linux's largest process id: that process cannot be running
+    let dead = 4_194_305u32;
+    let alive = std::process::id();
+    let dead_files = [
+        format!(".relevance.npy.tmp.{dead}.0"),
+        format!(".summary.csv.tmp.{dead}.3"),
+    ];
+    let kept_files = [
+        format!(".relevance.npy.tmp.{alive}.0"),
+        format!(".relevance.npy.tmp.{dead}"), // not the pattern: no counter
+        format!(".notes.txt.tmp.{dead}.0"),   // not an output of explain
+        "keep.txt".to_string(),
+    ];
+    for f in dead_files.iter().chain(&kept_files) {
+        std::fs::write(out.join(f), b"x").unwrap();
+    }
+    let dead_dirs = [
+        format!(".heatmaps.partial-{dead}"),
+        format!(".heatmaps.old-{dead}"),
+    ];
+    let alive_dir = format!(".heatmaps.partial-{alive}");
+    for d in dead_dirs.iter().chain([&alive_dir]) {
+        std::fs::create_dir_all(out.join(d)).unwrap();
+        std::fs::write(out.join(d).join("00000.png"), b"x").unwrap();
+    }
+    let o = case.explain(&[]);
+    ok(&o);
+    let err = String::from_utf8_lossy(&o.stderr);
+    for gone in dead_files.iter().chain(&dead_dirs) {
+        assert!(!out.join(gone).exists(), "{gone} left");
+        assert!(err.contains(gone.as_str()), "{gone} not named in: {err}");
+    }
+    for kept in kept_files.iter().chain([&alive_dir]) {
+        assert!(out.join(kept).exists(), "{kept} removed");
+    }
+    assert!(out.join("relevance.npy").exists());
+}
+
 #[test]
 fn inspect_lists_layers_and_parameters() {
     let case = Case::new("inspect_lists_layers", 1);
