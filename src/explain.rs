@@ -579,7 +579,7 @@ impl Staging {
                             .write(true)
                             .create(true)
                             .truncate(false)
-                            .open(folder.join(png_name(index)));
+                            .open(folder.join(png_name(index, n)));
                         if made.is_err() {
                             return;
                         }
@@ -617,8 +617,12 @@ impl Drop for Staging {
 }
 
 /// The file name of the heatmap of sample `index`.
-fn png_name(index: usize) -> String {
-    format!("{index:05}.png")
+/// The heatmap file of sample `index` of `count`: its index zero-padded to 5 digits, or to as
+/// many as the last index has beyond 99,999, so that every name has the same width and file
+/// names sort in input order.
+fn png_name(index: usize, count: usize) -> String {
+    let width = count.saturating_sub(1).max(1).ilog10() as usize + 1;
+    format!("{index:0width$}.png", width = width.max(5))
 }
 
 /// Writes `bytes` into the staging file at `path`, which [`Staging`]'s maker has most likely
@@ -778,7 +782,7 @@ fn write_pngs(
             render::heatmap_rgb(&values, h, w, c, cfg.cmap, cfg.scale)
         };
         let bytes = render::png_bytes(&rgb, w * cfg.scale, h * cfg.scale)?;
-        write_png_file(&staging.join(png_name(index)), &bytes)?;
+        write_png_file(&staging.join(png_name(index, dataset.len())), &bytes)?;
     }
     Ok(())
 }
@@ -1152,4 +1156,28 @@ fn run_json(
         "non_finite_samples": report.non_finite(),
     });
     serde_json::to_string_pretty(&v).expect("json") + "\n"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::png_name;
+
+    #[test]
+    fn heatmap_names_have_one_width_and_sort_in_input_order() {
+        assert_eq!(png_name(0, 1), "00000.png");
+        assert_eq!(png_name(7, 10_000), "00007.png");
+        assert_eq!(png_name(99_999, 100_000), "99999.png");
+        // beyond 100,000 samples every name widens, not only the late ones
+        assert_eq!(png_name(0, 100_001), "000000.png");
+        assert_eq!(png_name(100_000, 100_001), "100000.png");
+        assert_eq!(png_name(12, 2_000_000), "0000012.png");
+        for count in [1, 9, 10, 99_999, 100_000, 100_001, 1_000_001] {
+            let names: Vec<String> = [0, count / 2, count - 1]
+                .iter()
+                .map(|&i| png_name(i, count))
+                .collect();
+            assert!(names.windows(2).all(|w| w[0] <= w[1]), "{names:?}");
+            assert!(names.iter().all(|n| n.len() == names[0].len()), "{names:?}");
+        }
+    }
 }
