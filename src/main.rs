@@ -904,7 +904,7 @@ fn run(cli: Cli) -> taylormap::Result<()> {
             let net = taylormap::model::onnx::load(&model)?;
             out!("{}", taylormap::model::inspect::describe(&net));
             if let Some(tab) = taylormap::data::csv::model_tabular(&model)? {
-                out!("{}", describe_tabular(&tab));
+                out!("{}", tab.describe());
             }
         }
         Command::Adapters => {
@@ -927,39 +927,6 @@ fn run(cli: Cli) -> taylormap::Result<()> {
         }
     }
     Ok(())
-}
-
-/// What `inspect` says of a tabular model's preprocessing: the CSV columns `explain` needs, how
-/// each becomes features, and the label.
-fn describe_tabular(tab: &taylormap::data::csv::Tabular) -> String {
-    use taylormap::data::csv::ColumnKind;
-    let mut s = format!(
-        "tabular preprocessing (CSV input): {} features from {} columns\n",
-        tab.num_features(),
-        tab.columns.len()
-    );
-    for c in &tab.columns {
-        let how = match &c.kind {
-            ColumnKind::Numeric { mean, std } => {
-                format!("numeric, (v - {mean:.6}) / {std:.6}, missing -> mean")
-            }
-            ColumnKind::Categorical { categories } => {
-                format!("categorical, one-hot: {}", categories.join(", "))
-            }
-        };
-        s.push_str(&format!("  {:<16} {how}\n", c.name));
-    }
-    match &tab.label {
-        Some(l) => {
-            let classes = match &l.classes {
-                Some(c) => c.join(", "),
-                None => "class indices".into(),
-            };
-            s.push_str(&format!("label column: {} ({classes})\n", l.column));
-        }
-        None => s.push_str("label column: none\n"),
-    }
-    s
 }
 
 /// Mesa's Vulkan drivers come with an implicit loader layer, device-select, that orders the GPUs

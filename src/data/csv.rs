@@ -458,6 +458,38 @@ impl Tabular {
         Ok(tab)
     }
 
+    /// What `taylormap inspect` says of the preprocessing: the CSV columns `explain` needs, how
+    /// each becomes features, and the label.
+    pub fn describe(&self) -> String {
+        let mut s = format!(
+            "tabular preprocessing (CSV input): {} features from {} columns\n",
+            self.num_features(),
+            self.columns.len()
+        );
+        for c in &self.columns {
+            let how = match &c.kind {
+                ColumnKind::Numeric { mean, std } => {
+                    format!("numeric, (v - {mean:.6}) / {std:.6}, missing -> mean")
+                }
+                ColumnKind::Categorical { categories } => {
+                    format!("categorical, one-hot: {}", categories.join(", "))
+                }
+            };
+            s.push_str(&format!("  {:<16} {how}\n", c.name));
+        }
+        match &self.label {
+            Some(l) => {
+                let classes = match &l.classes {
+                    Some(c) => c.join(", "),
+                    None => "class indices".into(),
+                };
+                s.push_str(&format!("label column: {} ({classes})\n", l.column));
+            }
+            None => s.push_str("label column: none\n"),
+        }
+        s
+    }
+
     /// Number of features (the model's input width).
     pub fn num_features(&self) -> usize {
         self.columns
