@@ -428,6 +428,15 @@ where
     // The heatmap files are made while the backend starts (on a GPU, the longest part of
     // loading); see [`Staging`].
     let out_existed = cfg.out.is_dir();
+    if !out_existed && cfg.out.exists() {
+        return Err(Error::usage(
+            "--out",
+            format!(
+                "{} is a file; expected a folder (made when missing)",
+                cfg.out.display()
+            ),
+        ));
+    }
     std::fs::create_dir_all(&cfg.out).map_err(|e| Error::io(&cfg.out, e))?;
     if out_existed {
         for removed in remove_leftovers(&cfg.out) {

@@ -275,6 +275,20 @@ fn train(a: TrainArgs) -> taylormap::Result<()> {
             ));
         }
     }
+    // Before training, which can take minutes: the model must have somewhere to go.
+    let folder = match a.out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => std::path::Path::new("."),
+    };
+    if a.out.is_dir() || !folder.is_dir() {
+        return Err(taylormap::Error::usage(
+            "--out",
+            format!(
+                "{}: expected a file path in an existing folder",
+                a.out.display()
+            ),
+        ));
+    }
     let is_csv = !a.data.is_dir()
         && a.data
             .extension()
@@ -336,14 +350,15 @@ fn train(a: TrainArgs) -> taylormap::Result<()> {
             accuracy,
             ..
         } => {
-            bar.set_prefix(format!("{}", epoch + 1));
-            bar.set_position(batch as u64 + 1);
+            // both are 1-based already
+            bar.set_prefix(format!("{epoch}/{}", cfg.epochs));
+            bar.set_position(batch as u64);
             bar.set_message(format!("loss {loss:.4} acc {:.2}%", 100.0 * accuracy));
         }
         Progress::Evaluating { .. } => bar.set_message("evaluating on the test set"),
         Progress::Epoch(r) => bar.println(format!(
             "epoch {:>3}: loss {:.4}, train accuracy {:.2}%{}, {:.1} s",
-            r.epoch + 1,
+            r.epoch,
             r.loss,
             100.0 * r.accuracy,
             r.test_accuracy

@@ -312,6 +312,8 @@ fn bad_input_exits_2_names_the_culprit_and_writes_nothing() {
     nan[IxDyn(&[2, 0, 4, 4])] = f32::NAN;
     write_npy(&case.dir.path().join("nan.npy"), &nan);
     let (wrong, nan) = (case.path("wrong.npy"), case.path("nan.npy"));
+    std::fs::write(case.dir.path().join("a-file"), b"x").unwrap();
+    let a_file = case.path("a-file");
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (vec!["--input", &wrong], "wrong.npy"),
         (vec!["--input", &nan], "sample 2"),
@@ -327,6 +329,7 @@ fn bad_input_exits_2_names_the_culprit_and_writes_nothing() {
         (vec!["--input", "/nonexistent/x.npy"], "x.npy"),
         (vec!["--input", "/nonexistent/images"], "images"),
         (vec!["--labels", "/nonexistent/y.npy"], "y.npy"),
+        (vec!["--out", &a_file], "--out"),
         // heatmaps of 800,000 x 800,000 pixels: refused before any work, not a failed allocation
         (vec!["--scale", "100000"], "--scale"),
         (vec!["--backend", "cpu", "--threads", "0"], "--threads"),
@@ -352,6 +355,10 @@ fn missing_files_exit_2_in_every_command() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out").display().to_string();
     let model = dir.path().join("m.onnx").display().to_string();
+    let titanic = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("assets/titanic/train.csv")
+        .display()
+        .to_string();
     let commands: Vec<(Vec<&str>, &str)> = vec![
         (
             vec!["explain", "--input", "/nonexistent/a.npy", "--out", &out],
@@ -410,6 +417,21 @@ fn missing_files_exit_2_in_every_command() {
             "f.csv",
         ),
         (vec!["inspect", "/nonexistent/g.onnx"], "g.onnx"),
+        // refused before training, not after: the model would have nowhere to go
+        (
+            vec![
+                "train",
+                "--arch",
+                "tabular-mlp",
+                "--data",
+                &titanic,
+                "--label",
+                "Survived",
+                "--out",
+                "/nonexistent/h.onnx",
+            ],
+            "--out",
+        ),
     ];
     for (args, needle) in commands {
         let o = taylormap(&args);
