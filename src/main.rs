@@ -323,6 +323,16 @@ fn train(a: TrainArgs) -> taylormap::Result<()> {
     } else {
         indicatif::ProgressBar::new(0)
     };
+    // Where standard error is not a terminal (a log file, nohup), the bar draws nothing, and
+    // neither would its println: the start and epoch lines then go to standard error plainly.
+    let plain = !a.quiet && !std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let say = |line: String| {
+        if plain {
+            eprintln!("{line}");
+        } else {
+            bar.println(line);
+        }
+    };
     bar.set_style(
         indicatif::ProgressStyle::with_template(
             "epoch {prefix} [{bar:30}] {pos}/{len} {msg} ({eta})",
@@ -337,7 +347,7 @@ fn train(a: TrainArgs) -> taylormap::Result<()> {
             samples,
             parameters,
         } => {
-            bar.println(format!(
+            say(format!(
                 "{}: {parameters} parameters, {samples} samples, {epochs} epochs",
                 cfg.arch
             ));
@@ -356,7 +366,7 @@ fn train(a: TrainArgs) -> taylormap::Result<()> {
             bar.set_message(format!("loss {loss:.4} acc {:.2}%", 100.0 * accuracy));
         }
         Progress::Evaluating { .. } => bar.set_message("evaluating on the test set"),
-        Progress::Epoch(r) => bar.println(format!(
+        Progress::Epoch(r) => say(format!(
             "epoch {:>3}: loss {:.4}, train accuracy {:.2}%{}, {:.1} s",
             r.epoch,
             r.loss,

@@ -597,6 +597,35 @@ fn the_readme_titanic_model_beats_the_majority_class() {
     assert!(accuracy >= 75.0, "validation accuracy {accuracy}%");
 }
 
+/// Without a terminal (a log file), training says what it does epoch by epoch on standard error,
+/// numbering the epochs from 1.
+#[test]
+fn train_logs_each_epoch_when_not_on_a_terminal() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = write(dir.path(), "s.csv", &synthetic_csv(40));
+    let out = dir.path().join("m.onnx");
+    let o = taylormap(&[
+        "train",
+        "--arch",
+        "tabular-mlp",
+        "--data",
+        csv.to_str().unwrap(),
+        "--label",
+        "y",
+        "--epochs",
+        "2",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    let epochs: Vec<&str> = err.lines().filter(|l| l.starts_with("epoch")).collect();
+    assert_eq!(epochs.len(), 2, "{err}");
+    assert!(epochs[0].starts_with("epoch   1: loss"), "{err}");
+    assert!(epochs[1].starts_with("epoch   2: loss"), "{err}");
+    assert!(err.contains("40 samples, 2 epochs"), "{err}");
+}
+
 #[test]
 fn train_refuses_bad_csv_requests_with_exit_code_2() {
     let dir = tempfile::tempdir().unwrap();
