@@ -103,7 +103,7 @@ struct SourceArgs {
     /// ONNX model (default: the bundled MNIST CNN).
     #[arg(long)]
     model: Option<PathBuf>,
-    /// Inputs: IDX (optionally gzipped), NPY, a folder of PNGs, or CSV for a tabular model
+    /// Inputs: IDX (optionally gzipped), NPY, a folder of PNGs (or one PNG), or CSV for a tabular model
     /// (default: the bundled MNIST test set).
     #[arg(long)]
     input: Option<PathBuf>,

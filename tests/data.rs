@@ -435,6 +435,12 @@ fn png_folder_reads_gray_rgb_alpha_and_16_bit_in_sorted_order() {
     assert_eq!(d.kind, "png-folder");
     assert_eq!(d.x.shape(), &[n, 1, h, w]);
     assert_eq!(d.x.as_slice().unwrap(), &want[..]);
+    // One file of them is a set of one image (the first: 8-bit, its bytes kept), the same values.
+    let one = data::load(&files[0].0, None, None).unwrap();
+    assert_eq!(one.kind, "png");
+    assert_eq!(one.x.shape(), &[1, 1, h, w]);
+    assert_eq!(one.x.as_slice().unwrap(), &want[..h * w]);
+    assert_eq!(one.pixels.as_ref().map(|p| p.bytes.len()), Some(h * w));
     assert_eq!(
         d.bounds,
         Bounds {

@@ -38,7 +38,8 @@ pub use npy::{f32_le_bytes, npy_bytes_f32, npy_header_f32, parse_npy, read_npy, 
 use crate::{Bounds, Error, Result};
 
 /// The formats [`load`] accepts, for error messages.
-pub const ACCEPTED_FORMATS: &str = "a folder of PNG files, an NPY file (.npy, float32 or uint8), \
+pub const ACCEPTED_FORMATS: &str =
+    "a folder of PNG files, one PNG file, an NPY file (.npy, float32 or uint8), \
      or an IDX images file in the MNIST layout (plain or gzipped)";
 
 /// A loaded input set: samples, optional labels, and the range the inputs can take.
@@ -52,7 +53,7 @@ pub struct Dataset {
     pub path: PathBuf,
     /// Lowest and highest value an input can take after the transform (see the module docs).
     pub bounds: Bounds,
-    /// `"idx"`, `"npy"` or `"png-folder"`.
+    /// `"idx"`, `"npy"`, `"png-folder"` or `"png"` (a single PNG file).
     pub kind: &'static str,
     /// The bytes of an 8-bit source, shaped like `x`.
     pub pixels: Option<Pixels>,
@@ -369,10 +370,18 @@ fn read_raw(path: &Path) -> Result<Raw> {
                 bytes: Some(pixels),
             }
         } else if ext == "png" || bytes.starts_with(b"\x89PNG") {
-            return Err(Error::input(
-                path,
-                "a single PNG file; pass the folder that holds the PNG images instead",
-            ));
+            let png_folder::Folder {
+                shape,
+                values,
+                bytes,
+            } = png_folder::read_single(path)?;
+            Raw {
+                kind: "png",
+                shape,
+                values,
+                unit_range: true,
+                bytes,
+            }
         } else {
             return Err(Error::input(
                 path,

@@ -134,9 +134,18 @@ pub fn read_folder(dir: &Path) -> Result<Folder> {
     read_folder_on(dir, cores)
 }
 
+/// One PNG file as a set of one image (`explain --input digit.png`).
+pub fn read_single(path: &Path) -> Result<Folder> {
+    read_files(path, vec![path.to_path_buf()], 1)
+}
+
 /// [`read_folder`] on at most `threads` threads.
 fn read_folder_on(dir: &Path, threads: usize) -> Result<Folder> {
-    let files = list_png_files(dir)?;
+    read_files(dir, list_png_files(dir)?, threads)
+}
+
+/// Decodes `files` (the PNG files of `dir`, or one file) in order on at most `threads` threads.
+fn read_files(dir: &Path, files: Vec<PathBuf>, threads: usize) -> Result<Folder> {
     let Some(first_path) = files.first() else {
         return Err(Error::input(
             dir,
