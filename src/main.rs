@@ -103,8 +103,8 @@ struct SourceArgs {
     /// ONNX model (default: the bundled MNIST CNN).
     #[arg(long)]
     model: Option<PathBuf>,
-    /// Inputs: IDX (optionally gzipped), NPY, a folder of PNGs (or one PNG), or CSV for a tabular model
-    /// (default: the bundled MNIST test set).
+    /// Inputs: IDX (optionally gzipped), NPY, a folder of PNGs (or one PNG), or CSV for a
+    /// tabular model (default: the bundled MNIST test set).
     #[arg(long)]
     input: Option<PathBuf>,
     /// Labels (IDX or NPY); default: the IDX labels file next to an IDX input.
