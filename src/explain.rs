@@ -187,6 +187,8 @@ pub struct ExplainReport {
     pub load_seconds: f64,
     pub compute_seconds: f64,
     pub write_seconds: f64,
+    /// The network's outputs per sample (1: a detector, whose "prediction" is no class).
+    pub outputs: usize,
 }
 
 impl ExplainReport {
@@ -209,7 +211,9 @@ impl ExplainReport {
         let stats: Vec<SampleStats> = self.rows.iter().map(|r| r.stats).collect();
         let summary = crate::eval::Consistency::of(&stats);
         let labelled: Vec<&SampleRow> = self.rows.iter().filter(|r| r.label.is_some()).collect();
-        let accuracy = if labelled.is_empty() {
+        let accuracy = if self.outputs == 1 {
+            "n/a (a single output: a detector's score, not a class)".to_string()
+        } else if labelled.is_empty() {
             "n/a (no labels)".to_string()
         } else {
             let right = labelled
@@ -519,6 +523,7 @@ where
         load_seconds,
         compute_seconds,
         write_seconds: png_seconds + t_write.elapsed().as_secs_f64(),
+        outputs: net.num_outputs(),
     };
     let run_json = run_json(cfg, &net, &method, &model_bytes, bounds, &report);
     data::write_atomic(&cfg.out.join("run.json"), run_json.as_bytes())?;
@@ -1077,7 +1082,7 @@ fn grid_png(
             input: sample_slice(dataset, i),
             relevance: &rel[i],
             label: rows[i].label,
-            predicted: rows[i].predicted,
+            predicted: (net.num_outputs() > 1).then_some(rows[i].predicted),
         })
         .collect();
     let scale = (84 / h.max(w)).clamp(1, 4);

@@ -566,6 +566,47 @@ fn leftovers_of_runs_that_died_are_removed() {
     assert!(out.join("relevance.npy").exists());
 }
 
+/// A single-output network (a detector) predicts no class: the summary gives no accuracy against
+/// the labels (every "prediction" would be class 0).
+#[test]
+fn a_single_output_network_has_no_accuracy_against_labels() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = common::rng("single_output_accuracy");
+    let net = common::random_mlp(&mut rng, &[4, 3, 1], true);
+    let model = dir.path().join("detector.onnx");
+    taylormap::model::onnx::save(&net, &model).unwrap();
+    let input = dir.path().join("x.npy");
+    write_npy(&input, &common::random_input(&mut rng, &net, 5, 0.0, 1.0));
+    // labels 0..5 as an '|u1' NPY
+    let header = "{'descr': '|u1', 'fortran_order': False, 'shape': (5,), }";
+    let pad = 64 - (10 + header.len() + 1) % 64;
+    let mut labels = b"\x93NUMPY\x01\x00".to_vec();
+    labels.extend(((header.len() + pad + 1) as u16).to_le_bytes());
+    labels.extend(format!("{header}{}\n", " ".repeat(pad)).bytes());
+    labels.extend([0u8, 1, 2, 3, 4]);
+    std::fs::write(dir.path().join("y.npy"), labels).unwrap();
+    let o = taylormap(&[
+        "explain",
+        "--model",
+        model.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--labels",
+        dir.path().join("y.npy").to_str().unwrap(),
+        "--out",
+        dir.path().join("out").to_str().unwrap(),
+        "--backend",
+        "cpu",
+        "--quiet",
+    ]);
+    ok(&o);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        text.contains("accuracy vs labels   n/a (a single output"),
+        "{text}"
+    );
+}
+
 #[test]
 fn inspect_lists_layers_and_parameters() {
     let case = Case::new("inspect_lists_layers", 1);

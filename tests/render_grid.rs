@@ -149,7 +149,7 @@ fn grid_size_follows_the_documented_layout() {
                 input: &inputs[i],
                 relevance: &rels[i],
                 label: rng.random_bool(0.7).then(|| rng.random_range(0..10)),
-                predicted: rng.random_range(0..10),
+                predicted: Some(rng.random_range(0..10)),
             })
             .collect();
         let cmap = Colormap::ALL[rng.random_range(0..4)];
@@ -209,7 +209,7 @@ fn grid_size_follows_the_documented_layout() {
             input: &input,
             relevance: &rel,
             label: Some(i % 10),
-            predicted: (i * 7) % 10,
+            predicted: Some((i * 7) % 10),
         })
         .collect();
     let bytes = grid_png(&items, 28, 28, 1, range, Colormap::Bwr, 3, 8).unwrap();
@@ -228,7 +228,7 @@ fn wrong_predictions_get_red_captions() {
     let label = rng.random_range(0..10);
     let wrong = (label + rng.random_range(1..10)) % 10;
     // Gray heatmap and gray input: any red pixel belongs to a caption.
-    let sheet = |label: Option<usize>, predicted: usize| {
+    let sheet = |label: Option<usize>, predicted: Option<usize>| {
         let item = GridItem {
             input: &input,
             relevance: &rel,
@@ -237,9 +237,11 @@ fn wrong_predictions_get_red_captions() {
         };
         grid_rgb(&[item], h, w, 1, range, Colormap::Gray, scale, 1).unwrap()
     };
-    let (right, width, height) = sheet(Some(label), label);
-    let (bad, bw, bh) = sheet(Some(wrong), label);
-    let (unlabelled, ..) = sheet(None, label);
+    let (right, width, height) = sheet(Some(label), Some(label));
+    let (bad, bw, bh) = sheet(Some(wrong), Some(label));
+    let (unlabelled, ..) = sheet(None, Some(label));
+    // a single-output network (a detector) predicts no class: never red, and no "P:" either
+    let (detector, ..) = sheet(Some(wrong), None);
     assert_eq!((bw, bh), (width, height));
     let reds = |rgb: &[u8]| {
         rgb.chunks_exact(3)
@@ -249,6 +251,12 @@ fn wrong_predictions_get_red_captions() {
     assert_eq!(reds(&right), 0);
     assert_eq!(reds(&unlabelled), 0);
     assert!(reds(&bad) > 0);
+    assert_eq!(reds(&detector), 0);
+    let ink = |rgb: &[u8]| rgb.chunks_exact(3).filter(|p| p == &[0, 0, 0]).count();
+    assert!(
+        ink(&detector) < ink(&right),
+        "'L:n' has less ink than 'L:n P:n'"
+    );
 
     // The top-left font pixel of 'L' is at the margin corner: black when right, red when wrong.
     let m = 2 * scale.max(2);
@@ -287,7 +295,7 @@ fn non_finite_values_and_bad_shapes_do_not_panic() {
             input: &input,
             relevance: &rel,
             label: Some(3),
-            predicted: 12,
+            predicted: Some(12),
         };
         let bytes = grid_png(&[item, item], h, w, channels, range, cmap, 2, 8).unwrap();
         let (rgb, width, height) = decode(&bytes);
@@ -312,7 +320,7 @@ fn non_finite_values_and_bad_shapes_do_not_panic() {
         input: &input[1..],
         relevance: &rel,
         label: None,
-        predicted: 0,
+        predicted: Some(0),
     };
     let err = grid_png(&[short], h, w, channels, range, Colormap::Bwr, 2, 4).unwrap_err();
     assert!(err.to_string().contains("grid"), "{err}");
@@ -371,7 +379,7 @@ fn sample_sheet_of_blobs() {
             input: &inputs[i],
             relevance: &rels[i],
             label: (i % 5 != 4).then_some(i % 10),
-            predicted: if i % 3 == 2 { (i + 3) % 10 } else { i % 10 },
+            predicted: Some(if i % 3 == 2 { (i + 3) % 10 } else { i % 10 }),
         })
         .collect();
     let bytes = grid_png(&items, h, w, 1, (0.0, 1.0), Colormap::Bwr, 3, 8).unwrap();

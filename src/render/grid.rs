@@ -117,20 +117,22 @@ pub struct GridItem<'a> {
     pub input: &'a [f32],
     pub relevance: &'a [f64],
     pub label: Option<usize>,
-    pub predicted: usize,
+    /// The predicted class; `None` for a single-output network (a detector's score is no class).
+    pub predicted: Option<usize>,
 }
 
 impl GridItem<'_> {
     fn caption(&self) -> String {
-        match self.label {
-            Some(l) => format!("L:{l} P:{}", self.predicted),
-            None => format!("L:- P:{}", self.predicted),
+        let label = self.label.map_or("-".to_string(), |l| l.to_string());
+        match self.predicted {
+            Some(p) => format!("L:{label} P:{p}"),
+            None => format!("L:{label}"),
         }
     }
 
     fn caption_color(&self) -> Rgb {
-        match self.label {
-            Some(l) if l != self.predicted => WRONG,
+        match (self.label, self.predicted) {
+            (Some(l), Some(p)) if l != p => WRONG,
             _ => BLACK,
         }
     }
