@@ -275,10 +275,17 @@ pub(crate) fn resolve_targets(
             if k >= outputs {
                 return Err(Error::usage(
                     "--target",
-                    format!(
-                        "class {k} does not exist: the model has {outputs} outputs (0..{})",
-                        outputs - 1
-                    ),
+                    if outputs == 1 {
+                        format!(
+                            "class {k} does not exist: the model has a single output, which is \
+                             always explained"
+                        )
+                    } else {
+                        format!(
+                            "class {k} does not exist: the model has {outputs} outputs (0..{})",
+                            outputs - 1
+                        )
+                    },
                 ));
             }
             Ok(Some(vec![k; dataset.len()]))
