@@ -637,7 +637,6 @@ impl Drop for Staging {
     }
 }
 
-/// The file name of the heatmap of sample `index`.
 /// The heatmap file of sample `index` of `count`: its index zero-padded to 5 digits, or to as
 /// many as the last index has beyond 99,999, so that every name has the same width and file
 /// names sort in input order.
