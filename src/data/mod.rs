@@ -330,19 +330,15 @@ fn byte_table(normalize: Option<(f64, f64)>) -> [f32; 256] {
 /// Detects the format and reads the values (integer sources scaled to [0, 1]).
 fn read_raw(path: &Path) -> Result<Raw> {
     let meta = std::fs::metadata(path).map_err(|e| Error::unreadable(path, e))?;
+    let png = |kind, folder: png_folder::Folder| Raw {
+        kind,
+        shape: folder.shape,
+        values: folder.values,
+        unit_range: true,
+        bytes: folder.bytes,
+    };
     let raw = if meta.is_dir() {
-        let png_folder::Folder {
-            shape,
-            values,
-            bytes,
-        } = png_folder::read_folder(path)?;
-        Raw {
-            kind: "png-folder",
-            shape,
-            values,
-            unit_range: true,
-            bytes,
-        }
+        png("png-folder", png_folder::read_folder(path)?)
     } else {
         let ext = path
             .extension()
@@ -370,18 +366,7 @@ fn read_raw(path: &Path) -> Result<Raw> {
                 bytes: Some(pixels),
             }
         } else if ext == "png" || bytes.starts_with(b"\x89PNG") {
-            let png_folder::Folder {
-                shape,
-                values,
-                bytes,
-            } = png_folder::read_single(path)?;
-            Raw {
-                kind: "png",
-                shape,
-                values,
-                unit_range: true,
-                bytes,
-            }
+            png("png", png_folder::read_single(path)?)
         } else {
             return Err(Error::input(
                 path,
