@@ -1153,7 +1153,7 @@ fn run_json(
         TargetChoice::Label => json!("label"),
         TargetChoice::Class(k) => json!(k),
     };
-    let v = json!({
+    let mut v = json!({
         "taylormap_version": env!("CARGO_PKG_VERSION"),
         "model": {"path": cfg.model.display().to_string(), "sha256": sha},
         "input": cfg.input.display().to_string(),
@@ -1175,6 +1175,12 @@ fn run_json(
             / report.rows.len().max(1) as f64,
         "non_finite_samples": report.non_finite(),
     });
+    // A tabular model's feature names, in the order of relevance.npy's columns (the model was
+    // read and its preprocessing applied already, so its metadata parses).
+    let label = cfg.model.display().to_string();
+    if let Ok(Some(tab)) = crate::data::csv::model_tabular_from_bytes(model_bytes, &label) {
+        v["features"] = json!(tab.feature_names());
+    }
     serde_json::to_string_pretty(&v).expect("json") + "\n"
 }
 

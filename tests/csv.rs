@@ -532,6 +532,11 @@ fn train_writes_a_tabular_model_with_its_preprocessing() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let (shape, _) = taylormap::data::read_npy(&explained.join("relevance.npy")).unwrap();
     assert_eq!(shape, [120, 5]);
+    // run.json names relevance.npy's columns
+    let run: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(explained.join("run.json")).unwrap())
+            .unwrap();
+    assert_eq!(run["features"], serde_json::json!(tab.feature_names()));
     let summary = std::fs::read_to_string(explained.join("summary.csv")).unwrap();
     let labels = d.labels.unwrap();
     for (row, label) in summary.lines().skip(1).zip(&labels) {

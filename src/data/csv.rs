@@ -823,14 +823,29 @@ pub fn load_tabular(path: &Path, tabular: &Tabular) -> Result<Dataset> {
 /// The preprocessing an ONNX model was trained with ([`METADATA_KEY`] in its `metadata_props`),
 /// or `None` when it carries none.
 pub fn model_tabular(path: &Path) -> Result<Option<Tabular>> {
-    let meta = crate::model::onnx::load_metadata(path)?;
+    tabular_of(
+        &crate::model::onnx::load_metadata(path)?,
+        &path.display().to_string(),
+    )
+}
+
+/// [`model_tabular`] of a model already read: its bytes, and its path for messages.
+pub fn model_tabular_from_bytes(bytes: &[u8], path_label: &str) -> Result<Option<Tabular>> {
+    tabular_of(
+        &crate::model::onnx::metadata_from_bytes(bytes, path_label)?,
+        path_label,
+    )
+}
+
+/// The preprocessing in a model's metadata, if it carries one.
+fn tabular_of(meta: &[(String, String)], path_label: &str) -> Result<Option<Tabular>> {
     let Some((_, json)) = meta.iter().find(|(k, _)| k == METADATA_KEY) else {
         return Ok(None);
     };
     Tabular::from_json(json)
         .map(Some)
         .map_err(|e| Error::Model {
-            path: path.display().to_string(),
+            path: path_label.to_string(),
             node: format!("metadata_props['{METADATA_KEY}']"),
             message: format!("not a valid tabular preprocessing description: {e}"),
         })
