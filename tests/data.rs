@@ -556,6 +556,20 @@ fn png_folder_refusals_name_the_first_odd_file() {
         .unwrap_err()
         .to_string()
         .contains("no .png"));
+    // PyTorch's ImageFolder layout (a folder per class): the message names a class folder
+    std::fs::create_dir(empty.path().join("class_3")).unwrap();
+    png_file(
+        &empty.path().join("class_3").join("x.png"),
+        w,
+        h,
+        ColorType::Grayscale,
+        BitDepth::Eight,
+        &gray(&mut rng, h, w),
+    );
+    let msg = data::load(empty.path(), None, None)
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("no .png") && msg.contains("class_3"), "{msg}");
 }
 
 // ---------- normalisation, bounds, formats ----------

@@ -147,10 +147,27 @@ fn read_folder_on(dir: &Path, threads: usize) -> Result<Folder> {
 /// Decodes `files` (the PNG files of `dir`, or one file) in order on at most `threads` threads.
 fn read_files(dir: &Path, files: Vec<PathBuf>, threads: usize) -> Result<Folder> {
     let Some(first_path) = files.first() else {
+        // PyTorch's ImageFolder layout keeps the images one level down, a folder per class
+        let nested = std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.path().is_dir())
+            .find(|e| list_png_files(&e.path()).is_ok_and(|f| !f.is_empty()));
+        let hint = match nested {
+            Some(sub) => format!(
+                "; its subfolders hold PNG files (a folder per class?): pass one of them, e.g. {}, \
+                 with its labels in --labels",
+                sub.path().display()
+            ),
+            None => String::new(),
+        };
         return Err(Error::input(
             dir,
-            "folder holds no .png files; expected a folder of PNG images (grayscale or RGB, all one size)"
-                .to_string(),
+            format!(
+                "folder holds no .png files; expected a folder of PNG images (grayscale or RGB, \
+                 all one size){hint}"
+            ),
         ));
     };
     let first = read_png(first_path)?;
