@@ -1085,6 +1085,7 @@ fn load_mask(path: &Path, total: usize, dataset: &Dataset) -> Result<Mask> {
             && (mask_shape == &shape[1..]
                 || (mask_shape.len() == 3 && mask_shape[0] == 1 && mask_shape[1..] == shape[1..])));
     let expected = match shape {
+        [1, h, w] => format!("({total}, 1, {h}, {w}) or ({total}, {h}, {w})"),
         [c, h, w] => {
             format!("({total}, {c}, {h}, {w}), ({total}, 1, {h}, {w}) or ({total}, {h}, {w})")
         }
