@@ -499,9 +499,8 @@ fn tabular_data(a: &TrainArgs) -> taylormap::Result<(TrainData, taylormap::data:
     let names = tab.feature_names();
     const SHOWN: usize = 24;
     outln!(
-        "{} features from {} columns: {}{}",
-        names.len(),
-        tab.columns.len(),
+        "{}: {}{}",
+        tab.counts(),
         names[..names.len().min(SHOWN)].join(", "),
         if names.len() > SHOWN {
             format!(", ... ({} more)", names.len() - SHOWN)

@@ -458,14 +458,17 @@ impl Tabular {
         Ok(tab)
     }
 
+    /// "12 features from 7 columns" (singular where there is one).
+    pub fn counts(&self) -> String {
+        let (f, c) = (self.num_features(), self.columns.len());
+        let s = |n: usize| if n == 1 { "" } else { "s" };
+        format!("{f} feature{} from {c} column{}", s(f), s(c))
+    }
+
     /// What `taylormap inspect` says of the preprocessing: the CSV columns `explain` needs, how
     /// each becomes features, and the label.
     pub fn describe(&self) -> String {
-        let mut s = format!(
-            "tabular preprocessing (CSV input): {} features from {} columns\n",
-            self.num_features(),
-            self.columns.len()
-        );
+        let mut s = format!("tabular preprocessing (CSV input): {}\n", self.counts());
         for c in &self.columns {
             let how = match &c.kind {
                 ColumnKind::Numeric { mean, std } => {
