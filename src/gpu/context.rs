@@ -144,6 +144,21 @@ impl GpuContext {
     /// Opens the best adapter: hardware (discrete > integrated > virtual) before software,
     /// Vulkan preferred over GL. Errors, saying what to install, when there is none.
     pub fn new() -> Result<GpuContext> {
+        Self::open_best(None)
+    }
+
+    /// Opens the best adapter, as [`GpuContext::new`] does, with a device that allows at most
+    /// `max` workgroups per dimension of a dispatch instead of the adapter's limit (65,535 on
+    /// most). The plan then folds every dispatch of more than `max` workgroups into two
+    /// dimensions, the path that otherwise only dispatches of more than 65,535 x 64 invocations
+    /// take (from a batch of 911 on the bundled model, of about 21 on a 224 x 224 network with
+    /// 64 channels): for tests on small networks.
+    pub fn with_workgroup_limit(max: u32) -> Result<GpuContext> {
+        Self::open_best(Some(max))
+    }
+
+    /// [`GpuContext::new`], with the workgroup limit of [`GpuContext::with_workgroup_limit`].
+    fn open_best(max_workgroups: Option<u32>) -> Result<GpuContext> {
         // GL only when Vulkan/Metal/DX12 find nothing: it is slower, and probing EGL is noisy.
         let mut candidates =
             ranked_adapters(&instance(wgpu::Backends::PRIMARY), wgpu::Backends::PRIMARY);
@@ -159,22 +174,7 @@ impl GpuContext {
                 "no GPU adapter found{chosen}; {INSTALL_HINT}"
             )));
         }
-        Self::open_first(candidates, None)
-    }
-
-    /// Opens the best adapter, as [`GpuContext::new`] does, with a device that allows at most
-    /// `max` workgroups per dimension of a dispatch instead of the adapter's limit (65,535 on
-    /// most). The plan then folds every dispatch of more than `max` workgroups into two
-    /// dimensions, the path that otherwise only dispatches of more than 65,535 x 64 invocations
-    /// take (from a batch of 911 on the bundled model, of about 21 on a 224 x 224 network with
-    /// 64 channels): for tests on small networks.
-    pub fn with_workgroup_limit(max: u32) -> Result<GpuContext> {
-        let candidates =
-            ranked_adapters(&instance(wgpu::Backends::PRIMARY), wgpu::Backends::PRIMARY);
-        if candidates.is_empty() {
-            return Err(Error::Gpu(format!("no GPU adapter found; {INSTALL_HINT}")));
-        }
-        Self::open_first(candidates, Some(max))
+        Self::open_first(candidates, max_workgroups)
     }
 
     /// Opens the best adapter of `backends` only, whatever `WGPU_BACKEND` says (e.g.
