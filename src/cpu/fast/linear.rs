@@ -32,7 +32,7 @@ use crate::model::Window;
 pub(super) struct Forward<'a> {
     /// The pre-activation z = W x + b, (oc, m, oh, ow).
     pub z: &'a [f32],
-    /// The stacked products of the forward pass, (2 or 3, oc, m, oh, ow), whose parts the
+    /// The stacked products of the forward pass, (1, 2 or 3, oc, m, oh, ow), whose parts the
     /// [`ZFrom::Kept`] passes index: [`Linear::forward`]'s return.
     pub kept: Option<&'a [f32]>,
 }
@@ -50,13 +50,12 @@ enum ZFrom {
     Terms,
     /// The layer's forward pre-activation z itself (one term x w, bias b: zero, epsilon).
     Forward,
-    /// z plus a per-position constant, (oc, oh * ow): the pass's only data term is x w, and the
-    /// constant is `z_constant - b` (zbox: its L and H terms' response, less the bias).
-    ForwardPlus(Array2<f32>),
-    /// The pass's only data term is x g(w) with other weights (z+ and gamma on a ReLU output,
-    /// each pass of alpha-beta there): the forward pass computes x g(w) from the same im2col
-    /// matrix as x w (`Linear::stacked`) and keeps it, as the given one of the sums it keeps;
-    /// z' is that plus `z_constant`.
+    /// One of the sums the forward pass keeps (`Linear::stacked`, from the same im2col matrix as
+    /// x w), plus `z_constant`: 0, x w itself before the bias, where the pass's only data term is
+    /// x w beside constant terms or another bias modifier (zbox); 1 (or 1 + the pass, for
+    /// alpha-beta), x g(w) with other weights (z+ and gamma on a ReLU output, each pass of
+    /// alpha-beta there). (Not z - b + z_constant: where |b| is much larger than z', the bias
+    /// added and taken off again costs the f32 sum its low bits.)
     Kept(usize),
 }
 
@@ -82,8 +81,9 @@ pub(super) struct Linear {
     bias: Array1<f32>,
     passes: Vec<PreparedPass>,
     /// For a rule whose z' is [`ZFrom::Kept`], the weights of the forward pass's one matrix
-    /// product: W over the data term's sign * g(W) ([`ForwardZ::Other`], (2 oc, patch)), or W
-    /// over the two passes' W+ and W- ([`ForwardZ::Split`], `split`, (3 oc, patch)). (Not x w as
+    /// product: W alone (x w kept before the bias, [`ForwardZ::Plain`] beside constant terms,
+    /// (oc, patch)), W over the data term's sign * g(W) ([`ForwardZ::Other`], (2 oc, patch)), or
+    /// W over the two passes' W+ and W- ([`ForwardZ::Split`], `split`, (3 oc, patch)). (Not x w as
     /// the sum of x w+ and x w-: the rounding of the larger part would land on x w, and the
     /// forward's output would depend on the rule.)
     stacked: Option<Array2<f32>>,
@@ -215,13 +215,7 @@ impl Linear {
                     ForwardZ::Plain if constant.is_none() && pass.bias == ParamMod::Identity => {
                         ZFrom::Forward
                     }
-                    ForwardZ::Plain => {
-                        let mut offset = z_constant.clone();
-                        for (mut row, b) in offset.outer_iter_mut().zip(&self.bias) {
-                            row -= *b;
-                        }
-                        ZFrom::ForwardPlus(offset)
-                    }
+                    ForwardZ::Plain => ZFrom::Kept(0),
                 };
                 PreparedPass {
                     coefficient: pass.coefficient as f32,
@@ -238,6 +232,7 @@ impl Linear {
         };
         self.split = forward_z == ForwardZ::Split;
         self.stacked = match (&self.passes[..], forward_z) {
+            ([p], ForwardZ::Plain) if matches!(p.z_from, ZFrom::Kept(0)) => stack(&[&self.weight]),
             ([p], ForwardZ::Other) => stack(&[&self.weight, &p.data[0].weight]),
             ([p, q], ForwardZ::Split) => {
                 stack(&[&self.weight, &p.data[0].weight, &q.data[0].weight])
@@ -293,8 +288,8 @@ impl Linear {
     }
 
     /// z = W . x + b for m samples into `dst` (oc, m, oh, ow); for a [`ZFrom::Kept`] rule also
-    /// both stacked products, W x then x g(w) (alpha-beta: x w+ then x w-), returned (a scratch
-    /// buffer) for [`Linear::relevance`].
+    /// the stacked products, W x before the bias, then any x g(w) (alpha-beta: x w+ then x w-),
+    /// returned (a scratch buffer) for [`Linear::relevance`].
     pub fn forward(
         &self,
         m: usize,
@@ -359,7 +354,6 @@ impl Linear {
             match &pass.z_from {
                 // s = R / stab(z') straight from where z' lies
                 ZFrom::Forward => self.s_of(z, None, 1.0, r, m, &mut zp),
-                ZFrom::ForwardPlus(offset) => self.s_of(z, Some(offset), 1.0, r, m, &mut zp),
                 ZFrom::Kept(h) => {
                     let kept = kept.expect("the forward pass keeps x g(w)");
                     let zh = &kept[h * z.len()..(h + 1) * z.len()];
