@@ -224,7 +224,8 @@ struct TrainArgs {
     #[arg(long, default_value_t = 64)]
     batch_size: usize,
     /// Adam's step size (default: 0.001; 0.01 for tabular-mlp, whose small data sets give few
-    /// steps per epoch).
+    /// steps per epoch; 0.0003 for detection-pooling, whose small initial weights the larger
+    /// step could drive to dead ReLUs).
     #[arg(long)]
     learning_rate: Option<f64>,
     /// Learning-rate factor applied after each epoch.

@@ -511,7 +511,10 @@ fn detection_pooling_is_the_papers_sum_pooled_network() {
 /// 28 x 28 inputs) learns it instead of answering "absent" for everything: the trainer weighs
 /// positives and negatives alike, so the negatives do not push every detection below zero for
 /// good (dead ReLUs get no gradient back). Unweighted, this ended with nothing found in 6 of 6
-/// seeds tried.
+/// seeds tried (12 of 12 at the default step since 3e-4). Weighted, but at the step of 1e-3
+/// that was the default before, 3 of 40 seeds failed (e.g. TAYLORMAP_SEED=1796331954488010563:
+/// the output 0 for every image after the first epoch); at 3e-4 none of 100 did, every one
+/// finding all 100 and at most 3 false alarms.
 #[test]
 fn detection_pooling_learns_a_rare_class_with_the_defaults() {
     let mut rng = common::rng("detection_pooling_learns_a_rare_class");
