@@ -371,15 +371,25 @@ pub(crate) fn load_inputs(
 pub fn run(cfg: &ExplainConfig) -> Result<ExplainReport> {
     // The GPU context (instance, adapter, device) depends on neither the model nor the inputs,
     // so it is made while they load.
-    let context = matches!(cfg.backend, BackendChoice::Gpu | BackendChoice::Auto)
-        .then(|| std::thread::spawn(crate::gpu::GpuContext::new));
-    run_with(cfg, |net, method, batch_size| {
-        let context = context.map(|made| {
+    let making = std::cell::Cell::new(
+        matches!(cfg.backend, BackendChoice::Gpu | BackendChoice::Auto)
+            .then(|| std::thread::spawn(crate::gpu::GpuContext::new)),
+    );
+    let result = run_with(cfg, |net, method, batch_size| {
+        let context = making.take().map(|made| {
             made.join()
                 .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
         });
         select_backend_in(cfg.backend, context, net, method, batch_size, cfg.threads)
-    })
+    });
+    // An error before the backend was chosen (an unreadable input, a bad rule) leaves the
+    // context being made. Wait for it: were the process to exit meanwhile, the GPU driver's exit
+    // handlers would free what that thread was using (Mesa's llvmpipe: "corrupted size vs.
+    // prev_size" and an abort, 1 exit in about 1,000 under load, instead of status 2).
+    if let Some(made) = making.take() {
+        let _ = made.join();
+    }
+    result
 }
 
 /// [`run`] on a backend of the caller's making (`cfg.backend` is not consulted).
