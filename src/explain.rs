@@ -344,6 +344,9 @@ pub(crate) fn load_inputs(
     bounds: Option<Bounds>,
     rules: &[String],
 ) -> Result<RunInputs> {
+    if source.limit == Some(0) {
+        return Err(Error::usage("--limit", "must be at least 1"));
+    }
     let mut dataset =
         data::load_for_model(source.input, source.model, source.labels, source.normalize)?;
     dataset.check_against(&net.input_shape)?;

@@ -268,6 +268,9 @@ fn train(a: TrainArgs) -> taylormap::Result<()> {
     cfg.lr_decay = a.lr_decay;
     cfg.hidden = a.hidden;
     cfg.detect_class = a.detect_class;
+    if a.limit == Some(0) {
+        return Err(taylormap::Error::usage("--limit", "must be at least 1"));
+    }
     if let Some(f) = a.validation_split {
         if !(f > 0.0 && f < 1.0) {
             return Err(taylormap::Error::usage(

@@ -348,6 +348,51 @@ fn bad_input_exits_2_names_the_culprit_and_writes_nothing() {
     }
 }
 
+/// `--limit 0` is bad usage, named as such, in every command that takes it (it was reported as an
+/// input that "holds no samples", or for `train` as a batch of shape [0, 1, 28, 28]).
+#[test]
+fn limit_zero_is_refused_naming_the_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out").display().to_string();
+    let model = dir.path().join("m.onnx").display().to_string();
+    let titanic = concat!(env!("CARGO_MANIFEST_DIR"), "/assets/titanic/train.csv");
+    let commands: Vec<Vec<&str>> = vec![
+        vec!["explain", "--limit", "0", "--out", &out, "--backend", "cpu"],
+        vec![
+            "eval",
+            "--limit",
+            "0",
+            "--metric",
+            "conservation",
+            "--backend",
+            "cpu",
+        ],
+        vec![
+            "train",
+            "--arch",
+            "tabular-mlp",
+            "--data",
+            titanic,
+            "--label",
+            "Survived",
+            "--out",
+            &model,
+            "--limit",
+            "0",
+        ],
+    ];
+    for args in commands {
+        let o = taylormap(&args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert!(
+            err.contains("--limit: must be at least 1"),
+            "{args:?}: {err}"
+        );
+    }
+    assert!(!dir.path().join("out").exists() && !dir.path().join("m.onnx").exists());
+}
+
 /// A file named on the command line that is missing is bad input (exit 2) in every command, not a
 /// runtime error, and the message names it.
 #[test]
