@@ -318,7 +318,7 @@ fn bad_input_exits_2_names_the_culprit_and_writes_nothing() {
         (vec!["--input", &wrong], "wrong.npy"),
         (vec!["--input", &nan], "sample 2"),
         (vec!["--composite", "deep-tailor"], "--composite"),
-        (vec!["--rule", "first=zomething"], "zomething"),
+        (vec!["--rule", "first=zomething"], "--rule: 'zomething'"),
         (vec!["--target", "label"], "label"),
         (vec!["--target", "99"], "99"),
         (vec!["--bounds", "1"], "--bounds"),

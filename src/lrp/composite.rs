@@ -239,7 +239,11 @@ impl LayerSelector {
                 )
             })?),
         };
-        let rule = Rule::parse(rule, bounds).map_err(|e| Error::usage("--rule", e.to_string()))?;
+        // Rule::parse names no flag of its own ("rule: ..."); this one does
+        let rule = Rule::parse(rule, bounds).map_err(|e| match e {
+            Error::Usage { message, .. } => Error::usage("--rule", message),
+            other => other,
+        })?;
         Ok((selector, rule))
     }
 }
