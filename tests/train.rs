@@ -371,7 +371,11 @@ fn training_lowers_the_loss_for_every_architecture() {
         let mut cfg = TrainConfig::new(arch);
         cfg.seed = rng.random();
         cfg.batch_size = 16;
-        cfg.learning_rate = 3e-3;
+        // tabular-mlp keeps its own default step, 1e-2: at 3e-3 its 40 steps lowered the loss
+        // of a hard teacher's labels by only 30 % (TAYLORMAP_SEED=1796334332841817299)
+        if arch != Arch::TabularMlp {
+            cfg.learning_rate = 3e-3;
+        }
         cfg.lr_decay = 1.0;
         cfg.epochs = 4;
         let (x, labels) = match arch {
