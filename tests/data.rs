@@ -480,6 +480,71 @@ fn png_folder_reads_gray_rgb_alpha_and_16_bit_in_sorted_order() {
     assert_eq!(d.x.as_slice().unwrap(), &want[..]);
 }
 
+/// A PNG file of `w x h` 8-bit grayscale pixels, as its header says, whose data holds a few
+/// rows at most: written chunk by chunk, since an encoder would want every row.
+fn png_claiming(path: &Path, w: u32, h: u32) {
+    use std::io::Write;
+    let chunk = |kind: &[u8], data: &[u8]| {
+        let mut crc = flate2::Crc::new();
+        crc.update(kind);
+        crc.update(data);
+        let mut c = (data.len() as u32).to_be_bytes().to_vec();
+        c.extend_from_slice(kind);
+        c.extend_from_slice(data);
+        c.extend_from_slice(&crc.sum().to_be_bytes());
+        c
+    };
+    let mut ihdr = w.to_be_bytes().to_vec();
+    ihdr.extend_from_slice(&h.to_be_bytes());
+    ihdr.extend_from_slice(&[8, 0, 0, 0, 0]);
+    let mut z = flate2::write::ZlibEncoder::new(vec![], flate2::Compression::default());
+    z.write_all(&vec![0u8; 3 * (w as usize + 1)]).unwrap();
+    let mut file = b"\x89PNG\r\n\x1a\n".to_vec();
+    file.extend(chunk(b"IHDR", &ihdr));
+    file.extend(chunk(b"IDAT", &z.finish().unwrap()));
+    file.extend(chunk(b"IEND", &[]));
+    std::fs::write(path, file).unwrap();
+}
+
+/// A PNG header can claim billions of pixels in a file of a few hundred bytes. Such a file is
+/// refused, named, before anything its size is allocated: one of 4,006 x 2^31-1 pixels used to
+/// abort the process (out of memory) instead of exiting 2. A file that merely lacks rows is
+/// refused when decoded.
+#[test]
+fn a_png_claiming_billions_of_pixels_is_refused_before_allocating() {
+    let mut rng = common::rng("png_claiming");
+    let w = rng.random_range(1000..5000);
+    let dir = tmp();
+    let huge = dir.path().join("huge.png");
+    png_claiming(&huge, w, (1 << 31) - 1);
+    let msg = err_naming(data::load(&huge, None, None), &huge);
+    assert!(
+        msg.contains("too large") && msg.contains("8192 x 8192"),
+        "{msg}"
+    );
+
+    // in a folder, after an image that is fine: still refused, and named
+    let dir = tmp();
+    png_file(
+        &dir.path().join("a.png"),
+        3,
+        2,
+        png::ColorType::Grayscale,
+        png::BitDepth::Eight,
+        &random_bytes(&mut rng, 6),
+    );
+    let late = dir.path().join("b.png");
+    png_claiming(&late, 1 << 16, 1 << 16);
+    let msg = err_naming(data::load(dir.path(), None, None), &late);
+    assert!(msg.contains("too large"), "{msg}");
+
+    // at the limit the header passes, and the missing rows are the refusal
+    let short = dir.path().join("b.png");
+    png_claiming(&short, 8192, 8192);
+    let msg = err_naming(data::load(&short, None, None), &short);
+    assert!(msg.contains("not a readable PNG"), "{msg}");
+}
+
 #[test]
 fn png_folder_refusals_name_the_first_odd_file() {
     let mut rng = common::rng("png_refusals");

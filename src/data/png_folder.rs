@@ -38,6 +38,17 @@ pub fn list_png_files(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(files)
 }
 
+/// The most pixels an input image may have (as many as a heatmap may: 8192 x 8192).
+const MAX_IMAGE_PIXELS: u64 = 1 << 26;
+
+/// `n` zeroed values, or `None` where the allocator refuses them (instead of aborting).
+fn zeroed<T: Clone + Default>(n: usize) -> Option<Vec<T>> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(n).ok()?;
+    v.resize(n, T::default());
+    Some(v)
+}
+
 /// Decodes one PNG file. Palette and low-bit images are expanded; alpha is dropped.
 pub fn read_png(path: &Path) -> Result<Image> {
     let file = File::open(path).map_err(|e| Error::unreadable(path, e))?;
@@ -45,13 +56,30 @@ pub fn read_png(path: &Path) -> Result<Image> {
     decoder.set_transformations(Transformations::EXPAND);
     let bad = |e: png::DecodingError| Error::input(path, format!("not a readable PNG file: {e}"));
     let mut reader = decoder.read_info().map_err(bad)?;
+    // The header's size, checked before anything that size is allocated: a small file can
+    // claim billions of pixels.
+    let (w, h) = (reader.info().width, reader.info().height);
+    if (w as u64) * (h as u64) > MAX_IMAGE_PIXELS {
+        return Err(Error::input(
+            path,
+            format!(
+                "PNG image of {w} x {h} pixels is too large; at most {MAX_IMAGE_PIXELS} pixels \
+                 (8192 x 8192) per image"
+            ),
+        ));
+    }
     let size = reader.output_buffer_size().ok_or_else(|| {
         Error::input(
             path,
             "PNG image is too large to decode in memory".to_string(),
         )
     })?;
-    let mut buf = vec![0u8; size];
+    let mut buf = zeroed(size).ok_or_else(|| {
+        Error::input(
+            path,
+            format!("decoding this PNG image needs {size} bytes, more than could be allocated"),
+        )
+    })?;
     let frame = reader.next_frame(&mut buf).map_err(bad)?;
     let (width, height) = (frame.width as usize, frame.height as usize);
     let (color, depth) = (frame.color_type, frame.bit_depth);
@@ -172,9 +200,27 @@ fn read_files(dir: &Path, files: Vec<PathBuf>, threads: usize) -> Result<Folder>
     };
     let first = read_png(first_path)?;
     let per = first.values.len();
-    let mut values = vec![0f32; files.len() * per];
+    let total = files.len() * per;
+    let too_much = |what: &str, bytes_each: usize| {
+        Error::input(
+            dir,
+            format!(
+                "{} images of {} x {} x {} values need {:.1} GiB of memory as {what}, more than \
+                 could be allocated; explain the images in smaller folders",
+                files.len(),
+                first.channels,
+                first.height,
+                first.width,
+                (total * bytes_each) as f64 / (1u64 << 30) as f64
+            ),
+        )
+    };
+    let mut values = zeroed::<f32>(total).ok_or_else(|| too_much("float32", 4))?;
     // the bytes too, while every image is 8-bit
-    let mut bytes = first.bytes.as_ref().map(|_| vec![0u8; files.len() * per]);
+    let mut bytes = match first.bytes {
+        Some(_) => Some(zeroed::<u8>(total).ok_or_else(|| too_much("float32 and bytes", 5))?),
+        None => None,
+    };
     let threads = threads.min(files.len().div_ceil(FILES_PER_THREAD)).max(1);
     let run = files.len().div_ceil(threads);
     let value_runs = values.chunks_mut(run * per);
