@@ -395,6 +395,49 @@ fn limit_zero_is_refused_naming_the_flag() {
 
 /// A file named on the command line that is missing is bad input (exit 2) in every command, not a
 /// runtime error, and the message names it.
+/// A gzipped input whose trailer records a size far beyond its data (a truncated download ends
+/// in arbitrary bytes) is reported as corrupt, also where that size cannot be allocated: it is
+/// only a hint. Under a 1.4 GB address-space limit, reserving the 1.5 GB such a trailer claimed
+/// used to abort the process (status 134).
+#[cfg(unix)]
+#[test]
+fn a_gzip_trailer_claiming_more_memory_than_there_is_is_only_a_hint() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut gz = std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/mnist/t10k-images.idx3-ubyte.gz"),
+    )
+    .unwrap();
+    let at = gz.len() - 4;
+    gz[at..].copy_from_slice(&1_500_000_000u32.to_le_bytes());
+    let input = dir.path().join("cut.idx3-ubyte.gz");
+    std::fs::write(&input, gz).unwrap();
+    let out = dir.path().join("out");
+    let o = Command::new("sh")
+        .arg("-c")
+        .arg("ulimit -v 1400000 && exec \"$0\" \"$@\"")
+        .arg(env!("CARGO_BIN_EXE_taylormap"))
+        .args([
+            "explain",
+            "--backend",
+            "cpu",
+            "--no-png",
+            "--quiet",
+            "--input",
+        ])
+        .arg(&input)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .expect("run taylormap under sh");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("cut.idx3-ubyte.gz") && err.contains("corrupt or truncated"),
+        "{err}"
+    );
+    assert!(!out.exists() || std::fs::read_dir(&out).unwrap().next().is_none());
+}
+
 #[test]
 fn missing_files_exit_2_in_every_command() {
     let dir = tempfile::tempdir().unwrap();

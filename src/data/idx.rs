@@ -18,7 +18,10 @@ pub const IDX_LABELS_MAGIC: u32 = 0x0000_0801;
 pub fn read_maybe_gz(path: &Path) -> Result<Vec<u8>> {
     let bytes = std::fs::read(path).map_err(|e| Error::unreadable(path, e))?;
     if bytes.starts_with(&[0x1f, 0x8b]) {
-        let mut out = Vec::with_capacity(gunzipped_len_hint(&bytes));
+        // Only a hint (a truncated download ends in arbitrary bytes, up to 4 GiB as a size):
+        // where the allocator refuses it, the decoder grows the buffer as the data comes.
+        let mut out = Vec::new();
+        let _ = out.try_reserve_exact(gunzipped_len_hint(&bytes));
         flate2::read::MultiGzDecoder::new(&bytes[..])
             .read_to_end(&mut out)
             .map_err(|e| Error::input(path, format!("gzip data is corrupt or truncated: {e}")))?;
