@@ -234,7 +234,7 @@ fn batch_memory(net: &Network, batch: usize) -> u64 {
 }
 
 /// The memory available for new allocations (Linux's `MemAvailable`), where the system says.
-fn available_memory() -> Option<u64> {
+pub(crate) fn available_memory() -> Option<u64> {
     let info = std::fs::read_to_string("/proc/meminfo").ok()?;
     let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;

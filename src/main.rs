@@ -231,7 +231,8 @@ struct TrainArgs {
     /// Learning-rate factor applied after each epoch.
     #[arg(long, default_value_t = 0.8)]
     lr_decay: f64,
-    /// Hidden width (architecture default when absent).
+    /// Hidden width (architecture default when absent); a width whose network would not fit
+    /// in memory to train (about 24 bytes a parameter) is refused.
     #[arg(long)]
     hidden: Option<usize>,
     /// detection-pooling: the class to detect.

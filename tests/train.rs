@@ -694,3 +694,38 @@ fn bad_input_is_refused() {
     let e = train::accuracy(&net, flat.view(), &labels).unwrap_err();
     assert!(matches!(e, Error::Shape { .. }), "{e}");
 }
+
+/// A hidden width whose network could not be trained in this machine's memory is refused,
+/// naming `--hidden`, the architecture and the layer, before any of it is allocated: a width
+/// of 10^9 used to abort the process out of memory (mnist-mlp: 784 x 10^9 weights in fc1).
+#[test]
+fn a_hidden_width_too_wide_to_train_is_refused_naming_the_flag() {
+    let mut rng = common::rng("a_hidden_width_too_wide_to_train");
+    for arch in Arch::ALL {
+        let (x, labels) = match arch {
+            Arch::MnistCnn => blobs(&mut rng, 8, 16, 16),
+            Arch::MnistMlp | Arch::DetectionPooling => blobs(&mut rng, 8, 8, 8),
+            Arch::TabularMlp => teacher_data(&mut rng, 8, 5, 3),
+        };
+        let mut cfg = TrainConfig::new(arch);
+        cfg.detect_class = labels[0];
+        // 2^40 hidden units: 4 TB of weights in the first wide layer alone
+        let hidden = (1usize << 40) + rng.random_range(0..1000);
+        cfg.hidden = Some(hidden);
+        let msg = match train::train(&cfg, x.view(), &labels, None, &mut quiet) {
+            Ok(_) => panic!("{}: a width of {hidden} was trained", arch.name()),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            msg.contains("--hidden")
+                && msg.contains(arch.name())
+                && msg.contains(&hidden.to_string())
+                && msg.contains("too many to train"),
+            "{msg}"
+        );
+        // the widths the tests train with still pass
+        cfg.hidden = Some(12);
+        cfg.epochs = 1;
+        train::train(&cfg, x.view(), &labels, None, &mut quiet).unwrap();
+    }
+}
