@@ -233,14 +233,6 @@ fn batch_memory(net: &Network, batch: usize) -> u64 {
     (batch as u64).saturating_mul(per_sample as u64)
 }
 
-/// The memory available for new allocations (Linux's `MemAvailable`), where the system says.
-pub(crate) fn available_memory() -> Option<u64> {
-    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
-}
-
 /// Runs the measurements, calling `report` after each one.
 pub fn run(cfg: &BenchConfig, report: &mut dyn FnMut(&BenchResult)) -> Result<Vec<BenchResult>> {
     if cfg.batch_sizes.is_empty() || cfg.batch_sizes.contains(&0) {
@@ -256,7 +248,7 @@ pub fn run(cfg: &BenchConfig, report: &mut dyn FnMut(&BenchResult)) -> Result<Ve
         return Err(Error::input(&cfg.input, "holds no samples"));
     }
     let method: Method = cfg.composite.resolve(&net, dataset.bounds, &[])?;
-    if let Some(available) = available_memory() {
+    if let Some(available) = crate::available_memory() {
         let largest = cfg.batch_sizes.iter().copied().max().unwrap_or(1);
         let need = batch_memory(&net, largest);
         if need > available {

@@ -601,3 +601,76 @@ fn empty_layers_are_refused_naming_the_layer() {
         }
     }
 }
+
+/// A network of a few weights whose padding makes an activation of `side`^2 values a sample.
+fn padded_conv_net(rng: &mut StdRng, input_side: usize, pad: usize) -> Network {
+    let conv = common::conv(rng, 1, 1, 3, 1, pad, false);
+    let side = input_side + 2 * pad - 2;
+    let pool = Layer::MaxPool2d {
+        window: Window {
+            kernel: [side, side],
+            stride: [side, side],
+            pad: [0; 4],
+        },
+    };
+    let layers = vec![
+        conv,
+        Layer::Relu,
+        pool,
+        Layer::Flatten,
+        common::dense(rng, 1, 3, false),
+    ];
+    let names = ["c", "r", "p", "f", "d"].map(String::from).to_vec();
+    Network::new(vec![1, input_side, input_side], layers, names).unwrap()
+}
+
+/// A network whose working memory per sample is beyond any machine's (an activation of 2^36
+/// values from a padded convolution: about 5 TB of f32 scratch) is refused by both CPU backends
+/// before anything its size is allocated, naming the layer: it used to abort the process out of
+/// memory. The reference, which holds a whole batch at once, refuses a batch too large for
+/// memory naming --batch-size and the batch that would fit.
+#[test]
+fn networks_too_large_for_memory_are_refused_not_aborted() {
+    let mut rng = rng("networks_too_large_for_memory");
+    let net = padded_conv_net(&mut rng, 4, 1 << 17);
+    let method = Method::Lrp {
+        rules: vec![Rule::ZPlus, Rule::Epsilon(0.25)],
+    };
+    let x = ArrayD::from_elem(IxDyn(&[1, 1, 4, 4]), 0.5f32);
+    let fast = cpu::FastBackend::new(&net, &method).err().expect("refused");
+    let reference = cpu::ReferenceBackend::new(net.clone(), method.clone())
+        .run(x.view(), None)
+        .expect_err("refused");
+    for e in [fast, reference] {
+        let msg = e.to_string();
+        assert!(
+            msg.contains("layer 0 ('c')") && msg.contains("GB of memory available"),
+            "{msg}"
+        );
+    }
+    // 4.2 M values a sample, and a batch of 10^5: 33 GB for the activations alone in f64
+    let net = padded_conv_net(&mut rng, 4, 1024);
+    let x = ArrayD::from_elem(IxDyn(&[100_000, 1, 4, 4]), 0.5f32);
+    let msg = cpu::ReferenceBackend::new(net.clone(), method.clone())
+        .run(x.view(), None)
+        .expect_err("refused")
+        .to_string();
+    assert!(
+        msg.starts_with("--batch-size") && msg.contains("at most"),
+        "{msg}"
+    );
+    // a smaller one of the kind explains on both backends, alike
+    let net = padded_conv_net(&mut rng, 4, 64);
+    let x = random_input(&mut rng, &net, 2, 0.0, 1.0);
+    let mut reference = cpu::ReferenceBackend::new(net.clone(), method.clone());
+    let want = reference.run(x.view(), None).unwrap();
+    let got = cpu::FastBackend::new(&net, &method)
+        .unwrap()
+        .run(x.view(), None)
+        .unwrap();
+    let err = rel_l2(
+        got.relevance.iter().map(|&v| v as f64),
+        want.relevance.iter().map(|&v| v as f64),
+    );
+    assert!(err <= 1e-4, "relative L2 {err}");
+}

@@ -84,6 +84,7 @@ impl Backend for ReferenceBackend {
         x: ArrayViewD<'_, f32>,
         targets: Option<&[usize]>,
     ) -> Result<BatchOutput<f32>> {
+        check_memory(&self.net, x.shape().first().copied().unwrap_or(0))?;
         let plan = match self.plan.take() {
             Some(plan) => plan,
             None => Plan::new(&self.net)?,
@@ -94,6 +95,7 @@ impl Backend for ReferenceBackend {
     }
 
     fn logits(&mut self, x: ArrayViewD<'_, f32>) -> Result<Array2<f64>> {
+        check_memory(&self.net, x.shape().first().copied().unwrap_or(0))?;
         let plan = match self.plan.take() {
             Some(plan) => plan,
             None => Plan::new(&self.net)?,
@@ -105,6 +107,43 @@ impl Backend for ReferenceBackend {
         self.plan = Some(plan);
         out
     }
+}
+
+/// Refuses a batch of `n` samples whose f64 working memory could not be allocated: the reference
+/// holds the whole batch's activations and each layer's im2col matrix at once (it used to abort
+/// the process). Counted at the least: every activation and the largest im2col matrix.
+fn check_memory(net: &Network, n: usize) -> Result<()> {
+    let Some(available) = crate::available_memory() else {
+        return Ok(());
+    };
+    let activations: usize = net
+        .shapes()?
+        .iter()
+        .map(|s| s.iter().product::<usize>())
+        .sum();
+    let per_sample = 8 * (activations as u64 + net.largest_im2col()? as u64);
+    if per_sample > available {
+        return Err(crate::too_large_for_memory(
+            net,
+            "reference backend working memory (activations and im2col, f64)",
+            per_sample,
+            available,
+        ));
+    }
+    let fit = available / per_sample.max(1);
+    if n as u64 > fit {
+        return Err(Error::usage(
+            "--batch-size",
+            format!(
+                "a batch of {n} needs at least {:.1} GB of memory on the reference backend ({:.1} \
+                 GB a sample), more than the {:.1} GB available; use at most {fit} samples a batch",
+                per_sample as f64 * n as f64 * 1e-9,
+                per_sample as f64 * 1e-9,
+                available as f64 * 1e-9
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// An error for a broken internal invariant (shapes are validated before any work).

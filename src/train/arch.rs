@@ -36,7 +36,7 @@ pub(crate) fn build(
         ));
     }
     let arch = cfg.arch.name();
-    let available = crate::bench::available_memory();
+    let available = crate::available_memory();
     let mut b = Builder {
         rng,
         layers: vec![],

@@ -144,6 +144,8 @@ pub struct FastBackend {
     /// Most samples per chunk: [`CHUNK`], or fewer when a chunk would need more than
     /// [`SCRATCH_BUDGET`] of scratch.
     max_chunk: usize,
+    /// Most workers whose scratch of one sample each fits in the memory available.
+    max_workers: usize,
     /// One per worker thread, kept between batches.
     scratch: Vec<Scratch>,
 }
@@ -188,6 +190,34 @@ impl FastBackend {
             rule += 1;
             Step::Linear(Box::new(op))
         };
+        let threads = std::thread::available_parallelism().map_or(1, |t| t.get());
+        // Scratch per sample, in values: every activation, the relevance above and below a
+        // layer and a modified input, plus the largest layer's im2col matrix and z'.
+        let activations: usize = shapes.iter().map(|s| s.iter().product::<usize>()).sum();
+        let largest = shapes.iter().map(|s| s.iter().product::<usize>()).max();
+        let cols = net.largest_im2col()?;
+        // (with a forward pass that also keeps x g(w): its stacked products, up to three, kept)
+        let per_sample = activations + 7 * largest.unwrap_or(0) + cols;
+        let cols_bytes = 4 * cols;
+        // Each worker needs the scratch of one sample at the least: refused, before any plan is
+        // made, where even one worker's would not fit in memory (it used to abort the process),
+        // and fewer workers where all of them would not.
+        let sample_bytes = 4 * per_sample as u64;
+        let max_workers = match crate::available_memory() {
+            Some(available) if sample_bytes > available => {
+                return Err(crate::too_large_for_memory(
+                    net,
+                    "CPU engine scratch (activations, relevance and im2col, f32)",
+                    sample_bytes,
+                    available,
+                ))
+            }
+            Some(available) => (available / sample_bytes.max(1)).max(1) as usize,
+            None => usize::MAX,
+        };
+        let max_chunk = (SCRATCH_BUDGET / per_sample.max(1))
+            .min(CACHE_BUDGET / cols_bytes.max(1))
+            .clamp(1, CHUNK);
         let mut steps = Vec::with_capacity(net.layers.len());
         // Layers whose input is a ReLU output (possibly pooled or flattened).
         let nonnegative = net.nonnegative_inputs();
@@ -223,24 +253,6 @@ impl FastBackend {
             };
             steps.push(step);
         }
-        let threads = std::thread::available_parallelism().map_or(1, |t| t.get());
-        // Scratch per sample, in values: every activation, the relevance above and below a
-        // layer and a modified input, plus the largest layer's im2col matrix and z'.
-        let activations: usize = shapes.iter().map(|s| s.iter().product::<usize>()).sum();
-        let largest = shapes.iter().map(|s| s.iter().product::<usize>()).max();
-        let cols = steps
-            .iter()
-            .filter_map(|s| match s {
-                Step::Linear(op) => Some(op.geom.patch() * op.geom.plane_out()),
-                _ => None,
-            })
-            .max();
-        // (with a forward pass that also keeps x g(w): its stacked products, up to three, kept)
-        let per_sample = activations + 7 * largest.unwrap_or(0) + cols.unwrap_or(0);
-        let cols_bytes = 4 * cols.unwrap_or(0);
-        let max_chunk = (SCRATCH_BUDGET / per_sample.max(1))
-            .min(CACHE_BUDGET / cols_bytes.max(1))
-            .clamp(1, CHUNK);
         Ok(FastBackend {
             steps,
             shapes: shapes.iter().map(|s| chw(s)).collect(),
@@ -248,6 +260,7 @@ impl FastBackend {
             outputs: net.num_outputs(),
             backward,
             threads,
+            max_workers,
             max_chunk,
             scratch: Vec::new(),
         })
@@ -310,8 +323,9 @@ impl FastBackend {
         let mut relevance = vec![0f32; n * in_len];
         let mut logits = vec![0f64; n * outputs];
         let mut chosen = vec![0usize; n];
-        let chunk = chunk_size(n, self.max_chunk, self.threads);
-        let threads = self.threads.min(n.div_ceil(chunk)).max(1);
+        let workers = self.threads.min(self.max_workers);
+        let chunk = chunk_size(n, self.max_chunk, workers);
+        let threads = workers.min(n.div_ceil(chunk)).max(1);
         let mut scratch = std::mem::take(&mut self.scratch);
         scratch.resize_with(threads.max(scratch.len()), Scratch::default);
         let this = &*self;
