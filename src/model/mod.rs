@@ -283,21 +283,15 @@ impl Network {
     }
 
     /// Values of the largest im2col matrix of one sample: a Conv2d's patch (input channels x
-    /// kernel) times its output positions, or a Dense layer's inputs; 0 without such layers.
+    /// kernel) times its output positions, or a Dense layer's inputs, i.e. its multiply-adds over
+    /// its output channels; 0 without such layers.
     pub fn largest_im2col(&self) -> Result<usize> {
         let shapes = self.shapes()?;
         let cols = self
-            .layers
-            .iter()
+            .layer_macs()
+            .into_iter()
             .zip(&shapes[1..])
-            .map(|(layer, out)| match layer {
-                Layer::Dense { weight, .. } => weight.nrows(),
-                Layer::Conv2d { weight, .. } => {
-                    let (_, ic, kh, kw) = weight.dim();
-                    ic * kh * kw * out.iter().skip(1).product::<usize>()
-                }
-                _ => 0,
-            });
+            .map(|(macs, out)| macs / out.first().copied().unwrap_or(1).max(1));
         Ok(cols.max().unwrap_or(0))
     }
 
