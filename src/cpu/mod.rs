@@ -57,6 +57,9 @@ pub struct ReferenceBackend {
     method: Method,
     /// Built on the first batch, so that `new` cannot fail.
     plan: Option<Plan>,
+    /// The most samples a batch may have for its working memory to fit in the memory that was
+    /// available when the plan was built (`u64::MAX` where the system does not say).
+    max_batch: u64,
 }
 
 impl ReferenceBackend {
@@ -66,7 +69,32 @@ impl ReferenceBackend {
             net,
             method,
             plan: None,
+            max_batch: u64::MAX,
         }
+    }
+
+    /// The plan for a batch of `n` samples (built on the first batch, when the network's memory
+    /// is checked), or the refusal of a batch too large for memory.
+    fn plan_for(&mut self, n: usize) -> Result<Plan> {
+        let plan = match self.plan.take() {
+            Some(plan) => plan,
+            None => {
+                self.max_batch = max_batch(&self.net)?;
+                Plan::new(&self.net)?
+            }
+        };
+        if n as u64 > self.max_batch {
+            let fit = self.max_batch;
+            self.plan = Some(plan);
+            return Err(Error::usage(
+                "--batch-size",
+                format!(
+                    "a batch of {n} samples would not fit in memory on the reference backend; \
+                     use at most {fit} samples a batch"
+                ),
+            ));
+        }
+        Ok(plan)
     }
 }
 
@@ -84,22 +112,14 @@ impl Backend for ReferenceBackend {
         x: ArrayViewD<'_, f32>,
         targets: Option<&[usize]>,
     ) -> Result<BatchOutput<f32>> {
-        check_memory(&self.net, x.shape().first().copied().unwrap_or(0))?;
-        let plan = match self.plan.take() {
-            Some(plan) => plan,
-            None => Plan::new(&self.net)?,
-        };
+        let plan = self.plan_for(x.shape().first().copied().unwrap_or(0))?;
         let out = plan.explain(&self.method, x.mapv(f64::from).view(), targets);
         self.plan = Some(plan);
         out.map(|o| o.to_f32())
     }
 
     fn logits(&mut self, x: ArrayViewD<'_, f32>) -> Result<Array2<f64>> {
-        check_memory(&self.net, x.shape().first().copied().unwrap_or(0))?;
-        let plan = match self.plan.take() {
-            Some(plan) => plan,
-            None => Plan::new(&self.net)?,
-        };
+        let plan = self.plan_for(x.shape().first().copied().unwrap_or(0))?;
         let x = x.mapv(f64::from);
         let out = plan
             .check_input(&x.view())
@@ -109,12 +129,13 @@ impl Backend for ReferenceBackend {
     }
 }
 
-/// Refuses a batch of `n` samples whose f64 working memory could not be allocated: the reference
-/// holds the whole batch's activations and each layer's im2col matrix at once (it used to abort
-/// the process). Counted at the least: every activation and the largest im2col matrix.
-fn check_memory(net: &Network, n: usize) -> Result<()> {
+/// The most samples of a batch whose f64 working memory fits in the memory available now: the
+/// reference holds the whole batch's activations and each layer's im2col matrix at once (counted
+/// at the least: every activation and the largest im2col matrix). A network whose one sample does
+/// not fit is refused, naming its largest layer (it used to abort the process).
+fn max_batch(net: &Network) -> Result<u64> {
     let Some(available) = crate::available_memory() else {
-        return Ok(());
+        return Ok(u64::MAX);
     };
     let activations: usize = net
         .shapes()?
@@ -130,20 +151,7 @@ fn check_memory(net: &Network, n: usize) -> Result<()> {
             available,
         ));
     }
-    let fit = available / per_sample.max(1);
-    if n as u64 > fit {
-        return Err(Error::usage(
-            "--batch-size",
-            format!(
-                "a batch of {n} needs at least {:.1} GB of memory on the reference backend ({:.1} \
-                 GB a sample), more than the {:.1} GB available; use at most {fit} samples a batch",
-                per_sample as f64 * n as f64 * 1e-9,
-                per_sample as f64 * 1e-9,
-                available as f64 * 1e-9
-            ),
-        ));
-    }
-    Ok(())
+    Ok(available / per_sample.max(1))
 }
 
 /// An error for a broken internal invariant (shapes are validated before any work).
